@@ -1,0 +1,47 @@
+//! # occupancy-core
+//!
+//! The transport-free heart of [`occupancy`](https://docs.rs/occupancy): who is on a page
+//! ("room") and who came first. The first occupant of a room holds it; the rest wait in line and
+//! are told it is occupied; the next in line is told the moment it is released.
+//!
+//! - [`Machine`]: the room-queue state machine. Pure: no I/O, no clock, no locks. Every rule lives
+//!   here.
+//! - [`room_notices`]: the one pure function turning a room's (old, new) state into notices, used
+//!   by every backend.
+//!
+//! ```
+//! use std::time::Instant;
+//! use occupancy_core::{Machine, Meta, NoticeKind, ResumeToken, SessionId};
+//!
+//! let mut m = Machine::default();
+//! let (alice, bob) = (SessionId(1), SessionId(2));
+//! m.connect(alice, Some("alice"), Meta::empty(), ResumeToken(1)).unwrap();
+//! m.connect(bob, Some("bob"), Meta::empty(), ResumeToken(2)).unwrap();
+//!
+//! assert!(m.join(alice, "document-1", None).unwrap().holding);
+//! assert_eq!(m.join(bob, "document-1", None).unwrap().position, 1);
+//!
+//! m.leave(alice, "document-1").unwrap();
+//! let released: Vec<_> = m
+//!     .drain_notices()
+//!     .filter(|n| matches!(n.kind, NoticeKind::Released { .. }))
+//!     .collect();
+//! assert_eq!(released.len(), 1);
+//! assert_eq!(released[0].session, bob);
+//! # let _ = Instant::now();
+//! ```
+#![warn(missing_docs)]
+
+mod config;
+mod error;
+mod ids;
+mod machine;
+mod notice;
+mod state;
+
+pub use config::{Config, Limits};
+pub use error::{Error, RoomIdError};
+pub use ids::{Meta, OccupantKey, Person, ResumeToken, RoomId, SessionId};
+pub use machine::{Joined, Left, Machine, Resumed, Stats};
+pub use notice::{Notice, NoticeKind, Presence, PresenceBody, room_notices};
+pub use state::{OccupantState, RoomState};

@@ -1,0 +1,794 @@
+//! The room-queue state machine: every rule of DESIGN.md "Rules" and nothing else.
+//!
+//! Sans-I/O, in the style of quinn-proto: a plain struct with no tokio, no locks and no clock.
+//! Calls go in (with the current time where it matters), results come back as return values, and
+//! notices for other sessions collect in an outbox ([`Machine::drain_notices`]). Grace deadlines
+//! are exposed as [`Machine::poll_timeout`] / [`Machine::handle_timeout`], so a driver decides how
+//! time passes — a tokio task in production, a plain loop in tests.
+//!
+//! Cost model: every call touches only the rooms of the session it names. `disconnect` walks the
+//! session's own room list (a reverse index), never the map of all rooms; the maps are hash maps,
+//! so removing a room is O(1) (an `IndexMap::shift_remove` here would be O(all rooms)). Work inside
+//! one room is linear in that room's line, which the notices need anyway.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::ids::{Meta, OccupantKey, Person, ResumeToken, RoomId, SessionId};
+use crate::notice::{Notice, NoticeKind, Presence, PresenceBody, room_notices};
+use crate::state::{OccupantState, RoomState};
+
+/// The answer to a join or take over: where the session stands now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Joined {
+    /// The room.
+    pub room: RoomId,
+    /// True when the session's occupant holds the room.
+    pub holding: bool,
+    /// 0 = holding, 1 = next in line, ...
+    pub position: u32,
+    /// The room's version after the call.
+    pub version: u64,
+    /// Who holds the room (possibly the caller).
+    pub holder: Person,
+}
+
+/// The answer to a leave.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Left {
+    /// The room.
+    pub room: RoomId,
+    /// False when the session was not in the room (leave is idempotent).
+    pub was_member: bool,
+}
+
+/// The answer to a resume: the session and where it stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resumed {
+    /// The resumed session (same id as before).
+    pub session: SessionId,
+    /// True when the session had not been disconnected yet (a client reconnecting before the
+    /// server noticed the old connection died): the driver must close the old connection.
+    pub was_live: bool,
+    /// Its rooms and places, in the order they were joined.
+    pub rooms: Vec<Joined>,
+    /// The rooms it watches.
+    pub watching: Vec<RoomId>,
+}
+
+/// Counts for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Rooms with at least one occupant or watcher.
+    pub rooms: usize,
+    /// Sessions, live or in grace.
+    pub sessions: usize,
+    /// Sessions in grace (disconnected, waiting for a resume).
+    pub sessions_in_grace: usize,
+    /// Occupants standing in lines, summed over rooms.
+    pub occupants: usize,
+    /// Watches, summed over rooms.
+    pub watchers: usize,
+}
+
+#[derive(Debug)]
+struct SessionEntry {
+    principal: Option<Arc<str>>,
+    meta: Meta,
+    token: ResumeToken,
+    /// Rooms this session stands in, in join order (the reverse index used by disconnect).
+    joined: Vec<RoomId>,
+    /// Rooms this session watches.
+    watching: Vec<RoomId>,
+    /// Set while disconnected and waiting for a resume.
+    grace_until: Option<Instant>,
+}
+
+impl SessionEntry {
+    fn key(&self, id: SessionId) -> OccupantKey {
+        OccupantKey::of(id, self.principal.as_ref())
+    }
+    fn room_count(&self) -> usize {
+        self.joined.len() + self.watching.len()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    state: RoomState,
+    watchers: Vec<SessionId>,
+}
+
+/// The state machine. See the [module docs](self).
+#[derive(Debug)]
+pub struct Machine {
+    config: Config,
+    sessions: HashMap<SessionId, SessionEntry>,
+    rooms: HashMap<RoomId, Room>,
+    tokens: HashMap<ResumeToken, SessionId>,
+    /// Grace deadlines, earliest first. Exact removal on resume keeps it small.
+    timers: BTreeSet<(Instant, SessionId)>,
+    /// Source of room versions: one counter for all rooms, so a room that empties (and is
+    /// forgotten) and is created again still gets versions above every one it had before.
+    clock: u64,
+    occupants: usize,
+    watches: usize,
+    outbox: Vec<Notice>,
+}
+
+impl Default for Machine {
+    fn default() -> Self {
+        Machine::new(Config::default()).expect("default config is valid")
+    }
+}
+
+impl Machine {
+    /// A machine with the given configuration.
+    pub fn new(config: Config) -> Result<Self, Error> {
+        config.validate()?;
+        Ok(Machine {
+            config,
+            sessions: HashMap::new(),
+            rooms: HashMap::new(),
+            tokens: HashMap::new(),
+            timers: BTreeSet::new(),
+            clock: 0,
+            occupants: 0,
+            watches: 0,
+            outbox: Vec::new(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    // ----- sessions -------------------------------------------------------------------------
+
+    /// Registers a new live session. `principal` is the authenticated user, if any: sessions with
+    /// the same principal are one occupant. `meta` is the default public metadata for its joins.
+    pub fn connect(
+        &mut self,
+        id: SessionId,
+        principal: Option<&str>,
+        meta: Meta,
+        token: ResumeToken,
+    ) -> Result<(), Error> {
+        if self.sessions.contains_key(&id) || self.tokens.contains_key(&token) {
+            return Err(Error::SessionExists);
+        }
+        self.check_meta(&meta)?;
+        self.tokens.insert(token, id);
+        self.sessions.insert(
+            id,
+            SessionEntry {
+                principal: principal.map(Arc::from),
+                meta,
+                token,
+                joined: Vec::new(),
+                watching: Vec::new(),
+                grace_until: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// The connection of `session` ended. With a non-zero grace the session keeps its places
+    /// until `now + grace` (see [`Machine::resume`]); with zero grace it leaves everything now.
+    /// Idempotent: disconnecting a session already in grace changes nothing.
+    pub fn disconnect(&mut self, session: SessionId, now: Instant) -> Result<(), Error> {
+        let grace = self.config.grace;
+        let entry = self
+            .sessions
+            .get_mut(&session)
+            .ok_or(Error::UnknownSession)?;
+        if entry.grace_until.is_some() {
+            return Ok(());
+        }
+        if grace.is_zero() {
+            self.close(session)
+        } else {
+            let deadline = now + grace;
+            entry.grace_until = Some(deadline);
+            self.timers.insert((deadline, session));
+            Ok(())
+        }
+    }
+
+    /// Removes a session at once, live or in grace, leaving all its rooms (no grace). Used when
+    /// the grace runs out, for an explicit sign-out, or for a session that must not come back.
+    pub fn close(&mut self, session: SessionId) -> Result<(), Error> {
+        let entry = self
+            .sessions
+            .remove(&session)
+            .ok_or(Error::UnknownSession)?;
+        self.tokens.remove(&entry.token);
+        if let Some(deadline) = entry.grace_until {
+            self.timers.remove(&(deadline, session));
+        }
+        let key = entry.key(session);
+        // O(rooms of this session): the reverse index, never a scan of all rooms.
+        for room in &entry.watching {
+            self.remove_watcher(room, session);
+        }
+        for room in &entry.joined {
+            self.remove_from_line(room, &key, session);
+        }
+        Ok(())
+    }
+
+    /// Takes a session back with its resume token: within the grace it keeps every place. The
+    /// token is single use: `new_token` replaces it. Afterwards the session receives a presence
+    /// notice for each of its rooms (what it missed while away).
+    pub fn resume(
+        &mut self,
+        token: ResumeToken,
+        new_token: ResumeToken,
+        now: Instant,
+    ) -> Result<Resumed, Error> {
+        let &session = self.tokens.get(&token).ok_or(Error::ResumeInvalid)?;
+        if token != new_token && self.tokens.contains_key(&new_token) {
+            return Err(Error::SessionExists);
+        }
+        let entry = self.sessions.get(&session).ok_or(Error::ResumeInvalid)?;
+        if let Some(deadline) = entry.grace_until
+            && deadline <= now
+        {
+            // Expired but the driver has not called handle_timeout yet: it is gone all the same.
+            self.close(session)?;
+            return Err(Error::ResumeInvalid);
+        }
+        let entry = self.sessions.get_mut(&session).expect("checked above");
+        let was_live = entry.grace_until.is_none();
+        if let Some(deadline) = entry.grace_until.take() {
+            self.timers.remove(&(deadline, session));
+        }
+        self.tokens.remove(&token);
+        self.tokens.insert(new_token, session);
+        entry.token = new_token;
+
+        let entry = &self.sessions[&session];
+        let key = entry.key(session);
+        let mut rooms = Vec::with_capacity(entry.joined.len());
+        for room_id in &entry.joined {
+            let room = &self.rooms[room_id];
+            let position = room.state.position_of(&key).expect("reverse index") as u32;
+            rooms.push(joined(room_id, &room.state, position));
+            self.outbox.push(Notice {
+                session,
+                room: room_id.clone(),
+                kind: NoticeKind::Presence(Presence {
+                    body: Arc::new(PresenceBody::of(
+                        &room.state,
+                        self.config.presence_occupants,
+                    )),
+                    position: Some(position),
+                }),
+            });
+        }
+        for room_id in &entry.watching {
+            let room = &self.rooms[room_id];
+            self.outbox.push(Notice {
+                session,
+                room: room_id.clone(),
+                kind: NoticeKind::Presence(Presence {
+                    body: Arc::new(PresenceBody::of(
+                        &room.state,
+                        self.config.presence_occupants,
+                    )),
+                    position: None,
+                }),
+            });
+        }
+        Ok(Resumed {
+            session,
+            was_live,
+            rooms,
+            watching: entry.watching.clone(),
+        })
+    }
+
+    // ----- room operations ------------------------------------------------------------------
+
+    /// Stands `session` in the line of `room`. Idempotent: joining a room you are in returns your
+    /// place and tells nobody anything. `meta` overrides the session's default metadata for this
+    /// room (used when the occupant is new to the room).
+    pub fn join(
+        &mut self,
+        session: SessionId,
+        room: &str,
+        meta: Option<Meta>,
+    ) -> Result<Joined, Error> {
+        let limits = &self.config.limits;
+        RoomId::check(room, limits.max_room_id_len)?;
+        let entry = self.live_session(session)?;
+        let key = entry.key(session);
+        let meta = meta.unwrap_or_else(|| entry.meta.clone());
+        self.check_meta(&meta)?;
+
+        // Already in the line (this session, or another session of the same occupant)?
+        let existing = self.rooms.get_key_value(room);
+        let mut occupant_pos = None;
+        if let Some((room_id, r)) = existing
+            && let Some(pos) = r.state.position_of(&key)
+        {
+            if r.state.occupants[pos].sessions.contains(&session) {
+                return Ok(joined(room_id, &r.state, pos as u32));
+            }
+            occupant_pos = Some(pos);
+        }
+        if entry.room_count() >= limits.max_rooms_per_session && !entry.watching_str(room) {
+            return Err(Error::TooManyRooms {
+                limit: limits.max_rooms_per_session,
+            });
+        }
+        if occupant_pos.is_none()
+            && existing
+                .is_some_and(|(_, r)| r.state.occupants.len() >= limits.max_occupants_per_room)
+        {
+            return Err(Error::RoomFull {
+                limit: limits.max_occupants_per_room,
+            });
+        }
+
+        // Every check passed: now change things.
+        let room_id = match existing {
+            Some((id, _)) => id.clone(),
+            None => RoomId::parse(room, usize::MAX)?,
+        };
+        let version = self.tick();
+        let clock = self.clock;
+        let r = self.rooms.entry(room_id.clone()).or_insert_with(|| Room {
+            state: RoomState {
+                version: clock,
+                occupants: Vec::new(),
+            },
+            watchers: Vec::new(),
+        });
+        let old = r.state.clone();
+        match occupant_pos {
+            Some(pos) => r.state.occupants[pos].sessions.push(session),
+            None => {
+                r.state.occupants.push(OccupantState {
+                    key: key.clone(),
+                    meta,
+                    sessions: vec![session],
+                });
+                self.occupants += 1;
+            }
+        }
+        r.state.version = version;
+        let position = occupant_pos.unwrap_or(r.state.occupants.len() - 1) as u32;
+        let reply = joined(&room_id, &r.state, position);
+        room_notices(
+            &room_id,
+            &old,
+            &r.state,
+            &r.watchers,
+            self.config.presence_occupants,
+            &mut self.outbox,
+        );
+        self.sessions
+            .get_mut(&session)
+            .expect("checked live")
+            .joined
+            .push(room_id);
+        Ok(reply)
+    }
+
+    /// Takes `session` out of `room`'s line. Idempotent: leaving a room you are not in is not an
+    /// error (`was_member: false`). When the holder leaves, the next in line is released.
+    pub fn leave(&mut self, session: SessionId, room: &str) -> Result<Left, Error> {
+        RoomId::check(room, self.config.limits.max_room_id_len)?;
+        let entry = self.live_session_mut(session)?;
+        let Some(i) = entry.joined.iter().position(|r| r.as_str() == room) else {
+            return Ok(Left {
+                room: RoomId::parse(room, usize::MAX)?,
+                was_member: false,
+            });
+        };
+        // Order of a session's rooms matters only for resume replies; swap_remove would reorder.
+        let room_id = entry.joined.remove(i);
+        let key = entry.key(session);
+        self.remove_from_line(&room_id, &key, session);
+        Ok(Left {
+            room: room_id,
+            was_member: true,
+        })
+    }
+
+    /// Moves the caller's occupant to the front of `room`'s line: it holds the room, and the
+    /// previous holder is told it was displaced and becomes next in line. Whether this is allowed
+    /// is the application's policy (the runtime's authorization hook); here it only requires the
+    /// caller to stand in the line. Taking over a room you hold changes nothing.
+    pub fn takeover(&mut self, session: SessionId, room: &str) -> Result<Joined, Error> {
+        RoomId::check(room, self.config.limits.max_room_id_len)?;
+        let entry = self.live_session(session)?;
+        let key = entry.key(session);
+        let (room_id, r) = self.rooms.get_key_value(room).ok_or(Error::NotInRoom)?;
+        let pos = r.state.position_of(&key).ok_or(Error::NotInRoom)?;
+        if !r.state.occupants[pos].sessions.contains(&session) {
+            return Err(Error::NotInRoom);
+        }
+        if pos == 0 {
+            return Ok(joined(room_id, &r.state, 0));
+        }
+        let room_id = room_id.clone();
+        let version = self.tick();
+        let r = self.rooms.get_mut(room).expect("found above");
+        let old = r.state.clone();
+        let occ = r.state.occupants.remove(pos);
+        r.state.occupants.insert(0, occ);
+        r.state.version = version;
+        room_notices(
+            &room_id,
+            &old,
+            &r.state,
+            &r.watchers,
+            self.config.presence_occupants,
+            &mut self.outbox,
+        );
+        Ok(joined(&room_id, &r.state, 0))
+    }
+
+    /// Watches `room` without standing in line: the session receives the room's presence notices
+    /// and never holds. Counts against the rooms-per-session limit. Idempotent. Returns the room's
+    /// current presence.
+    pub fn watch(&mut self, session: SessionId, room: &str) -> Result<PresenceBody, Error> {
+        let limits = &self.config.limits;
+        RoomId::check(room, limits.max_room_id_len)?;
+        let entry = self.live_session(session)?;
+        if entry.watching_str(room) {
+            let r = &self.rooms[room];
+            return Ok(PresenceBody::of(&r.state, self.config.presence_occupants));
+        }
+        if entry.room_count() >= limits.max_rooms_per_session {
+            return Err(Error::TooManyRooms {
+                limit: limits.max_rooms_per_session,
+            });
+        }
+        let room_id = match self.rooms.get_key_value(room) {
+            Some((id, _)) => id.clone(),
+            None => RoomId::parse(room, usize::MAX)?,
+        };
+        let clock = self.clock;
+        let r = self.rooms.entry(room_id.clone()).or_insert_with(|| Room {
+            // A room nobody stands in: its version is the current clock, which is at least the
+            // last version it ever had, so a client never sees versions go backwards.
+            state: RoomState {
+                version: clock,
+                occupants: Vec::new(),
+            },
+            watchers: Vec::new(),
+        });
+        r.watchers.push(session);
+        self.watches += 1;
+        let body = PresenceBody::of(&r.state, self.config.presence_occupants);
+        self.sessions
+            .get_mut(&session)
+            .expect("checked live")
+            .watching
+            .push(room_id);
+        Ok(body)
+    }
+
+    /// Stops watching `room`. Idempotent: returns false when the session was not watching it.
+    pub fn unwatch(&mut self, session: SessionId, room: &str) -> Result<bool, Error> {
+        RoomId::check(room, self.config.limits.max_room_id_len)?;
+        let entry = self.live_session_mut(session)?;
+        let Some(i) = entry.watching.iter().position(|r| r.as_str() == room) else {
+            return Ok(false);
+        };
+        let room_id = entry.watching.swap_remove(i);
+        self.remove_watcher(&room_id, session);
+        Ok(true)
+    }
+
+    // ----- time -----------------------------------------------------------------------------
+
+    /// The earliest grace deadline, if any session is in grace.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|&(t, _)| t)
+    }
+
+    /// Closes every session whose grace ended at or before `now`; the next in line of the rooms
+    /// they held is released. Returns how many sessions expired.
+    pub fn handle_timeout(&mut self, now: Instant) -> usize {
+        let mut n = 0;
+        while let Some(&(deadline, session)) = self.timers.first() {
+            if deadline > now {
+                break;
+            }
+            self.timers.pop_first();
+            // Cannot fail: a timer exists only for a known session in grace.
+            let _ = self.close(session);
+            n += 1;
+        }
+        n
+    }
+
+    // ----- outbox ---------------------------------------------------------------------------
+
+    /// Takes the notices produced since the last drain, in the order they were produced (which is
+    /// version order for each room).
+    pub fn drain_notices(&mut self) -> std::vec::Drain<'_, Notice> {
+        self.outbox.drain(..)
+    }
+
+    /// Takes the oldest pending notice. (`drain_notices` is cheaper for many.)
+    pub fn poll_notice(&mut self) -> Option<Notice> {
+        if self.outbox.is_empty() {
+            None
+        } else {
+            Some(self.outbox.remove(0))
+        }
+    }
+
+    /// True when notices are waiting in the outbox.
+    pub fn has_notices(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
+    // ----- reads ----------------------------------------------------------------------------
+
+    /// A room's state (`None` if nobody stands in or watches it).
+    pub fn room(&self, room: &str) -> Option<&RoomState> {
+        self.rooms.get(room).map(|r| &r.state)
+    }
+
+    /// Who holds `room`.
+    pub fn holder(&self, room: &str) -> Option<Person> {
+        self.room(room)?.holder().map(OccupantState::person)
+    }
+
+    /// The place of `session` in `room` (0 = holding).
+    pub fn position(&self, session: SessionId, room: &str) -> Option<u32> {
+        let entry = self.sessions.get(&session)?;
+        let key = entry.key(session);
+        let state = self.room(room)?;
+        let pos = state.position_of(&key)?;
+        state.occupants[pos]
+            .sessions
+            .contains(&session)
+            .then_some(pos as u32)
+    }
+
+    /// Everyone in `room`'s line, holder first.
+    pub fn occupants(&self, room: &str) -> Vec<Person> {
+        self.room(room)
+            .map(|s| s.occupants.iter().map(OccupantState::person).collect())
+            .unwrap_or_default()
+    }
+
+    /// The sessions watching `room`.
+    pub fn watchers(&self, room: &str) -> &[SessionId] {
+        self.rooms.get(room).map(|r| &r.watchers[..]).unwrap_or(&[])
+    }
+
+    /// The rooms `session` stands in, in join order.
+    pub fn session_rooms(&self, session: SessionId) -> Option<&[RoomId]> {
+        self.sessions.get(&session).map(|e| &e.joined[..])
+    }
+
+    /// The rooms `session` watches.
+    pub fn session_watching(&self, session: SessionId) -> Option<&[RoomId]> {
+        self.sessions.get(&session).map(|e| &e.watching[..])
+    }
+
+    /// True when the session exists and is live (not in grace).
+    pub fn is_live(&self, session: SessionId) -> bool {
+        self.sessions
+            .get(&session)
+            .is_some_and(|e| e.grace_until.is_none())
+    }
+
+    /// True when the session exists (live or in grace).
+    pub fn contains_session(&self, session: SessionId) -> bool {
+        self.sessions.contains_key(&session)
+    }
+
+    /// The current resume token of a session.
+    pub fn resume_token(&self, session: SessionId) -> Option<ResumeToken> {
+        self.sessions.get(&session).map(|e| e.token)
+    }
+
+    /// Counts for metrics. O(1).
+    pub fn stats(&self) -> Stats {
+        Stats {
+            rooms: self.rooms.len(),
+            sessions: self.sessions.len(),
+            sessions_in_grace: self.timers.len(),
+            occupants: self.occupants,
+            watchers: self.watches,
+        }
+    }
+
+    /// Checks every internal invariant (reverse indexes agree, no empty leftovers, counters
+    /// right). O(everything): for tests, fuzzing and soak runs, not for production paths.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut occupants = 0;
+        let mut watches = 0;
+        for (id, room) in &self.rooms {
+            if room.state.occupants.is_empty() && room.watchers.is_empty() {
+                return Err(format!("room {id:?} is empty but still stored"));
+            }
+            if room.state.version > self.clock {
+                return Err(format!("room {id:?} has a version above the clock"));
+            }
+            occupants += room.state.occupants.len();
+            watches += room.watchers.len();
+            let mut keys = std::collections::HashSet::new();
+            for occ in &room.state.occupants {
+                if !keys.insert(&occ.key) {
+                    return Err(format!("room {id:?} lists {:?} twice", occ.key));
+                }
+                if occ.sessions.is_empty() {
+                    return Err(format!(
+                        "room {id:?}: occupant {:?} has no session",
+                        occ.key
+                    ));
+                }
+                for s in &occ.sessions {
+                    let e = self
+                        .sessions
+                        .get(s)
+                        .ok_or_else(|| format!("room {id:?}: unknown session {s:?}"))?;
+                    if e.key(*s) != occ.key {
+                        return Err(format!("room {id:?}: session {s:?} under wrong occupant"));
+                    }
+                    if e.joined.iter().filter(|r| *r == id).count() != 1 {
+                        return Err(format!("session {s:?} does not list room {id:?} once"));
+                    }
+                }
+            }
+            for w in &room.watchers {
+                let e = self
+                    .sessions
+                    .get(w)
+                    .ok_or_else(|| format!("room {id:?}: unknown watcher {w:?}"))?;
+                if e.watching.iter().filter(|r| *r == id).count() != 1 {
+                    return Err(format!("watcher {w:?} does not list room {id:?} once"));
+                }
+            }
+        }
+        if occupants != self.occupants || watches != self.watches {
+            return Err("occupant or watch counter is off".into());
+        }
+        let mut in_grace = 0;
+        for (s, e) in &self.sessions {
+            if self.tokens.get(&e.token) != Some(s) {
+                return Err(format!("session {s:?}: token index disagrees"));
+            }
+            if let Some(d) = e.grace_until {
+                in_grace += 1;
+                if !self.timers.contains(&(d, *s)) {
+                    return Err(format!("session {s:?}: in grace without a timer"));
+                }
+            }
+            for r in &e.joined {
+                let room = self
+                    .rooms
+                    .get(r)
+                    .ok_or_else(|| format!("session {s:?} lists missing room {r:?}"))?;
+                let pos = room.state.position_of(&e.key(*s));
+                if !pos.is_some_and(|p| room.state.occupants[p].sessions.contains(s)) {
+                    return Err(format!("session {s:?} lists room {r:?} it is not in"));
+                }
+            }
+            for r in &e.watching {
+                if !self
+                    .rooms
+                    .get(r)
+                    .is_some_and(|room| room.watchers.contains(s))
+                {
+                    return Err(format!("session {s:?} watches {r:?} but is not listed"));
+                }
+            }
+        }
+        if in_grace != self.timers.len() || self.tokens.len() != self.sessions.len() {
+            return Err("timer or token index has leftovers".into());
+        }
+        Ok(())
+    }
+
+    // ----- internals ------------------------------------------------------------------------
+
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    fn check_meta(&self, meta: &Meta) -> Result<(), Error> {
+        let limit = self.config.limits.max_meta_bytes;
+        if meta.encoded_len() > limit {
+            return Err(Error::MetaTooLarge {
+                len: meta.encoded_len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    fn live_session(&self, session: SessionId) -> Result<&SessionEntry, Error> {
+        match self.sessions.get(&session) {
+            Some(e) if e.grace_until.is_none() => Ok(e),
+            _ => Err(Error::UnknownSession),
+        }
+    }
+
+    fn live_session_mut(&mut self, session: SessionId) -> Result<&mut SessionEntry, Error> {
+        match self.sessions.get_mut(&session) {
+            Some(e) if e.grace_until.is_none() => Ok(e),
+            _ => Err(Error::UnknownSession),
+        }
+    }
+
+    /// Removes one session from a room's line (the caller already removed the room from the
+    /// session's own list), emits the notices, forgets the room if it is now empty.
+    fn remove_from_line(&mut self, room_id: &RoomId, key: &OccupantKey, session: SessionId) {
+        let version = self.tick();
+        let Some(r) = self.rooms.get_mut(room_id) else {
+            debug_assert!(false, "reverse index points at a missing room");
+            return;
+        };
+        let Some(pos) = r.state.position_of(key) else {
+            debug_assert!(false, "reverse index points at a room without the occupant");
+            return;
+        };
+        let old = r.state.clone();
+        let occ = &mut r.state.occupants[pos];
+        occ.sessions.retain(|&s| s != session);
+        if occ.sessions.is_empty() {
+            // O(this room's line); the notices are O(that) anyway.
+            r.state.occupants.remove(pos);
+            self.occupants -= 1;
+        }
+        r.state.version = version;
+        room_notices(
+            room_id,
+            &old,
+            &r.state,
+            &r.watchers,
+            self.config.presence_occupants,
+            &mut self.outbox,
+        );
+        if r.state.occupants.is_empty() && r.watchers.is_empty() {
+            // HashMap::remove: O(1), not a shift of every other room.
+            self.rooms.remove(room_id);
+        }
+    }
+
+    fn remove_watcher(&mut self, room_id: &RoomId, session: SessionId) {
+        let Some(r) = self.rooms.get_mut(room_id) else {
+            debug_assert!(false, "watch index points at a missing room");
+            return;
+        };
+        if let Some(i) = r.watchers.iter().position(|&w| w == session) {
+            r.watchers.swap_remove(i);
+            self.watches -= 1;
+        }
+        if r.state.occupants.is_empty() && r.watchers.is_empty() {
+            self.rooms.remove(room_id);
+        }
+    }
+}
+
+impl SessionEntry {
+    fn watching_str(&self, room: &str) -> bool {
+        self.watching.iter().any(|r| r.as_str() == room)
+    }
+}
+
+fn joined(room: &RoomId, state: &RoomState, position: u32) -> Joined {
+    Joined {
+        room: room.clone(),
+        holding: position == 0,
+        position,
+        version: state.version,
+        holder: state.occupants[0].person(),
+    }
+}

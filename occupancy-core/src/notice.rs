@@ -1,0 +1,250 @@
+//! Notices — what a session is told when a room changes — and [`room_notices`], the one pure
+//! function that computes them from a room's old and new state. Every backend uses it: the memory
+//! backend right after a transition, the Redis backend when a room's new state arrives over
+//! pub/sub. Because it only looks at states, a lost or late state is healed by the next one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::ids::{Person, RoomId, SessionId};
+use crate::state::{OccupantState, RoomState};
+
+/// A notice for one session about one room.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notice {
+    /// Who it is for.
+    pub session: SessionId,
+    /// Which room it is about.
+    pub room: RoomId,
+    /// What happened.
+    pub kind: NoticeKind,
+}
+
+impl Notice {
+    /// The room version this notice reflects (clients drop notices older than what they have).
+    pub fn version(&self) -> u64 {
+        match &self.kind {
+            NoticeKind::Occupied { version, .. }
+            | NoticeKind::Released { version }
+            | NoticeKind::Displaced { version, .. } => *version,
+            NoticeKind::Presence(p) => p.body.version,
+        }
+    }
+}
+
+/// What a notice says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NoticeKind {
+    /// You joined and someone else holds the room (the article's `is_occupied`).
+    Occupied {
+        /// Room version.
+        version: u64,
+        /// Who holds it.
+        holder: Person,
+        /// Your place: 1 = next in line.
+        position: u32,
+    },
+    /// You now hold the room (the article's `is_released`). Sent exactly once per hand-over to
+    /// every session of the new holder.
+    Released {
+        /// Room version.
+        version: u64,
+    },
+    /// The room changed: who holds it, your place, who waits.
+    Presence(Presence),
+    /// Someone took the room over from you; you are now `position` in line.
+    Displaced {
+        /// Room version.
+        version: u64,
+        /// Who took it.
+        by: Person,
+        /// Your new place (1 = next in line).
+        position: u32,
+    },
+}
+
+/// A presence notice: the shared room summary plus this session's own place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Presence {
+    /// The summary, shared by every recipient of one change.
+    pub body: Arc<PresenceBody>,
+    /// Your place (0 = holding); `None` for a watcher, who does not stand in line.
+    pub position: Option<u32>,
+}
+
+/// The part of a presence notice that is the same for everyone in the room.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PresenceBody {
+    /// Room version.
+    pub version: u64,
+    /// Who holds the room (`None` when the room is empty).
+    pub holder: Option<Person>,
+    /// How many stand behind the holder.
+    pub waiting: u32,
+    /// The first few occupants, holder first (`Config::presence_occupants`).
+    pub occupants: Vec<Person>,
+}
+
+impl PresenceBody {
+    /// The summary of a room state.
+    pub fn of(state: &RoomState, presence_occupants: usize) -> Self {
+        PresenceBody {
+            version: state.version,
+            holder: state.holder().map(OccupantState::person),
+            waiting: state.waiting() as u32,
+            occupants: state
+                .occupants
+                .iter()
+                .take(presence_occupants)
+                .map(OccupantState::person)
+                .collect(),
+        }
+    }
+}
+
+fn same_occupant(a: &OccupantState, b: &OccupantState) -> bool {
+    a.key == b.key && a.sessions == b.sessions
+}
+
+fn same_person(a: &OccupantState, b: &OccupantState) -> bool {
+    a.key == b.key && (a.meta.ptr_eq(&b.meta) || a.meta == b.meta)
+}
+
+/// Computes the notices for a room going from `old` to `new` (use `RoomState::default()` with the
+/// right version for a room that did not exist). `watchers` are sessions watching the room without
+/// standing in line.
+///
+/// The rules, for each session standing in `new`:
+/// - it was not in `old` and is not holding → [`NoticeKind::Occupied`];
+/// - it was in `old`, holds in `new`, and a *different* occupant held in `old` → `Released`
+///   (a first join into an empty room is not a hand-over: the join reply says so);
+/// - it held in `old` and stands further back in `new` → `Displaced`;
+/// - `Presence` when anything it shows changed: it is new, its place changed, the holder changed,
+///   the first few occupants changed, or — for those within that first few, who see the list —
+///   the number waiting changed. Someone deep in a long line is not told about every join at the
+///   tail (that would be quadratic work in a busy room); they are told when their place moves.
+///
+/// Sessions that left get nothing (their leave reply says so). Every watcher gets `Presence` on
+/// every change. Nothing is produced when the version did not change.
+pub fn room_notices(
+    room: &RoomId,
+    old: &RoomState,
+    new: &RoomState,
+    watchers: &[SessionId],
+    presence_occupants: usize,
+    out: &mut Vec<Notice>,
+) {
+    if old.version == new.version {
+        return;
+    }
+    let k = presence_occupants;
+    let old_holder = old.holder();
+    let new_holder = new.holder();
+    let holder_changed = old_holder.map(|o| &o.key) != new_holder.map(|o| &o.key);
+    let top_changed = old.occupants.len().min(k) != new.occupants.len().min(k)
+        || old
+            .occupants
+            .iter()
+            .zip(&new.occupants)
+            .take(k)
+            .any(|(a, b)| !same_person(a, b));
+    let waiting_changed = old.waiting() != new.waiting();
+
+    let mut body: Option<Arc<PresenceBody>> = None;
+    let mut presence = |session: SessionId, position: Option<u32>, out: &mut Vec<Notice>| {
+        let body = body
+            .get_or_insert_with(|| Arc::new(PresenceBody::of(new, presence_occupants)))
+            .clone();
+        out.push(Notice {
+            session,
+            room: room.clone(),
+            kind: NoticeKind::Presence(Presence { body, position }),
+        });
+    };
+
+    // Fast path for the common case of a change at the tail (a join, a leave from the back): the
+    // unchanged prefix keeps every place, so only its first few can need a presence.
+    let prefix = old
+        .occupants
+        .iter()
+        .zip(&new.occupants)
+        .take_while(|(a, b)| same_occupant(a, b))
+        .count();
+    for (i, occ) in new.occupants.iter().enumerate().take(prefix) {
+        if holder_changed || top_changed || (i < k && waiting_changed) {
+            for &s in &occ.sessions {
+                presence(s, Some(i as u32), out);
+            }
+        } else if i >= k {
+            break;
+        }
+    }
+
+    // The rest: look each occupant up in the old line.
+    let rest_old = &old.occupants[prefix..];
+    let index: Option<HashMap<_, _>> = (rest_old.len() > 16).then(|| {
+        rest_old
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (&o.key, (prefix + i, o)))
+            .collect()
+    });
+    let find = |occ: &OccupantState| -> Option<(usize, &OccupantState)> {
+        match &index {
+            Some(map) => map.get(&occ.key).copied(),
+            None => rest_old
+                .iter()
+                .position(|o| o.key == occ.key)
+                .map(|i| (prefix + i, &rest_old[i])),
+        }
+    };
+    for (i, occ) in new.occupants.iter().enumerate().skip(prefix) {
+        let found = find(occ);
+        for &s in &occ.sessions {
+            let old_pos = found.and_then(|(p, o)| o.sessions.contains(&s).then_some(p));
+            match old_pos {
+                None if i > 0 => out.push(Notice {
+                    session: s,
+                    room: room.clone(),
+                    kind: NoticeKind::Occupied {
+                        version: new.version,
+                        holder: new.occupants[0].person(),
+                        position: i as u32,
+                    },
+                }),
+                None => {}
+                Some(p) => {
+                    if i == 0 && holder_changed && old_holder.is_some() {
+                        out.push(Notice {
+                            session: s,
+                            room: room.clone(),
+                            kind: NoticeKind::Released {
+                                version: new.version,
+                            },
+                        });
+                    }
+                    if p == 0 && i > 0 {
+                        out.push(Notice {
+                            session: s,
+                            room: room.clone(),
+                            kind: NoticeKind::Displaced {
+                                version: new.version,
+                                by: new.occupants[0].person(),
+                                position: i as u32,
+                            },
+                        });
+                    }
+                }
+            }
+            if old_pos != Some(i) || holder_changed || top_changed || (i < k && waiting_changed) {
+                presence(s, Some(i as u32), out);
+            }
+        }
+    }
+
+    for &w in watchers {
+        presence(w, None, out);
+    }
+}
