@@ -9,3 +9,15 @@
 #![warn(missing_docs)]
 
 pub use occupancy_core::*;
+
+/// The axum WebSocket adapter (feature `axum`).
+#[cfg(feature = "axum")]
+pub use occupancy_axum as axum;
+
+/// The Socket.IO adapter (feature `socketio`).
+#[cfg(feature = "socketio")]
+pub use occupancy_socketio as socketio;
+
+/// The Redis backend (feature `redis`).
+#[cfg(feature = "redis")]
+pub use occupancy_redis as redis;

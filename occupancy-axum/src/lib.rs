@@ -1,0 +1,1 @@
+//! occupancy-axum: placeholder, filled in by its issue.

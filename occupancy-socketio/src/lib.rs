@@ -1,0 +1,1 @@
+//! occupancy-socketio: placeholder, filled in by its issue.
