@@ -37,6 +37,7 @@ mod error;
 mod ids;
 mod machine;
 mod notice;
+pub mod protocol;
 mod state;
 
 pub use config::{Config, Limits};
