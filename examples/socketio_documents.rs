@@ -1,0 +1,2 @@
+//! Placeholder: written by its issue.
+fn main() {}
