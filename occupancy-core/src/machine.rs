@@ -321,7 +321,7 @@ impl Machine {
             }
             occupant_pos = Some(pos);
         }
-        if entry.room_count() >= limits.max_rooms_per_session && !entry.watching_str(room) {
+        if entry.room_count() >= limits.max_rooms_per_session {
             return Err(Error::TooManyRooms {
                 limit: limits.max_rooms_per_session,
             });
@@ -340,8 +340,9 @@ impl Machine {
             Some((id, _)) => id.clone(),
             None => RoomId::parse(room, usize::MAX)?,
         };
-        let version = self.tick();
+        // A new room starts at the current clock (its "empty" version), then the join ticks.
         let clock = self.clock;
+        let version = self.tick();
         let r = self.rooms.entry(room_id.clone()).or_insert_with(|| Room {
             state: RoomState {
                 version: clock,

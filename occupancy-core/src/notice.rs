@@ -127,7 +127,7 @@ fn same_person(a: &OccupantState, b: &OccupantState) -> bool {
 ///   tail (that would be quadratic work in a busy room); they are told when their place moves.
 ///
 /// Sessions that left get nothing (their leave reply says so). Every watcher gets `Presence` on
-/// every change. Nothing is produced when the version did not change.
+/// every change (once: a watcher that also stands in the line gets only its member presence). Nothing is produced when the version did not change.
 pub fn room_notices(
     room: &RoomId,
     old: &RoomState,
@@ -244,7 +244,18 @@ pub fn room_notices(
         }
     }
 
-    for &w in watchers {
-        presence(w, None, out);
+    if !watchers.is_empty() {
+        // A session that watches a room it also stands in already got its own presence above.
+        let mut members: Vec<SessionId> = new
+            .occupants
+            .iter()
+            .flat_map(|o| o.sessions.iter().copied())
+            .collect();
+        members.sort_unstable();
+        for &w in watchers {
+            if members.binary_search(&w).is_err() {
+                presence(w, None, out);
+            }
+        }
     }
 }

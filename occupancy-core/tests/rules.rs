@@ -1,0 +1,689 @@
+//! One test per rule of DESIGN.md "Rules", and one per article bug that lives in the state
+//! machine (numbered as in DESIGN.md "What the original gets wrong"). Each reads as a small story:
+//! who connects, who joins, what everyone is told.
+
+use std::time::{Duration, Instant};
+
+use occupancy_core::{
+    Config, Error, Limits, Machine, Meta, Notice, NoticeKind, OccupantKey, ResumeToken,
+    RoomIdError, SessionId, Stats,
+};
+use serde_json::json;
+
+const DOC: &str = "document-1";
+
+/// A machine plus a clock, with helpers that keep the stories short.
+struct World {
+    m: Machine,
+    now: Instant,
+    next_token: u128,
+}
+
+impl World {
+    fn new() -> Self {
+        Self::with(Config::default())
+    }
+
+    fn with(config: Config) -> Self {
+        World {
+            m: Machine::new(config).unwrap(),
+            now: Instant::now(),
+            next_token: 1000,
+        }
+    }
+
+    fn token(&mut self) -> ResumeToken {
+        self.next_token += 1;
+        ResumeToken(self.next_token)
+    }
+
+    /// An anonymous session.
+    fn anon(&mut self, id: u64) -> SessionId {
+        let t = self.token();
+        self.m
+            .connect(SessionId(id), None, Meta::empty(), t)
+            .unwrap();
+        SessionId(id)
+    }
+
+    /// A session of a signed-in user.
+    fn user(&mut self, id: u64, user: &str) -> SessionId {
+        let t = self.token();
+        let meta = Meta::from_value(json!({ "name": user })).unwrap();
+        self.m.connect(SessionId(id), Some(user), meta, t).unwrap();
+        SessionId(id)
+    }
+
+    fn notices(&mut self) -> Vec<Notice> {
+        self.m.drain_notices().collect()
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.m.handle_timeout(self.now);
+    }
+}
+
+fn released_to(notices: &[Notice]) -> Vec<SessionId> {
+    let mut v: Vec<_> = notices
+        .iter()
+        .filter(|n| matches!(n.kind, NoticeKind::Released { .. }))
+        .map(|n| n.session)
+        .collect();
+    v.sort();
+    v
+}
+
+fn for_session(notices: &[Notice], s: SessionId) -> Vec<&NoticeKind> {
+    notices
+        .iter()
+        .filter(|n| n.session == s)
+        .map(|n| &n.kind)
+        .collect()
+}
+
+// ----- room ids ------------------------------------------------------------------------------
+
+#[test]
+fn room_ids_are_validated_and_nothing_is_stored_for_a_bad_one() {
+    let mut w = World::with(Config {
+        limits: Limits {
+            max_room_id_len: 8,
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let a = w.anon(1);
+    let before = w.m.stats();
+    assert_eq!(
+        w.m.join(a, "", None),
+        Err(Error::RoomInvalid(RoomIdError::Empty))
+    );
+    assert_eq!(
+        w.m.join(a, "123456789", None),
+        Err(Error::RoomInvalid(RoomIdError::TooLong { len: 9, max: 8 }))
+    );
+    assert_eq!(
+        w.m.join(a, "ab\ncd", None),
+        Err(Error::RoomInvalid(RoomIdError::ControlCharacter { at: 2 }))
+    );
+    assert_eq!(w.m.watch(a, "\u{7f}").unwrap_err().code(), "room_invalid");
+    // Multi-byte UTF-8 counts bytes: 3 × 'é' = 6 bytes fits, 5 × = 10 does not.
+    assert!(w.m.join(a, "ééé", None).is_ok());
+    w.m.leave(a, "ééé").unwrap();
+    assert!(matches!(
+        w.m.join(a, "ééééé", None),
+        Err(Error::RoomInvalid(RoomIdError::TooLong { len: 10, .. }))
+    ));
+    assert_eq!(w.m.stats(), before);
+    assert!(w.m.session_rooms(a).unwrap().is_empty());
+    w.m.check_invariants().unwrap();
+}
+
+// ----- the line --------------------------------------------------------------------------------
+
+#[test]
+fn first_holds_the_rest_wait_in_order_and_are_told_it_is_occupied() {
+    let mut w = World::new();
+    let (a, b, c) = (w.anon(1), w.anon(2), w.anon(3));
+    let ja = w.m.join(a, DOC, None).unwrap();
+    assert!(ja.holding);
+    assert_eq!(ja.position, 0);
+    assert_eq!(w.m.join(b, DOC, None).unwrap().position, 1);
+    assert_eq!(w.m.join(c, DOC, None).unwrap().position, 2);
+    let n = w.notices();
+    // The first joiner is not "released": it was never waiting (its join reply says it holds).
+    assert!(released_to(&n).is_empty());
+    let occupied: Vec<_> = n
+        .iter()
+        .filter_map(|n| match &n.kind {
+            NoticeKind::Occupied {
+                holder, position, ..
+            } => Some((n.session, holder.id.clone(), *position)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        occupied,
+        vec![
+            (b, OccupantKey::Anonymous(a), 1),
+            (c, OccupantKey::Anonymous(a), 2)
+        ]
+    );
+    assert_eq!(w.m.holder(DOC).unwrap().id, OccupantKey::Anonymous(a));
+}
+
+#[test]
+fn bug1_joining_twice_is_idempotent_and_tells_nobody() {
+    let mut w = World::new();
+    let (a, b) = (w.anon(1), w.anon(2));
+    w.m.join(a, DOC, None).unwrap();
+    w.m.join(b, DOC, None).unwrap();
+    w.notices();
+    let version = w.m.room(DOC).unwrap().version;
+    // React StrictMode mounts twice: the same socket joins again.
+    let again = w.m.join(b, DOC, None).unwrap();
+    assert_eq!((again.position, again.version), (1, version));
+    assert!(w.notices().is_empty());
+    assert_eq!(w.m.room(DOC).unwrap().occupants.len(), 2);
+    // And when the holder leaves, b is released once, not queued behind itself.
+    w.m.leave(a, DOC).unwrap();
+    assert_eq!(released_to(&w.notices()), vec![b]);
+    assert_eq!(w.m.position(b, DOC), Some(0));
+}
+
+#[test]
+fn a_users_tabs_are_one_occupant_that_holds_together() {
+    let mut w = World::new();
+    let alice1 = w.user(1, "alice");
+    let bob = w.user(2, "bob");
+    let alice2 = w.user(3, "alice");
+    w.m.join(alice1, DOC, None).unwrap();
+    w.m.join(bob, DOC, None).unwrap();
+    // Alice's second tab holds too: she never waits behind herself, and bob is still second.
+    let j = w.m.join(alice2, DOC, None).unwrap();
+    assert!(j.holding);
+    assert_eq!(w.m.position(bob, DOC), Some(1));
+    assert_eq!(w.m.occupants(DOC).len(), 2);
+    w.notices();
+    // Closing one tab keeps the room; closing both releases bob.
+    w.m.leave(alice1, DOC).unwrap();
+    assert!(released_to(&w.notices()).is_empty());
+    w.m.leave(alice2, DOC).unwrap();
+    assert_eq!(released_to(&w.notices()), vec![bob]);
+}
+
+#[test]
+fn released_goes_once_to_every_session_of_the_new_holder() {
+    let mut w = World::new();
+    let a = w.anon(1);
+    let bob1 = w.user(2, "bob");
+    let bob2 = w.user(3, "bob");
+    let c = w.anon(4);
+    for s in [a, bob1, bob2, c] {
+        w.m.join(s, DOC, None).unwrap();
+    }
+    w.notices();
+    w.m.leave(a, DOC).unwrap();
+    let n = w.notices();
+    assert_eq!(released_to(&n), vec![bob1, bob2]);
+    assert!(for_session(&n, a).is_empty(), "who left hears nothing");
+}
+
+#[test]
+fn anonymous_sessions_are_separate_occupants() {
+    let mut w = World::new();
+    let (a, b) = (w.anon(1), w.anon(2));
+    w.m.join(a, DOC, None).unwrap();
+    w.m.join(b, DOC, None).unwrap();
+    assert_eq!(w.m.occupants(DOC).len(), 2);
+}
+
+#[test]
+fn bug2_leave_is_explicit_releases_the_next_and_is_idempotent() {
+    let mut w = World::new();
+    let (a, b) = (w.anon(1), w.anon(2));
+    w.m.join(a, DOC, None).unwrap();
+    w.m.join(b, DOC, None).unwrap();
+    w.notices();
+    // A single-page app navigates away without disconnecting.
+    assert!(w.m.leave(a, DOC).unwrap().was_member);
+    assert_eq!(released_to(&w.notices()), vec![b]);
+    let again = w.m.leave(a, DOC).unwrap();
+    assert!(!again.was_member);
+    assert!(w.notices().is_empty());
+    assert!(w.m.is_live(a), "leaving a room does not end the session");
+}
+
+#[test]
+fn bug6_everyone_waiting_learns_the_queue_moved() {
+    let mut w = World::new();
+    let s: Vec<_> = (1..=4).map(|i| w.anon(i)).collect();
+    for &x in &s {
+        w.m.join(x, DOC, None).unwrap();
+    }
+    w.notices();
+    w.m.leave(s[0], DOC).unwrap();
+    let n = w.notices();
+    for (expected, &x) in s[1..].iter().enumerate() {
+        let positions: Vec<_> = for_session(&n, x)
+            .into_iter()
+            .filter_map(|k| match k {
+                NoticeKind::Presence(p) => Some(p.position),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(positions, vec![Some(expected as u32)], "session {x:?}");
+    }
+}
+
+#[test]
+fn presence_lists_the_first_few_with_metadata() {
+    let mut w = World::with(Config {
+        presence_occupants: 2,
+        ..Config::default()
+    });
+    let a = w.user(1, "ann");
+    let b = w.user(2, "ben");
+    let c = w.user(3, "cat");
+    for x in [a, b, c] {
+        w.m.join(x, DOC, None).unwrap();
+    }
+    let n = w.notices();
+    let last = n
+        .iter()
+        .rev()
+        .find_map(|n| match &n.kind {
+            NoticeKind::Presence(p) if n.session == c => Some(p.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(last.body.waiting, 2);
+    assert_eq!(last.position, Some(2));
+    let names: Vec<_> = last
+        .body
+        .occupants
+        .iter()
+        .map(|p| p.meta.get("name").unwrap().as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["ann", "ben"]);
+}
+
+#[test]
+fn join_meta_overrides_the_session_default() {
+    let mut w = World::new();
+    let a = w.user(1, "ann");
+    let meta = Meta::from_value(json!({"name": "Ann (editing)"})).unwrap();
+    w.m.join(a, DOC, Some(meta.clone())).unwrap();
+    assert_eq!(w.m.holder(DOC).unwrap().meta, meta);
+}
+
+// ----- disconnect, grace, resume ----------------------------------------------------------------
+
+#[test]
+fn bug3_disconnect_touches_only_the_sessions_own_rooms() {
+    let mut w = World::with(Config {
+        grace: Duration::ZERO,
+        ..Config::default()
+    });
+    let filler = w.anon(1);
+    let a = w.anon(2);
+    let b = w.anon(3);
+    // Many other rooms, held by someone else.
+    let mut limits_ok = 0;
+    for i in 0..30 {
+        if w.m.join(filler, &format!("other-{i}"), None).is_ok() {
+            limits_ok += 1;
+        }
+    }
+    assert_eq!(limits_ok, 30);
+    w.m.join(a, DOC, None).unwrap();
+    w.m.join(b, DOC, None).unwrap();
+    let versions: Vec<_> = (0..30)
+        .map(|i| w.m.room(&format!("other-{i}")).unwrap().version)
+        .collect();
+    w.notices();
+    w.m.disconnect(a, w.now).unwrap();
+    let n = w.notices();
+    assert_eq!(released_to(&n), vec![b]);
+    assert!(n.iter().all(|n| n.room.as_str() == DOC));
+    let after: Vec<_> = (0..30)
+        .map(|i| w.m.room(&format!("other-{i}")).unwrap().version)
+        .collect();
+    assert_eq!(versions, after, "no other room was touched");
+    assert!(!w.m.contains_session(a));
+    // The cost side (1k vs 1M rooms) is measured in benches/core.rs.
+}
+
+#[test]
+fn bug5_a_reload_within_the_grace_keeps_the_place() {
+    let mut w = World::new(); // grace 5 s
+    let (a, b) = (w.anon(1), w.anon(2));
+    w.m.join(a, DOC, None).unwrap();
+    w.m.join(b, DOC, None).unwrap();
+    let token = w.m.resume_token(a).unwrap();
+    w.notices();
+    w.m.disconnect(a, w.now).unwrap();
+    assert_eq!(w.m.poll_timeout(), Some(w.now + Duration::from_secs(5)));
+    w.advance(Duration::from_secs(4));
+    // While the holder is in grace, nobody else is granted the room.
+    assert!(released_to(&w.notices()).is_empty());
+    assert_eq!(w.m.position(b, DOC), Some(1));
+    assert_eq!(
+        w.m.join(a, "x", None),
+        Err(Error::UnknownSession),
+        "a session in grace cannot act"
+    );
+    let new = w.token();
+    let r = w.m.resume(token, new, w.now).unwrap();
+    assert_eq!(r.session, a);
+    assert!(!r.was_live);
+    assert_eq!(r.rooms.len(), 1);
+    assert!(r.rooms[0].holding);
+    assert_eq!(w.m.poll_timeout(), None);
+    // It is told where it stands, and nobody else hears anything.
+    let n = w.notices();
+    assert_eq!(n.len(), 1);
+    assert_eq!(n[0].session, a);
+    // The token is single use.
+    assert_eq!(
+        {
+            let t = w.token();
+            w.m.resume(token, t, w.now)
+        },
+        Err(Error::ResumeInvalid)
+    );
+    w.advance(Duration::from_secs(60));
+    assert_eq!(w.m.position(a, DOC), Some(0), "resumed: no expiry any more");
+}
+
+#[test]
+fn grace_running_out_releases_the_next_and_the_token_dies() {
+    let mut w = World::new();
+    let (a, b) = (w.anon(1), w.anon(2));
+    w.m.join(a, DOC, None).unwrap();
+    w.m.join(b, DOC, None).unwrap();
+    let token = w.m.resume_token(a).unwrap();
+    w.m.disconnect(a, w.now).unwrap();
+    w.m.disconnect(a, w.now).unwrap(); // idempotent
+    w.notices();
+    w.advance(Duration::from_secs(5));
+    assert_eq!(released_to(&w.notices()), vec![b]);
+    assert!(!w.m.contains_session(a));
+    assert_eq!(
+        {
+            let t = w.token();
+            w.m.resume(token, t, w.now)
+        },
+        Err(Error::ResumeInvalid)
+    );
+}
+
+#[test]
+fn a_resume_after_the_deadline_fails_even_before_the_timer_ran() {
+    let mut w = World::new();
+    let a = w.anon(1);
+    w.m.join(a, DOC, None).unwrap();
+    let token = w.m.resume_token(a).unwrap();
+    w.m.disconnect(a, w.now).unwrap();
+    let late = w.now + Duration::from_secs(5);
+    assert_eq!(
+        {
+            let t = w.token();
+            w.m.resume(token, t, late)
+        },
+        Err(Error::ResumeInvalid)
+    );
+    assert!(w.m.room(DOC).is_none());
+    w.m.check_invariants().unwrap();
+}
+
+#[test]
+fn resuming_a_live_session_says_so_so_the_driver_can_close_the_old_connection() {
+    let mut w = World::new();
+    let a = w.anon(1);
+    let token = w.m.resume_token(a).unwrap();
+    let r = {
+        let t = w.token();
+        w.m.resume(token, t, w.now)
+    }
+    .unwrap();
+    assert!(r.was_live);
+}
+
+#[test]
+fn zero_grace_leaves_at_once() {
+    let mut w = World::with(Config {
+        grace: Duration::ZERO,
+        ..Config::default()
+    });
+    let (a, b) = (w.anon(1), w.anon(2));
+    w.m.join(a, DOC, None).unwrap();
+    w.m.join(b, DOC, None).unwrap();
+    w.notices();
+    w.m.disconnect(a, w.now).unwrap();
+    assert_eq!(released_to(&w.notices()), vec![b]);
+    assert_eq!(w.m.poll_timeout(), None);
+}
+
+// ----- take over, watch ------------------------------------------------------------------------
+
+#[test]
+fn take_over_moves_the_taker_first_and_displaces_the_holder_to_second() {
+    let mut w = World::new();
+    let a = w.user(1, "ann");
+    let b = w.user(2, "ben");
+    let c = w.user(3, "cat");
+    for x in [a, b, c] {
+        w.m.join(x, DOC, None).unwrap();
+    }
+    w.notices();
+    let j = w.m.takeover(c, DOC).unwrap();
+    assert!(j.holding);
+    let n = w.notices();
+    assert_eq!(released_to(&n), vec![c]);
+    let displaced: Vec<_> = n
+        .iter()
+        .filter_map(|n| match &n.kind {
+            NoticeKind::Displaced { by, position, .. } => {
+                Some((n.session, by.id.to_string(), *position))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(displaced, vec![(a, "cat".to_string(), 1)]);
+    assert_eq!(w.m.position(a, DOC), Some(1));
+    assert_eq!(w.m.position(b, DOC), Some(2));
+    // Taking over what you hold changes nothing.
+    let v = w.m.room(DOC).unwrap().version;
+    w.m.takeover(c, DOC).unwrap();
+    assert_eq!(w.m.room(DOC).unwrap().version, v);
+    // Only someone in the line may take over.
+    let d = w.anon(4);
+    assert_eq!(w.m.takeover(d, DOC), Err(Error::NotInRoom));
+    assert_eq!(w.m.takeover(d, "elsewhere"), Err(Error::NotInRoom));
+    assert!(w.m.room("elsewhere").is_none());
+}
+
+#[test]
+fn watchers_see_presence_never_hold_and_stop_on_unwatch_or_disconnect() {
+    let mut w = World::with(Config {
+        grace: Duration::ZERO,
+        ..Config::default()
+    });
+    let watcher = w.anon(1);
+    let a = w.user(2, "ann");
+    let p = w.m.watch(watcher, DOC).unwrap();
+    assert!(p.holder.is_none());
+    assert_eq!(w.m.watch(watcher, DOC).unwrap(), p, "idempotent");
+    w.m.join(a, DOC, None).unwrap();
+    let n = w.notices();
+    let seen: Vec<_> = for_session(&n, watcher);
+    assert!(
+        matches!(seen[..], [NoticeKind::Presence(p)] if p.position.is_none() && p.body.holder.as_ref().unwrap().id.to_string() == "ann")
+    );
+    assert_eq!(w.m.occupants(DOC).len(), 1, "a watcher is not an occupant");
+    assert!(w.m.unwatch(watcher, DOC).unwrap());
+    assert!(!w.m.unwatch(watcher, DOC).unwrap());
+    w.m.leave(a, DOC).unwrap();
+    assert!(for_session(&w.notices(), watcher).is_empty());
+    assert!(w.m.room(DOC).is_none());
+    w.m.watch(watcher, DOC).unwrap();
+    w.m.disconnect(watcher, w.now).unwrap();
+    assert_eq!(w.m.stats().watchers, 0);
+    assert!(w.m.room(DOC).is_none());
+}
+
+// ----- versions ---------------------------------------------------------------------------------
+
+#[test]
+fn versions_strictly_increase_even_when_a_room_is_emptied_and_created_again() {
+    let mut w = World::new();
+    let (a, b) = (w.anon(1), w.anon(2));
+    let v1 = w.m.join(a, DOC, None).unwrap().version;
+    let v2 = w.m.join(b, DOC, None).unwrap().version;
+    w.m.leave(a, DOC).unwrap();
+    w.m.leave(b, DOC).unwrap();
+    assert!(w.m.room(DOC).is_none(), "an empty room is forgotten");
+    let w3 = w.m.watch(a, DOC).unwrap().version;
+    let v4 = w.m.join(b, DOC, None).unwrap().version;
+    assert!(v1 < v2 && v2 < w3 + 1 && w3 < v4, "{v1} {v2} {w3} {v4}");
+    for n in w.notices() {
+        assert!(n.version() >= v1);
+    }
+}
+
+// ----- limits -----------------------------------------------------------------------------------
+
+fn small_limits() -> Config {
+    Config {
+        limits: Limits {
+            max_room_id_len: 32,
+            max_rooms_per_session: 2,
+            max_occupants_per_room: 2,
+            max_meta_bytes: 32,
+        },
+        ..Config::default()
+    }
+}
+
+fn snapshot(
+    m: &Machine,
+) -> (
+    Stats,
+    Option<occupancy_core::RoomState>,
+    Option<occupancy_core::RoomState>,
+) {
+    (m.stats(), m.room("r1").cloned(), m.room("r2").cloned())
+}
+
+#[test]
+fn too_many_rooms_is_refused_and_changes_nothing() {
+    let mut w = World::with(small_limits());
+    let a = w.anon(1);
+    w.m.join(a, "r1", None).unwrap();
+    w.m.watch(a, "r2").unwrap();
+    w.notices();
+    let before = snapshot(&w.m);
+    assert_eq!(
+        w.m.join(a, "r3", None),
+        Err(Error::TooManyRooms { limit: 2 })
+    );
+    assert_eq!(w.m.watch(a, "r3"), Err(Error::TooManyRooms { limit: 2 }));
+    assert_eq!(
+        w.m.join(a, "r2", None),
+        Err(Error::TooManyRooms { limit: 2 }),
+        "joining a watched room counts too"
+    );
+    assert_eq!(snapshot(&w.m), before);
+    assert!(w.notices().is_empty());
+    // Rejoining a room you are in is not a new room.
+    assert!(w.m.join(a, "r1", None).is_ok());
+    w.m.check_invariants().unwrap();
+}
+
+#[test]
+fn a_full_room_refuses_new_occupants_but_not_another_tab() {
+    let mut w = World::with(small_limits());
+    let a = w.user(1, "ann");
+    let b = w.anon(2);
+    let c = w.anon(3);
+    let a2 = w.user(4, "ann");
+    w.m.join(a, "r1", None).unwrap();
+    w.m.join(b, "r1", None).unwrap();
+    w.notices();
+    let before = snapshot(&w.m);
+    assert_eq!(w.m.join(c, "r1", None), Err(Error::RoomFull { limit: 2 }));
+    assert_eq!(snapshot(&w.m), before);
+    assert!(w.notices().is_empty());
+    assert!(w.m.join(a2, "r1", None).unwrap().holding);
+}
+
+#[test]
+fn oversized_or_invalid_metadata_is_refused() {
+    let mut w = World::with(small_limits());
+    let big = Meta::from_value(json!({"name": "x".repeat(100)})).unwrap();
+    assert_eq!(
+        w.m.connect(SessionId(9), None, big.clone(), ResumeToken(9)),
+        Err(Error::MetaTooLarge {
+            len: big.encoded_len(),
+            limit: 32
+        })
+    );
+    assert!(!w.m.contains_session(SessionId(9)));
+    let a = w.anon(1);
+    let before = snapshot(&w.m);
+    assert!(matches!(
+        w.m.join(a, "r1", Some(big)),
+        Err(Error::MetaTooLarge { limit: 32, .. })
+    ));
+    assert_eq!(snapshot(&w.m), before);
+    assert_eq!(Meta::from_value(json!([1, 2])), Err(Error::MetaInvalid));
+    assert_eq!(Meta::from_value(json!("name")), Err(Error::MetaInvalid));
+}
+
+#[test]
+fn unknown_sessions_and_duplicate_ids_are_typed_errors() {
+    let mut w = World::new();
+    let a = w.anon(1);
+    assert_eq!(
+        w.m.join(SessionId(77), DOC, None),
+        Err(Error::UnknownSession)
+    );
+    assert_eq!(w.m.leave(SessionId(77), DOC), Err(Error::UnknownSession));
+    assert_eq!(
+        w.m.disconnect(SessionId(77), w.now),
+        Err(Error::UnknownSession)
+    );
+    assert_eq!(
+        w.m.connect(a, None, Meta::empty(), ResumeToken(5)),
+        Err(Error::SessionExists)
+    );
+    let t = w.m.resume_token(a).unwrap();
+    assert_eq!(
+        w.m.connect(SessionId(2), None, Meta::empty(), t),
+        Err(Error::SessionExists)
+    );
+    assert_eq!(w.m.stats().sessions, 1);
+}
+
+#[test]
+fn bad_config_is_refused() {
+    let bad = Config {
+        limits: Limits {
+            max_rooms_per_session: 0,
+            ..Limits::default()
+        },
+        ..Config::default()
+    };
+    assert!(matches!(Machine::new(bad), Err(Error::Config(_))));
+}
+
+// ----- cleanup ----------------------------------------------------------------------------------
+
+#[test]
+fn when_everyone_is_gone_and_the_grace_ran_out_nothing_is_left() {
+    let mut w = World::new();
+    let ids: Vec<_> = (1..=6)
+        .map(|i| {
+            if i % 2 == 0 {
+                w.anon(i)
+            } else {
+                w.user(i, "u")
+            }
+        })
+        .collect();
+    for (i, &s) in ids.iter().enumerate() {
+        w.m.join(s, DOC, None).unwrap();
+        w.m.join(s, &format!("room-{i}"), None).unwrap();
+        w.m.watch(s, "lobby").unwrap();
+    }
+    for &s in &ids {
+        w.m.disconnect(s, w.now).unwrap();
+    }
+    assert_eq!(w.m.stats().sessions_in_grace, 6);
+    w.advance(Duration::from_secs(5));
+    assert_eq!(w.m.stats(), Stats::default());
+    assert_eq!(w.m.poll_timeout(), None);
+    w.m.check_invariants().unwrap();
+}
