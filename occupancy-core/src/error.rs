@@ -93,6 +93,10 @@ pub enum Error {
         /// Notice buffer size.
         capacity: usize,
     },
+    /// This connection was replaced: the session was resumed by another connection (a client that
+    /// reconnected with the resume token before the server noticed the old connection died).
+    #[error("session resumed by another connection")]
+    SessionReplaced,
     /// A timer-related configuration is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -115,6 +119,7 @@ impl Error {
             Error::RateLimited { .. } => "rate_limited",
             Error::Unavailable { .. } => "unavailable",
             Error::SlowConsumer { .. } => "slow_consumer",
+            Error::SessionReplaced => "session_replaced",
             Error::Config(_) => "config",
         }
     }

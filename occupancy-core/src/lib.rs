@@ -8,6 +8,11 @@
 //!   here.
 //! - [`room_notices`]: the one pure function turning a room's (old, new) state into notices, used
 //!   by every backend.
+//! - [`Hub`]: the tokio runtime: sessions with bounded notice streams, grace timers,
+//!   authorization, slow-consumer handling.
+//! - [`Backend`]: the seam between the Hub and where the state lives; [`MemoryBackend`] keeps it
+//!   in this process.
+//! - `testing` (feature `testing`): the conformance suite every backend must pass.
 //!
 //! ```
 //! use std::time::Instant;
@@ -32,13 +37,25 @@
 //! ```
 #![warn(missing_docs)]
 
+mod backend;
 mod config;
 mod error;
+mod hub;
 mod ids;
 mod machine;
+mod memory;
 mod notice;
 pub mod protocol;
 mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use async_trait::async_trait;
+pub use backend::{Backend, NoticeSink};
+pub use hub::{
+    Action, AuthRequest, Authorize, DEFAULT_NOTICE_BUFFER, Hub, HubBuilder, Notices, Session,
+};
+pub use memory::MemoryBackend;
 
 pub use config::{Config, Limits};
 pub use error::{Error, RoomIdError};

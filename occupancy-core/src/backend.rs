@@ -1,0 +1,172 @@
+//! The [`Backend`] trait: the seam between the [`Hub`](crate::Hub) runtime and wherever the room
+//! state lives, and the [`NoticeSink`] through which a backend hands notices back to the Hub.
+//!
+//! [`MemoryBackend`](crate::MemoryBackend) keeps the state in this process (a
+//! [`Machine`](crate::Machine) behind a mutex); a Redis backend keeps it in Redis so several server
+//! instances share one world. The Hub does not care which: it calls the backend, and the backend
+//! pushes notices into the sink.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::ids::{Meta, ResumeToken, RoomId, SessionId};
+use crate::machine::{Joined, Left, Resumed, Stats};
+use crate::notice::{Notice, PresenceBody, room_notices};
+use crate::state::RoomState;
+
+/// Where room state lives. The [`Hub`](crate::Hub) owns one backend and calls it for every
+/// operation; the backend decides nothing the [`Machine`](crate::Machine) would not decide (every
+/// rule of DESIGN.md is the machine's or is checked by the shared conformance suite,
+/// `occupancy_core::testing`).
+///
+/// # Contract
+///
+/// - **Operations** mirror the machine's: each returns what [`Machine`](crate::Machine) returns for
+///   the same call, with the same typed errors, and a call that fails changes nothing. `now` is the
+///   Hub's clock (`tokio::time::Instant::now().into_std()`, so paused-time tests work).
+/// - **Notices** go to the [`NoticeSink`] given in [`Backend::attach`], never through return
+///   values. For each room, notices must be delivered in version order, and never concurrently
+///   with another delivery for the same room (the memory backend delivers while holding its lock,
+///   which gives both). The sink never blocks and never calls back into the backend, so calling
+///   it under a lock is fine.
+/// - **Timers**: [`Backend::poll_timeout`] / [`Backend::handle_timeout`] are driven by the Hub's
+///   timer task, which also re-polls after every disconnect.
+/// - **Errors** that are not the caller's fault (a lost connection) are
+///   [`Error::Unavailable`].
+///
+/// # Implementing a remote backend (Redis)
+///
+/// A remote backend keeps the truth elsewhere and runs each transition atomically there (one Lua
+/// script per operation). It publishes every changed room's *new state* (not a delta). Each node
+/// subscribes, keeps the last state it saw per room (only for rooms that have local sessions or
+/// watchers, see [`NoticeSink::is_local`]), drops states whose version is not newer than that, and
+/// calls [`NoticeSink::room_changed`] with (last seen, new): the pure
+/// [`room_notices`](crate::room_notices) computes the notices, the sink keeps those for sessions
+/// of this node. The node's own transitions go the same way, so a local call and a remote change
+/// produce exactly the same notices, and a lost or late message is healed by the next state.
+///
+/// Sessions of this node that end for a reason the Hub did not cause (resumed on another node,
+/// swept after this node's lease expired) are reported with [`NoticeSink::session_ended`], so the
+/// Hub closes their connections. A resume token created on another node can be looked up with
+/// [`Backend::session_for_token`], which lets the Hub install the new connection's notice channel
+/// before the resume runs (so the presence notices the resume produces are not lost).
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Called once by [`HubBuilder::build`](crate::HubBuilder::build), before any other call:
+    /// the configuration to enforce and the sink for notices. A backend that is already attached
+    /// to another Hub, or cannot use this configuration, returns [`Error::Config`].
+    fn attach(&self, config: &Config, sink: Arc<dyn NoticeSink>) -> Result<(), Error>;
+
+    /// Registers a new live session (see [`Machine::connect`](crate::Machine::connect)).
+    async fn connect(
+        &self,
+        session: SessionId,
+        principal: Option<&str>,
+        meta: Meta,
+        token: ResumeToken,
+    ) -> Result<(), Error>;
+
+    /// The session's connection ended; its grace starts at `now`
+    /// (see [`Machine::disconnect`](crate::Machine::disconnect)).
+    async fn disconnect(&self, session: SessionId, now: Instant) -> Result<(), Error>;
+
+    /// Removes the session at once, leaving all its rooms
+    /// (see [`Machine::close`](crate::Machine::close)).
+    async fn close(&self, session: SessionId) -> Result<(), Error>;
+
+    /// Takes a session back with its token (see [`Machine::resume`](crate::Machine::resume)).
+    async fn resume(
+        &self,
+        token: ResumeToken,
+        new_token: ResumeToken,
+        now: Instant,
+    ) -> Result<Resumed, Error>;
+
+    /// Stands the session in a room's line (see [`Machine::join`](crate::Machine::join)).
+    async fn join(
+        &self,
+        session: SessionId,
+        room: &str,
+        meta: Option<Meta>,
+    ) -> Result<Joined, Error>;
+
+    /// Takes the session out of a room's line (see [`Machine::leave`](crate::Machine::leave)).
+    async fn leave(&self, session: SessionId, room: &str) -> Result<Left, Error>;
+
+    /// Moves the session's occupant to the front
+    /// (see [`Machine::takeover`](crate::Machine::takeover)).
+    async fn takeover(&self, session: SessionId, room: &str) -> Result<Joined, Error>;
+
+    /// Watches a room (see [`Machine::watch`](crate::Machine::watch)).
+    async fn watch(&self, session: SessionId, room: &str) -> Result<PresenceBody, Error>;
+
+    /// Stops watching a room (see [`Machine::unwatch`](crate::Machine::unwatch)).
+    async fn unwatch(&self, session: SessionId, room: &str) -> Result<bool, Error>;
+
+    /// A room's current state (`None` when nobody stands in or watches it).
+    async fn room(&self, room: &str) -> Result<Option<RoomState>, Error>;
+
+    /// Counts for metrics.
+    async fn stats(&self) -> Result<Stats, Error>;
+
+    /// The earliest instant at which [`Backend::handle_timeout`] has work, if any.
+    async fn poll_timeout(&self) -> Option<Instant>;
+
+    /// Expires every grace that ended at or before `now`; returns how many sessions expired.
+    async fn handle_timeout(&self, now: Instant) -> Result<usize, Error>;
+
+    /// The session a resume token belongs to and its principal, for tokens this Hub did not hand
+    /// out itself (a client reconnecting to another node). The default knows none.
+    async fn session_for_token(
+        &self,
+        _token: ResumeToken,
+    ) -> Result<Option<(SessionId, Option<String>)>, Error> {
+        Ok(None)
+    }
+
+    /// Checks the backend's internal invariants (for tests; O(everything)). The default checks
+    /// nothing.
+    async fn check_invariants(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Where a [`Backend`] delivers notices: implemented by the Hub, handed to the backend in
+/// [`Backend::attach`].
+///
+/// Calls never block and never call back into the backend: a backend may call them while holding
+/// its own lock (that is how the memory backend keeps each room's notices in version order).
+pub trait NoticeSink: Send + Sync + 'static {
+    /// Delivers notices, in order. Notices for sessions that are not connected to this Hub (in
+    /// grace, gone, or on another node) are dropped.
+    fn deliver(&self, notices: &mut dyn Iterator<Item = Notice>);
+
+    /// A room went from `old` to `new` (for example a state published by another node): computes
+    /// the notices with [`room_notices`] and delivers them. `watchers` are the room's watchers.
+    fn room_changed(
+        &self,
+        room: &RoomId,
+        old: &RoomState,
+        new: &RoomState,
+        watchers: &[SessionId],
+        presence_occupants: usize,
+    ) {
+        let mut out = Vec::new();
+        room_notices(room, old, new, watchers, presence_occupants, &mut out);
+        if !out.is_empty() {
+            self.deliver(&mut out.into_iter());
+        }
+    }
+
+    /// True when `session` has a live connection on this Hub (its notices would be delivered).
+    fn is_local(&self, session: SessionId) -> bool;
+
+    /// The backend ended a session of this Hub for its own reasons (resumed on another node,
+    /// expired by another node's sweep): the Hub closes the connection with `reason` (see
+    /// [`Notices::close_reason`](crate::Notices::close_reason)) and forgets the session.
+    fn session_ended(&self, session: SessionId, reason: Option<Error>);
+}

@@ -1,0 +1,173 @@
+//! [`MemoryBackend`]: the [`Backend`] that keeps every room in this process — the
+//! [`Machine`] behind a `std::sync::Mutex`, never held across an `.await`. Notices are delivered
+//! to the Hub while the lock is held, so each room's notices reach every session in version order
+//! however many tasks call at once.
+
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use crate::backend::{Backend, NoticeSink};
+use crate::config::Config;
+use crate::error::Error;
+use crate::ids::{Meta, ResumeToken, SessionId};
+use crate::machine::{Joined, Left, Machine, Resumed, Stats};
+use crate::notice::PresenceBody;
+use crate::state::RoomState;
+
+/// The in-memory [`Backend`] (the default of [`Hub::builder`](crate::Hub::builder)).
+///
+/// Cheap to clone (an `Arc` inside): keep a clone to look at the machine in tests
+/// ([`MemoryBackend::with_machine`]). The Hub's configuration replaces the machine's at
+/// [`Backend::attach`].
+#[derive(Clone, Default)]
+pub struct MemoryBackend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    machine: Mutex<Machine>,
+    sink: OnceLock<Arc<dyn NoticeSink>>,
+}
+
+impl std::fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBackend")
+            .field("stats", &self.lock().stats())
+            .finish()
+    }
+}
+
+impl MemoryBackend {
+    /// An empty backend.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Read access to the machine (for tests and diagnostics: invariants, positions). Holds the
+    /// backend's lock while `f` runs: keep it short.
+    pub fn with_machine<R>(&self, f: impl FnOnce(&Machine) -> R) -> R {
+        f(&self.lock())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Machine> {
+        // A panic inside the machine would be a bug; the state is still consistent enough to read.
+        self.inner
+            .machine
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` on the machine and delivers the notices it produced, all under the lock.
+    fn run<R>(&self, f: impl FnOnce(&mut Machine) -> R) -> R {
+        let mut m = self.lock();
+        let r = f(&mut m);
+        if m.has_notices() {
+            match self.inner.sink.get() {
+                Some(sink) => sink.deliver(&mut m.drain_notices()),
+                None => {
+                    m.drain_notices();
+                }
+            }
+        }
+        r
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    fn attach(&self, config: &Config, sink: Arc<dyn NoticeSink>) -> Result<(), Error> {
+        let mut m = self.lock();
+        if self.inner.sink.get().is_some() {
+            return Err(Error::Config(
+                "this MemoryBackend is already attached to a Hub".into(),
+            ));
+        }
+        if m.config() != config {
+            if m.stats().sessions != 0 {
+                return Err(Error::Config(
+                    "cannot reconfigure a MemoryBackend that has sessions".into(),
+                ));
+            }
+            *m = Machine::new(config.clone())?;
+        }
+        self.inner
+            .sink
+            .set(sink)
+            .map_err(|_| Error::Config("this MemoryBackend is already attached to a Hub".into()))
+    }
+
+    async fn connect(
+        &self,
+        session: SessionId,
+        principal: Option<&str>,
+        meta: Meta,
+        token: ResumeToken,
+    ) -> Result<(), Error> {
+        self.run(|m| m.connect(session, principal, meta, token))
+    }
+
+    async fn disconnect(&self, session: SessionId, now: Instant) -> Result<(), Error> {
+        self.run(|m| m.disconnect(session, now))
+    }
+
+    async fn close(&self, session: SessionId) -> Result<(), Error> {
+        self.run(|m| m.close(session))
+    }
+
+    async fn resume(
+        &self,
+        token: ResumeToken,
+        new_token: ResumeToken,
+        now: Instant,
+    ) -> Result<Resumed, Error> {
+        self.run(|m| m.resume(token, new_token, now))
+    }
+
+    async fn join(
+        &self,
+        session: SessionId,
+        room: &str,
+        meta: Option<Meta>,
+    ) -> Result<Joined, Error> {
+        self.run(|m| m.join(session, room, meta))
+    }
+
+    async fn leave(&self, session: SessionId, room: &str) -> Result<Left, Error> {
+        self.run(|m| m.leave(session, room))
+    }
+
+    async fn takeover(&self, session: SessionId, room: &str) -> Result<Joined, Error> {
+        self.run(|m| m.takeover(session, room))
+    }
+
+    async fn watch(&self, session: SessionId, room: &str) -> Result<PresenceBody, Error> {
+        self.run(|m| m.watch(session, room))
+    }
+
+    async fn unwatch(&self, session: SessionId, room: &str) -> Result<bool, Error> {
+        self.run(|m| m.unwatch(session, room))
+    }
+
+    async fn room(&self, room: &str) -> Result<Option<RoomState>, Error> {
+        Ok(self.lock().room(room).cloned())
+    }
+
+    async fn stats(&self) -> Result<Stats, Error> {
+        Ok(self.lock().stats())
+    }
+
+    async fn poll_timeout(&self) -> Option<Instant> {
+        self.lock().poll_timeout()
+    }
+
+    async fn handle_timeout(&self, now: Instant) -> Result<usize, Error> {
+        Ok(self.run(|m| m.handle_timeout(now)))
+    }
+
+    async fn check_invariants(&self) -> Result<(), String> {
+        self.lock().check_invariants()
+    }
+}
