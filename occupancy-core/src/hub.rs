@@ -454,6 +454,12 @@ impl Hub {
         &self.inner.config
     }
 
+    /// The backend (for diagnostics and tests; calling its operations directly bypasses the Hub's
+    /// connections and authorization).
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
     /// The size of each session's notice buffer.
     pub fn notice_buffer(&self) -> usize {
         self.inner.registry.capacity
