@@ -1,0 +1,412 @@
+//! One WebSocket connection: the session it speaks for, `hello`, then a loop that turns frames
+//! into Hub calls and notices into frames, sends WebSocket pings, drops a peer that stops
+//! answering, and enforces the frame size, the message rate and the violation limit. No room
+//! logic lives here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use tokio::time::{Instant, MissedTickBehavior, sleep, timeout};
+
+use occupancy_core::protocol::{Event, OpKind, PROTOCOL_VERSION, Ref, Request};
+use occupancy_core::{Error, Notices, ResumeToken, RoomId, Session};
+
+use crate::endpoint::Inner;
+use crate::identity::Identity;
+use crate::rate::TokenBucket;
+use crate::settings::Settings;
+
+/// Close codes this adapter uses (besides 1000 and 1001).
+pub mod close_code {
+    /// Policy violation: too many bad or rate-limited messages, or a slow consumer.
+    pub const POLICY: u16 = 1008;
+    /// A frame over the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The server could not set the session up (backend unavailable): retry later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The session was resumed by another connection (the same resume token used twice).
+    pub const REPLACED: u16 = 4000;
+    /// Nothing arrived within the liveness timeout.
+    pub const LIVENESS: u16 = 4001;
+}
+
+/// How the connection ended, deciding what happens to the session.
+enum Exit {
+    /// The peer closed or the stream failed: disconnect, the session's grace starts.
+    Gone,
+    /// Nothing heard within the liveness timeout: the peer is dead, close the session now.
+    Dead,
+    /// The Hub ended the session (slow consumer, resumed elsewhere): nothing left to do.
+    Ended,
+}
+
+/// Why the loop must stop right after a frame.
+struct Stop(Exit);
+
+struct Conn {
+    socket: WebSocket,
+    settings: Settings,
+    rate: TokenBucket,
+    strikes: TokenBucket,
+}
+
+/// Runs one upgraded connection to its end.
+pub(crate) async fn run(
+    socket: WebSocket,
+    ep: Arc<Inner>,
+    identity: Identity,
+    resume: Option<String>,
+) {
+    let now = std::time::Instant::now();
+    let s = ep.settings.clone();
+    let mut conn = Conn {
+        socket,
+        rate: TokenBucket::new(f64::from(s.messages_per_second), s.message_burst, now),
+        strikes: TokenBucket::new(1.0, s.max_violations, now),
+        settings: s,
+    };
+
+    // The session: resumed with the token, or new.
+    let mut resume_error = None;
+    let mut started = None;
+    if let Some(token) = resume {
+        match token.parse::<ResumeToken>() {
+            Err(e) => resume_error = Some(e),
+            Ok(token) => match ep.hub.resume(token).await {
+                Ok((session, notices, _)) => {
+                    if session.principal() == identity.principal.as_deref() {
+                        started = Some((session, notices, true));
+                    } else {
+                        // Someone else's token: end that session rather than hand it over.
+                        tracing::info!(session = %session.id(), "resume refused: another principal");
+                        session.close().await;
+                        resume_error = Some(Error::ResumeInvalid);
+                    }
+                }
+                Err(Error::ResumeInvalid) => resume_error = Some(Error::ResumeInvalid),
+                Err(e) => {
+                    // Not the token's fault (the backend is down): keep it usable for a retry.
+                    conn.close(close_code::TRY_AGAIN_LATER, &e.to_string())
+                        .await;
+                    return;
+                }
+            },
+        }
+    }
+    let (session, notices, resumed) = match started {
+        Some(s) => s,
+        None => match ep.hub.connect(identity.principal, identity.meta).await {
+            Ok((session, notices)) => (session, notices, false),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start a session");
+                conn.close(close_code::TRY_AGAIN_LATER, &e.to_string())
+                    .await;
+                return;
+            }
+        },
+    };
+    tracing::debug!(session = %session.id(), resumed, "connection open");
+
+    let exit = conn.serve(&session, notices, resumed, resume_error).await;
+    match exit {
+        Exit::Gone => session.disconnect().await,
+        Exit::Dead => {
+            tracing::debug!(session = %session.id(), "liveness timeout: closing the session");
+            session.close().await;
+        }
+        Exit::Ended => {}
+    }
+}
+
+impl Conn {
+    async fn serve(
+        &mut self,
+        session: &Session,
+        mut notices: Notices,
+        resumed: bool,
+        resume_error: Option<Error>,
+    ) -> Exit {
+        let hello = Event::Hello {
+            session: session.id(),
+            resume: session.resume_token(),
+            protocol: PROTOCOL_VERSION,
+            heartbeat_ms: u64::try_from(self.settings.ping_interval.as_millis())
+                .unwrap_or(u64::MAX),
+            resumed,
+        };
+        if let Err(Stop(exit)) = self.feed(&hello).await {
+            return exit;
+        }
+        if let Some(e) = resume_error
+            && let Err(Stop(exit)) = self.feed(&Event::error(None, &e)).await
+        {
+            return exit;
+        }
+        if let Err(Stop(exit)) = self.flush().await {
+            return exit;
+        }
+
+        let s = self.settings.clone();
+        let mut ping = tokio::time::interval_at(Instant::now() + s.ping_interval, s.ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let deadline = sleep(s.liveness_timeout);
+        tokio::pin!(deadline);
+
+        loop {
+            let step = tokio::select! {
+                frame = self.socket.recv() => match frame {
+                    None => Err(Stop(Exit::Gone)),
+                    Some(Err(e)) => {
+                        let text = e.to_string();
+                        if text.contains("Space limit exceeded") || text.contains("too long") {
+                            self.close(close_code::TOO_BIG, "frame over the size limit").await;
+                        } else {
+                            tracing::debug!(error = %text, "WebSocket read failed");
+                        }
+                        Err(Stop(Exit::Gone))
+                    }
+                    Some(Ok(msg)) => {
+                        deadline.as_mut().reset(Instant::now() + s.liveness_timeout);
+                        self.on_message(session, msg).await
+                    }
+                },
+                notice = notices.recv() => match notice {
+                    Some(n) => self.forward(&n, &mut notices).await,
+                    None => {
+                        let (code, reason) = match notices.close_reason() {
+                            Some(Error::SessionReplaced) => (close_code::REPLACED, "session resumed by another connection".to_string()),
+                            Some(e @ Error::SlowConsumer { .. }) => (close_code::POLICY, e.to_string()),
+                            Some(e) => (1011, e.to_string()),
+                            None => (1000, "session ended".to_string()),
+                        };
+                        self.close(code, &reason).await;
+                        Err(Stop(Exit::Ended))
+                    }
+                },
+                _ = ping.tick() => {
+                    match timeout(s.liveness_timeout, self.socket.send(Message::Ping(Default::default()))).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(_)) => Err(Stop(Exit::Gone)),
+                        Err(_) => Err(Stop(Exit::Dead)),
+                    }
+                },
+                () = &mut deadline => {
+                    self.close(close_code::LIVENESS, "no pong within the liveness timeout").await;
+                    Err(Stop(Exit::Dead))
+                },
+            };
+            if let Err(Stop(exit)) = step {
+                return exit;
+            }
+        }
+    }
+
+    /// Sends a notice and every other one already waiting, with one flush.
+    async fn forward(
+        &mut self,
+        first: &occupancy_core::Notice,
+        notices: &mut Notices,
+    ) -> Result<(), Stop> {
+        self.feed(&Event::from_notice(first)).await?;
+        let mut batch = 1;
+        while batch < 64
+            && let Some(n) = notices.try_recv()
+        {
+            self.feed(&Event::from_notice(&n)).await?;
+            batch += 1;
+        }
+        self.flush().await
+    }
+
+    async fn on_message(&mut self, session: &Session, msg: Message) -> Result<(), Stop> {
+        let text = match msg {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                return self
+                    .violation(
+                        Event::Error {
+                            r#ref: None,
+                            code: "bad_message",
+                            message:
+                                "binary frames are not part of the protocol; send JSON text frames"
+                                    .into(),
+                        },
+                        close_code::POLICY,
+                    )
+                    .await;
+            }
+            // Pings are answered by the WebSocket layer; pongs only prove liveness.
+            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+            Message::Close(_) => return Err(Stop(Exit::Gone)),
+        };
+        let now = std::time::Instant::now();
+        if text.len() > self.settings.max_frame_bytes {
+            let message = format!(
+                "frame of {} bytes is over the limit of {} bytes",
+                text.len(),
+                self.settings.max_frame_bytes
+            );
+            return self
+                .violation(
+                    Event::Error {
+                        r#ref: ref_of(&text),
+                        code: "frame_too_large",
+                        message,
+                    },
+                    close_code::TOO_BIG,
+                )
+                .await;
+        }
+        if !self.rate.try_take(now) {
+            let err = Error::RateLimited {
+                per_second: self.settings.messages_per_second,
+            };
+            return self
+                .violation(Event::error(ref_of(&text), &err), close_code::POLICY)
+                .await;
+        }
+        let req = match Request::parse(&text) {
+            Ok(req) => req,
+            Err(e) => return self.violation(e.to_event(), close_code::POLICY).await,
+        };
+        let reply = dispatch(session, req).await;
+        self.feed(&reply).await?;
+        self.flush().await
+    }
+
+    /// Answers a violation with its error, or closes the connection once the peer keeps
+    /// violating past the limit.
+    async fn violation(&mut self, event: Event, code: u16) -> Result<(), Stop> {
+        if self.strikes.try_take(std::time::Instant::now()) {
+            self.feed(&event).await?;
+            return self.flush().await;
+        }
+        let reason = match code {
+            close_code::TOO_BIG => "too many frames over the size limit",
+            _ => "too many bad or rate-limited messages",
+        };
+        self.close(code, reason).await;
+        Err(Stop(Exit::Gone))
+    }
+
+    async fn feed(&mut self, event: &Event) -> Result<(), Stop> {
+        let msg = Message::Text(Utf8Bytes::from(event.to_json()));
+        match timeout(self.settings.liveness_timeout, self.socket.feed(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Stop(Exit::Gone)),
+            Err(_) => Err(Stop(Exit::Dead)),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Stop> {
+        match timeout(self.settings.liveness_timeout, self.socket.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Stop(Exit::Gone)),
+            Err(_) => Err(Stop(Exit::Dead)),
+        }
+    }
+
+    /// Sends a close frame and waits briefly for the peer's, so that the peer reads the reason
+    /// (closing a socket with unread input makes the kernel send a reset instead).
+    async fn close(&mut self, code: u16, reason: &str) {
+        let reason = truncate_reason(reason);
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason),
+        };
+        let grace = Duration::from_secs(1);
+        if timeout(grace, self.socket.send(Message::Close(Some(frame))))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let _ = timeout(grace, async {
+            while let Some(Ok(msg)) = self.socket.recv().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Runs one request against the session and returns its reply.
+async fn dispatch(session: &Session, req: Request) -> Event {
+    let r = req.r#ref;
+    let room = req.room.as_str();
+    let result = match req.op {
+        OpKind::Join => session
+            .join(room, req.meta)
+            .await
+            .map(|j| Event::joined(r.clone(), &j)),
+        OpKind::Takeover => session
+            .takeover(room)
+            .await
+            .map(|j| Event::joined(r.clone(), &j)),
+        OpKind::Leave => session
+            .leave(room)
+            .await
+            .map(|l| Event::left(r.clone(), &l)),
+        OpKind::Watch => match session.watch(room).await {
+            Ok(p) => RoomId::parse(room, usize::MAX).map(|id| Event::watching(r.clone(), id, &p)),
+            Err(e) => Err(e),
+        },
+        OpKind::Unwatch => match session.unwatch(room).await {
+            Ok(was) => {
+                RoomId::parse(room, usize::MAX).map(|id| Event::unwatched(r.clone(), id, was))
+            }
+            Err(e) => Err(e),
+        },
+        OpKind::Ping => Ok(Event::Pong { r#ref: r.clone() }),
+    };
+    result.unwrap_or_else(|e| Event::error(r, &e))
+}
+
+/// The `ref` of a request that is refused before it is looked at (too large, over the rate),
+/// so the client can still match the error to its request.
+fn ref_of(text: &str) -> Option<Ref> {
+    match Request::parse(text) {
+        Ok(req) => req.r#ref,
+        Err(e) => e.r#ref,
+    }
+}
+
+/// WebSocket close reasons are limited to 123 bytes.
+fn truncate_reason(reason: &str) -> String {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_in_a_close_frame() {
+        let long = "é".repeat(100);
+        let r = truncate_reason(&long);
+        assert!(r.len() <= 123);
+        assert!(long.starts_with(&r));
+        assert_eq!(truncate_reason("short"), "short");
+    }
+
+    #[test]
+    fn the_ref_of_a_refused_request_is_still_read() {
+        assert_eq!(
+            ref_of(r#"{"op":"join","room":"r","ref":5}"#),
+            Some(Ref::Int(5))
+        );
+        assert_eq!(
+            ref_of(r#"{"op":"nope","ref":"a"}"#),
+            Some(Ref::Str("a".into()))
+        );
+        assert_eq!(ref_of("not json"), None);
+    }
+}

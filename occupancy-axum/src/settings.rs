@@ -1,0 +1,107 @@
+//! Transport settings of the WebSocket endpoint: liveness (server pings and the timeout),
+//! frame size limits, the per-connection message rate and how many protocol violations are
+//! tolerated before a connection is closed. Room rules and their limits are the Hub's.
+
+use std::time::Duration;
+
+use occupancy_core::Error;
+
+/// Transport settings; see each field for its default. Build with [`Settings::default`] and
+/// change fields, or use the [`EndpointBuilder`](crate::EndpointBuilder) methods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Settings {
+    /// How often the server sends a WebSocket ping (default 4 s). Also announced to clients as
+    /// `heartbeat_ms`, the interval for their app-level `ping` op.
+    pub ping_interval: Duration,
+    /// A connection from which nothing (no pong, no message) arrives for this long is dead: it is
+    /// dropped and its session closed at once, releasing its rooms (default 10 s; must be longer
+    /// than `ping_interval`). A write that cannot complete for this long counts the same.
+    pub liveness_timeout: Duration,
+    /// Largest accepted text frame in bytes (default 16 KiB); a larger one is answered with
+    /// `frame_too_large` and not processed.
+    pub max_frame_bytes: usize,
+    /// Frames larger than this are not even read: the connection is closed with 1009 (default
+    /// 64 KiB, at least `max_frame_bytes`).
+    pub close_frame_bytes: usize,
+    /// Sustained messages per second per connection (default 20); above it, `rate_limited`.
+    pub messages_per_second: u32,
+    /// Messages a connection may send at once before the rate applies (default 40).
+    pub message_burst: u32,
+    /// Protocol violations (bad_message, unknown_op, frame_too_large, rate_limited) tolerated in a
+    /// burst before the connection is closed with 1008 (or 1009 for oversized frames); one is
+    /// forgiven per second (default 10).
+    pub max_violations: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            ping_interval: Duration::from_secs(4),
+            liveness_timeout: Duration::from_secs(10),
+            max_frame_bytes: 16 * 1024,
+            close_frame_bytes: 64 * 1024,
+            messages_per_second: 20,
+            message_burst: 40,
+            max_violations: 10,
+        }
+    }
+}
+
+impl Settings {
+    /// Checks for values that cannot work.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: &str| Err(Error::Config(m.to_string()));
+        if self.ping_interval.is_zero() || self.ping_interval > Duration::from_secs(3600) {
+            return bad("ping_interval must be between 1 ms and 1 hour");
+        }
+        if self.liveness_timeout <= self.ping_interval {
+            return bad("liveness_timeout must be longer than ping_interval");
+        }
+        if self.liveness_timeout > Duration::from_secs(24 * 3600) {
+            return bad("liveness_timeout must be at most 24 hours");
+        }
+        if self.max_frame_bytes < 256 {
+            return bad("max_frame_bytes must be at least 256");
+        }
+        if self.close_frame_bytes < self.max_frame_bytes {
+            return bad("close_frame_bytes must be at least max_frame_bytes");
+        }
+        if self.messages_per_second == 0 || self.message_burst == 0 {
+            return bad("messages_per_second and message_burst must be at least 1");
+        }
+        if self.max_violations == 0 {
+            return bad("max_violations must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_detect_a_dead_peer_within_ten_seconds() {
+        let s = Settings::default();
+        s.validate().unwrap();
+        assert!(s.liveness_timeout <= Duration::from_secs(10));
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        let cases: [fn(&mut Settings); 6] = [
+            |s| s.ping_interval = Duration::ZERO,
+            |s| s.liveness_timeout = s.ping_interval,
+            |s| s.max_frame_bytes = 10,
+            |s| s.close_frame_bytes = s.max_frame_bytes - 1,
+            |s| s.messages_per_second = 0,
+            |s| s.max_violations = 0,
+        ];
+        for f in cases {
+            let mut s = Settings::default();
+            f(&mut s);
+            assert!(matches!(s.validate(), Err(Error::Config(_))), "{s:?}");
+        }
+    }
+}
