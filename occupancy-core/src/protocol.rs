@@ -103,12 +103,13 @@ pub struct Request {
 }
 
 /// Why a request could not be parsed; carries the `ref` when it could be read, so the error reply
-/// can still be matched by the client.
+/// can still be matched by the client. The code is `bad_message`, `unknown_op`, or `meta_invalid`
+/// (a `meta` that is not an object).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProtocolError {
     /// The request's ref, when readable.
     pub r#ref: Option<Ref>,
-    /// `bad_message` or `unknown_op`.
+    /// `bad_message`, `unknown_op` or `meta_invalid`.
     pub code: &'static str,
     /// What was wrong, for humans.
     pub message: String,
@@ -202,9 +203,13 @@ impl Request {
         };
         let meta =
             match (op, obj.get("meta")) {
-                (OpKind::Join, Some(v)) => Some(Meta::from_value(v.clone()).map_err(|_| {
-                    ProtocolError::bad(r#ref.clone(), "`meta` must be a JSON object")
-                })?),
+                (OpKind::Join, Some(v)) => {
+                    Some(Meta::from_value(v.clone()).map_err(|e| ProtocolError {
+                        r#ref: r#ref.clone(),
+                        code: e.code(),
+                        message: "`meta` must be a JSON object (or null)".into(),
+                    })?)
+                }
                 _ => None,
             };
         Ok(Request {
@@ -371,7 +376,7 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
     ("unknown_op", "`op` is not one of the documented ops"),
     (
         "frame_too_large",
-        "the frame is over the size limit (the connection is closed with 1009)",
+        "the frame is over the size limit; repeated, or far over it, the connection is closed with 1009",
     ),
     (
         "room_invalid",
@@ -557,8 +562,13 @@ mod tests {
             ),
             (
                 r#"{"op":"join","room":"r","meta":[1],"ref":5}"#,
-                "bad_message",
+                "meta_invalid",
                 Some(Ref::Int(5)),
+            ),
+            (
+                r#"{"op":"join","room":"r","meta":"Ann","ref":6}"#,
+                "meta_invalid",
+                Some(Ref::Int(6)),
             ),
             (
                 r#"{"op":"join","room":"r","ref":{"a":1}}"#,
