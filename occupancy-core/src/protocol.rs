@@ -201,17 +201,16 @@ impl Request {
             (_, Some(_)) => return Err(ProtocolError::bad(r#ref, "`room` must be a string")),
             (_, None) => return Err(ProtocolError::bad(r#ref, "missing `room`")),
         };
-        let meta =
-            match (op, obj.get("meta")) {
-                (OpKind::Join, Some(v)) => {
-                    Some(Meta::from_value(v.clone()).map_err(|e| ProtocolError {
-                        r#ref: r#ref.clone(),
-                        code: e.code(),
-                        message: "`meta` must be a JSON object (or null)".into(),
-                    })?)
-                }
-                _ => None,
-            };
+        let meta = match (op, obj.get("meta")) {
+            (OpKind::Join, Some(v)) => {
+                Some(Meta::from_value(v.clone()).map_err(|e| ProtocolError {
+                    r#ref: r#ref.clone(),
+                    code: e.code(),
+                    message: "`meta` must be a JSON object (or null)".into(),
+                })?)
+            }
+            _ => None,
+        };
         Ok(Request {
             r#ref,
             op,
