@@ -1,1 +1,286 @@
-//! occupancy-socketio: placeholder, filled in by its issue.
+//! # occupancy-socketio
+//!
+//! The Socket.IO adapter of [`occupancy`](https://docs.rs/occupancy): attach a
+//! [`Hub`](occupancy_core::Hub) to a [socketioxide](https://docs.rs/socketioxide) 0.18
+//! [`SocketIo`] and browsers learn, in real time, who holds a page ("room") and who waits.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), occupancy_core::Error> {
+//! let (layer, io) = socketioxide::SocketIo::new_layer();
+//! occupancy_socketio::attach(&io, occupancy_core::Hub::new())?;
+//! # let _ = layer; Ok(()) }
+//! ```
+//!
+//! Serve `layer` with axum (or any tower server) behind an [`OriginLayer`]; see
+//! `examples/socketio_documents.rs` in the repository for a complete server.
+//!
+//! ## The article's events (on by default)
+//!
+//! The frontend of the article this library grew from ("Tracking Active Users on Specific Routes
+//! Using WebSockets") runs unchanged:
+//!
+//! | client → server | server → client |
+//! |---|---|
+//! | `join_document_room` with a room string | `is_occupied` with `"Its occupied"` when someone else holds it |
+//! | `leave_document_room` with a room string (our extension: leave without disconnecting) | `is_released` with `"this is released"` to every socket of the next holder on a hand-over |
+//!
+//! …but with the library's rules, which fix the original's bugs: joining twice is harmless
+//! (React StrictMode), leaving is explicit, a disconnect costs O(rooms of that socket), a holder
+//! that silently drops is released when its pings stop, room ids are validated and limited, and
+//! a disconnected holder keeps its place for the Hub's grace period (so a reload can resume).
+//!
+//! ## Rich events
+//!
+//! | client → server, with an acknowledgement | payload | ack |
+//! |---|---|---|
+//! | `occupancy:join` | `{"room": R, "meta": {...}, "ref": X}` or `R` | `joined` (`holding`, `position`, `version`, `holder`) |
+//! | `occupancy:leave` | `{"room": R}` or `R` | `left` (`was_member`) |
+//! | `occupancy:takeover` | `{"room": R}` or `R` | `joined` |
+//! | `occupancy:watch` | `{"room": R}` or `R` | `watching` (the room's presence) |
+//! | `occupancy:unwatch` | `{"room": R}` or `R` | `left` |
+//!
+//! Every ack is the protocol v1 object ([`occupancy_core::protocol::Event`]), with `"ev"`; a
+//! failure is `{"ev": "error", "code": ..., "message": ...}` with a code from
+//! [`occupancy_core::protocol::ERROR_CODES`], and nothing changed. Without an acknowledgement
+//! callback, a failure is pushed as `occupancy:error` instead.
+//!
+//! Pushes: `occupancy:hello` (first, on every socket: `session`, `resume` token, `heartbeat_ms`,
+//! `resumed`), then `occupancy:occupied`, `occupancy:released`, `occupancy:presence`,
+//! `occupancy:displaced` (the protocol v1 events), to sockets that used a rich event. Every name
+//! is configurable ([`EventNames`]).
+//!
+//! ## Identity, resume, disconnect
+//!
+//! Each socket is one Hub [`Session`]. Its principal and metadata come from the Socket.IO auth
+//! payload through the [`Identify`] hook (default [`Anonymous`]: no principal, metadata from
+//! `auth.meta`). A client that reconnects with `auth: { resume: <token from hello> }` within the
+//! grace period gets its places back. A transport drop starts the grace period; an explicit
+//! `socket.disconnect()` by the client leaves at once.
+//!
+//! ## Ordering
+//!
+//! socketioxide runs each event handler in its own task. This adapter does not let that reorder a
+//! socket's requests: each socket's requests are queued in the order they arrived and run one at a
+//! time (see the `conn` module), so `join` then `leave` always ends outside the room, and a
+//! disconnect is handled after the requests before it. The queue is bounded
+//! ([`Occupancy::queue_capacity`]) and each socket is rate limited ([`Occupancy::rate_limit`]);
+//! a request over either gets a `rate_limited` error.
+//!
+//! ## Payload size
+//!
+//! A bad payload (a number, an object without `room`, `null`, an array, a 1 MB string, an
+//! invalid room id) gets an error and stores nothing. To answer a 1 MB string with an error rather
+//! than a closed connection, the engine must accept it: socketioxide's default `max_payload` for
+//! polling is 100 KB (larger requests close the connection). The example sets 2 MiB for both
+//! transports (`max_payload`, `ws_max_message_size`).
+//!
+//! ## Serving
+//!
+//! Set `TCP_NODELAY` on the listener: `axum::serve` leaves Nagle's algorithm on, which delayed a
+//! hand-over by ~40 ms on small event frames:
+//!
+//! ```ignore
+//! use axum::serve::ListenerExt;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:9000").await?
+//!     .tap_io(|tcp| { let _ = tcp.set_nodelay(true); });
+//! axum::serve(listener, app).await?;
+//! ```
+#![warn(missing_docs)]
+
+mod conn;
+mod identify;
+mod names;
+mod origin;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use occupancy_core::{Error, Hub, Session};
+use socketioxide::SocketIo;
+use socketioxide::extract::SocketRef;
+
+pub use identify::{Anonymous, Handshake, Identify, Identity};
+pub use names::EventNames;
+pub use origin::{OriginLayer, OriginService};
+
+/// Attaches `hub` to the root namespace `/` of `io` with the defaults: the article's events and
+/// the rich events, anonymous sockets. Same as `Occupancy::new(hub).attach(io)`.
+pub fn attach(io: &SocketIo, hub: Hub) -> Result<(), Error> {
+    Occupancy::new(hub).attach(io)
+}
+
+/// A per-socket rate limit: a token bucket of `burst` requests refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    pub per_second: u32,
+    /// Requests allowed at once.
+    pub burst: u32,
+}
+
+impl Default for RateLimit {
+    /// 20 requests per second, bursts of 50.
+    fn default() -> Self {
+        RateLimit {
+            per_second: 20,
+            burst: 50,
+        }
+    }
+}
+
+/// Called for every socket in its connect middleware, after the adapter registered its handlers
+/// and before the client is told it is connected (so handlers registered here miss nothing).
+pub(crate) type SocketHook = Arc<dyn Fn(&SocketRef, &Session) + Send + Sync>;
+
+/// Configures and attaches the adapter: [`Occupancy::new`], the settings, then
+/// [`Occupancy::attach`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), occupancy_core::Error> {
+/// use occupancy_socketio::{EventNames, Occupancy};
+/// let hub = occupancy_core::Hub::new();
+/// let (layer, io) = socketioxide::SocketIo::new_layer();
+/// Occupancy::new(hub)
+///     .namespace("/documents")
+///     .events(EventNames::with_prefix("doc:"))
+///     .identify(|h: &occupancy_socketio::Handshake<'_>| {
+///         let name = h.auth.get("name").and_then(|n| n.as_str()).unwrap_or("guest");
+///         Ok(occupancy_socketio::Identity {
+///             principal: None,
+///             meta: occupancy_core::Meta::from_value(serde_json::json!({ "name": name }))
+///                 .map_err(|e| e.to_string())?,
+///         })
+///     })
+///     .attach(&io)?;
+/// # let _ = layer; Ok(()) }
+/// ```
+pub struct Occupancy {
+    hub: Hub,
+    namespace: Cow<'static, str>,
+    names: EventNames,
+    article: bool,
+    identify: Arc<dyn Identify>,
+    queue: usize,
+    rate: RateLimit,
+    on_socket: Option<SocketHook>,
+}
+
+impl fmt::Debug for Occupancy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Occupancy")
+            .field("hub", &self.hub)
+            .field("namespace", &self.namespace)
+            .field("names", &self.names)
+            .field("article", &self.article)
+            .field("queue", &self.queue)
+            .field("rate", &self.rate)
+            .field("on_socket", &self.on_socket.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Occupancy {
+    /// The defaults: namespace `/`, [`EventNames::default`], the article's events on,
+    /// [`Anonymous`] identities, a queue of 16 requests per socket, [`RateLimit::default`].
+    pub fn new(hub: Hub) -> Self {
+        Occupancy {
+            hub,
+            namespace: Cow::Borrowed("/"),
+            names: EventNames::default(),
+            article: true,
+            identify: Arc::new(Anonymous),
+            queue: 16,
+            rate: RateLimit::default(),
+            on_socket: None,
+        }
+    }
+
+    /// The Socket.IO namespace (default `/`).
+    pub fn namespace(mut self, namespace: impl Into<Cow<'static, str>>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// The event names.
+    pub fn events(mut self, names: EventNames) -> Self {
+        self.names = names;
+        self
+    }
+
+    /// Whether the article's events (`join_document_room`, `leave_document_room`, `is_occupied`,
+    /// `is_released`) are served (default true).
+    pub fn article_events(mut self, on: bool) -> Self {
+        self.article = on;
+        self
+    }
+
+    /// Who a socket is: its principal and metadata, from the handshake (default [`Anonymous`]).
+    pub fn identify(mut self, hook: impl Identify) -> Self {
+        self.identify = Arc::new(hook);
+        self
+    }
+
+    /// How many requests of one socket may wait for the ones before them (default 16, at least
+    /// 1). Beyond it a request is answered `rate_limited`.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue = n;
+        self
+    }
+
+    /// The per-socket rate limit (default [`RateLimit::default`]).
+    pub fn rate_limit(mut self, rate: RateLimit) -> Self {
+        self.rate = rate;
+        self
+    }
+
+    /// Called for every socket before the client is told it is connected, with its session: the
+    /// place to register the application's own handlers (`s.on(...)`) without the connect race.
+    pub fn on_socket(
+        mut self,
+        hook: impl Fn(&SocketRef, &Session) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_socket = Some(Arc::new(hook));
+        self
+    }
+
+    /// Registers the namespace on `io` (replacing any handler it had). [`Error::Config`] when two
+    /// incoming events share a name, the queue is empty or the rate limit is zero.
+    pub fn attach(self, io: &SocketIo) -> Result<(), Error> {
+        let mut incoming: Vec<&str> = self.names.incoming().to_vec();
+        if !self.article {
+            incoming.truncate(5);
+        }
+        incoming.sort_unstable();
+        if let Some(w) = incoming.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::Config(format!(
+                "two incoming Socket.IO events are both named {:?}",
+                w[0]
+            )));
+        }
+        if self.queue == 0 {
+            return Err(Error::Config("queue_capacity must be at least 1".into()));
+        }
+        if self.rate.per_second == 0 || self.rate.burst == 0 {
+            return Err(Error::Config(
+                "rate_limit per_second and burst must be at least 1".into(),
+            ));
+        }
+        let heartbeat_ms = io.config().engine_config.ping_interval.as_millis() as u64;
+        conn::register(
+            io,
+            self.namespace,
+            conn::Shared {
+                hub: self.hub,
+                names: self.names,
+                article: self.article,
+                identify: self.identify,
+                queue: self.queue,
+                rate: self.rate,
+                heartbeat_ms,
+                on_socket: self.on_socket,
+            },
+        );
+        Ok(())
+    }
+}

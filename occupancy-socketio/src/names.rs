@@ -1,0 +1,122 @@
+//! The Socket.IO event names the adapter listens to and emits, and the article's fixed payloads.
+//! Everything is configurable so an existing frontend can be served without changing it.
+
+use std::borrow::Cow;
+
+/// The event names (and the article's two payload strings).
+///
+/// The defaults are the article's events (`join_document_room`, `is_occupied`, `is_released`),
+/// our compatible extension `leave_document_room`, and the rich events prefixed `occupancy:`.
+/// [`EventNames::with_prefix`] changes the prefix of every rich event at once; each field can also
+/// be set alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventNames {
+    /// Acked: stand in a room's line (default `occupancy:join`).
+    pub join: Cow<'static, str>,
+    /// Acked: leave a room's line (default `occupancy:leave`).
+    pub leave: Cow<'static, str>,
+    /// Acked: take a room over (default `occupancy:takeover`).
+    pub takeover: Cow<'static, str>,
+    /// Acked: watch a room without standing in line (default `occupancy:watch`).
+    pub watch: Cow<'static, str>,
+    /// Acked: stop watching (default `occupancy:unwatch`).
+    pub unwatch: Cow<'static, str>,
+    /// Push: the first event on every socket, with its session id and resume token (default
+    /// `occupancy:hello`).
+    pub hello: Cow<'static, str>,
+    /// Push: you joined and someone else holds the room (default `occupancy:occupied`).
+    pub occupied: Cow<'static, str>,
+    /// Push: you now hold the room (default `occupancy:released`).
+    pub released: Cow<'static, str>,
+    /// Push: the room changed (default `occupancy:presence`).
+    pub presence: Cow<'static, str>,
+    /// Push: someone took the room over from you (default `occupancy:displaced`).
+    pub displaced: Cow<'static, str>,
+    /// Push: a request without an acknowledgement callback failed, or the connection is being
+    /// closed by the server (default `occupancy:error`).
+    pub error: Cow<'static, str>,
+    /// Article: join a room, the payload is the room string (default `join_document_room`).
+    pub article_join: Cow<'static, str>,
+    /// Article extension: leave a room, the payload is the room string (default
+    /// `leave_document_room`).
+    pub article_leave: Cow<'static, str>,
+    /// Article: sent to a late joiner (default `is_occupied`).
+    pub article_occupied: Cow<'static, str>,
+    /// Article: sent to every socket of the new holder on a hand-over (default `is_released`).
+    pub article_released: Cow<'static, str>,
+    /// The payload of [`EventNames::article_occupied`] (default `"Its occupied"`, sic).
+    pub article_occupied_message: Cow<'static, str>,
+    /// The payload of [`EventNames::article_released`] (default `"this is released"`).
+    pub article_released_message: Cow<'static, str>,
+}
+
+impl Default for EventNames {
+    fn default() -> Self {
+        EventNames::with_prefix("occupancy:")
+    }
+}
+
+impl EventNames {
+    /// The default names with another prefix for the rich events (`"doc:"` gives `doc:join`,
+    /// `doc:presence`, ...). The article's names are unchanged.
+    pub fn with_prefix(prefix: &str) -> Self {
+        let p = |name: &str| Cow::Owned(format!("{prefix}{name}"));
+        EventNames {
+            join: p("join"),
+            leave: p("leave"),
+            takeover: p("takeover"),
+            watch: p("watch"),
+            unwatch: p("unwatch"),
+            hello: p("hello"),
+            occupied: p("occupied"),
+            released: p("released"),
+            presence: p("presence"),
+            displaced: p("displaced"),
+            error: p("error"),
+            article_join: Cow::Borrowed("join_document_room"),
+            article_leave: Cow::Borrowed("leave_document_room"),
+            article_occupied: Cow::Borrowed("is_occupied"),
+            article_released: Cow::Borrowed("is_released"),
+            article_occupied_message: Cow::Borrowed("Its occupied"),
+            article_released_message: Cow::Borrowed("this is released"),
+        }
+    }
+
+    /// The names of the events a client sends, for checking they are distinct.
+    pub(crate) fn incoming(&self) -> [&str; 7] {
+        [
+            &self.join,
+            &self.leave,
+            &self.takeover,
+            &self.watch,
+            &self.unwatch,
+            &self.article_join,
+            &self.article_leave,
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_articles_and_the_prefixed_names() {
+        let n = EventNames::default();
+        assert_eq!(n.join, "occupancy:join");
+        assert_eq!(n.presence, "occupancy:presence");
+        assert_eq!(n.error, "occupancy:error");
+        assert_eq!(n.article_join, "join_document_room");
+        assert_eq!(n.article_occupied, "is_occupied");
+        assert_eq!(n.article_occupied_message, "Its occupied");
+        assert_eq!(n.article_released, "is_released");
+        assert_eq!(n.article_released_message, "this is released");
+        let d = EventNames::with_prefix("doc/");
+        assert_eq!(d.takeover, "doc/takeover");
+        assert_eq!(d.article_leave, "leave_document_room");
+        let mut incoming = n.incoming().to_vec();
+        incoming.sort();
+        incoming.dedup();
+        assert_eq!(incoming.len(), 7);
+    }
+}

@@ -1,0 +1,270 @@
+//! The origin check: a tower layer that refuses, with 403, browser requests to the Socket.IO
+//! endpoint whose `Origin` is not allowed.
+//!
+//! CORS does not protect a WebSocket upgrade (browsers send it cross-origin without asking), and
+//! Socket.IO's polling transport is plain `GET`/`POST` requests, so any page a user visits could
+//! otherwise open a connection that joins rooms in their name. Requests without an `Origin`
+//! header (non-browser clients such as Node's `socket.io-client`) are let through: the header is
+//! only a defence for browser users. Put the layer *inside* a CORS layer, so preflight requests
+//! are answered by the CORS layer and refusals still carry no CORS headers.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::{Either, Ready, ready};
+use http::header::{HOST, ORIGIN};
+use http::{HeaderValue, Request, Response, StatusCode};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// Which `Origin`s may connect. See the [module docs](self).
+///
+/// ```
+/// use occupancy_socketio::OriginLayer;
+/// // The page's own host, plus the article's Vite dev server.
+/// let layer = OriginLayer::same_host().allow("http://localhost:5173");
+/// assert!(layer.is_allowed(Some("http://localhost:5173"), Some("localhost:9000")));
+/// assert!(layer.is_allowed(Some("http://localhost:9000"), Some("localhost:9000")));
+/// assert!(!layer.is_allowed(Some("https://evil.example"), Some("localhost:9000")));
+/// assert!(layer.is_allowed(None, Some("localhost:9000")), "non-browser clients send no Origin");
+/// ```
+#[derive(Clone)]
+pub struct OriginLayer {
+    inner: Arc<Allowed>,
+}
+
+#[derive(Debug, Default)]
+struct Allowed {
+    any: bool,
+    same_host: bool,
+    origins: Vec<String>,
+}
+
+impl Default for OriginLayer {
+    /// Same as [`OriginLayer::same_host`].
+    fn default() -> Self {
+        OriginLayer::same_host()
+    }
+}
+
+impl fmt::Debug for OriginLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OriginLayer")
+            .field("any", &self.inner.any)
+            .field("same_host", &self.inner.same_host)
+            .field("origins", &self.inner.origins)
+            .finish()
+    }
+}
+
+fn normalize(origin: &str) -> String {
+    origin.trim().trim_end_matches('/').to_ascii_lowercase()
+}
+
+/// `host[:port]` with the scheme's default port removed, lowercased.
+fn authority(scheme: &str, authority: &str) -> String {
+    let a = authority.to_ascii_lowercase();
+    let default = match scheme {
+        "http" | "ws" => Some(":80"),
+        "https" | "wss" => Some(":443"),
+        _ => None,
+    };
+    match default {
+        Some(port) if a.ends_with(port) => a[..a.len() - port.len()].to_owned(),
+        _ => a,
+    }
+}
+
+impl OriginLayer {
+    /// Allows browser pages served from the same host (and port) as the request's `Host` header:
+    /// the library's default.
+    pub fn same_host() -> Self {
+        OriginLayer {
+            inner: Arc::new(Allowed {
+                same_host: true,
+                ..Allowed::default()
+            }),
+        }
+    }
+
+    /// Allows exactly these origins (`scheme://host[:port]`, e.g. `http://localhost:5173`), and
+    /// not the same host unless listed.
+    pub fn list<I, S>(origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        OriginLayer {
+            inner: Arc::new(Allowed {
+                origins: origins.into_iter().map(|o| normalize(o.as_ref())).collect(),
+                ..Allowed::default()
+            }),
+        }
+    }
+
+    /// Allows every origin: only for development, or when another layer checks it.
+    pub fn any() -> Self {
+        OriginLayer {
+            inner: Arc::new(Allowed {
+                any: true,
+                ..Allowed::default()
+            }),
+        }
+    }
+
+    /// Also allows `origin` (`scheme://host[:port]`).
+    pub fn allow(self, origin: impl AsRef<str>) -> Self {
+        let mut a = Allowed {
+            any: self.inner.any,
+            same_host: self.inner.same_host,
+            origins: self.inner.origins.clone(),
+        };
+        a.origins.push(normalize(origin.as_ref()));
+        OriginLayer { inner: Arc::new(a) }
+    }
+
+    /// Whether a request with this `Origin` and `Host` is let through.
+    pub fn is_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        let Some(origin) = origin else {
+            return true;
+        };
+        let a = &self.inner;
+        if a.any {
+            return true;
+        }
+        let origin = normalize(origin);
+        if a.origins.contains(&origin) {
+            return true;
+        }
+        if a.same_host
+            && let (Some((scheme, auth)), Some(host)) = (origin.split_once("://"), host)
+        {
+            return !auth.contains('/') && authority(scheme, auth) == authority(scheme, host);
+        }
+        false
+    }
+
+    fn check<B>(&self, req: &Request<B>) -> bool {
+        let header = |name| {
+            req.headers()
+                .get(name)
+                .map(|v: &HeaderValue| v.to_str().unwrap_or("\u{0}invalid"))
+        };
+        let host = header(HOST).or_else(|| req.uri().authority().map(|a| a.as_str()));
+        self.is_allowed(header(ORIGIN), host)
+    }
+}
+
+impl<S> Layer<S> for OriginLayer {
+    type Service = OriginService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        OriginService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`OriginLayer`].
+#[derive(Clone, Debug)]
+pub struct OriginService<S> {
+    inner: S,
+    layer: OriginLayer,
+}
+
+impl<S, B, RB> Service<Request<B>> for OriginService<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    RB: Default,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<Response<RB>, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if self.layer.check(&req) {
+            return Either::Left(self.inner.call(req));
+        }
+        tracing::debug!(
+            origin = ?req.headers().get(ORIGIN),
+            uri = %req.uri(),
+            "refused a request from a disallowed origin"
+        );
+        let mut res = Response::new(RB::default());
+        *res.status_mut() = StatusCode::FORBIDDEN;
+        Either::Right(ready(Ok(res)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_host_compares_authority_with_default_ports() {
+        let l = OriginLayer::same_host();
+        assert!(l.is_allowed(Some("http://Example.com"), Some("example.com")));
+        assert!(l.is_allowed(Some("http://example.com"), Some("example.com:80")));
+        assert!(l.is_allowed(Some("https://example.com:443"), Some("example.com")));
+        assert!(l.is_allowed(Some("http://127.0.0.1:9000"), Some("127.0.0.1:9000")));
+        assert!(!l.is_allowed(Some("http://127.0.0.1:9001"), Some("127.0.0.1:9000")));
+        assert!(!l.is_allowed(Some("http://evil.com"), Some("example.com")));
+        assert!(!l.is_allowed(Some("null"), Some("example.com")));
+        assert!(!l.is_allowed(Some("http://example.com"), None));
+        assert!(!l.is_allowed(Some("http://example.com/x"), Some("example.com/x")));
+        assert!(l.is_allowed(None, None));
+    }
+
+    #[test]
+    fn lists_and_any() {
+        let l = OriginLayer::list(["http://localhost:5173/"]);
+        assert!(l.is_allowed(Some("http://LOCALHOST:5173"), Some("localhost:9000")));
+        assert!(!l.is_allowed(Some("http://localhost:9000"), Some("localhost:9000")));
+        let l = OriginLayer::same_host().allow("http://a.test");
+        assert!(l.is_allowed(Some("http://a.test"), Some("b.test")));
+        assert!(l.is_allowed(Some("http://b.test"), Some("b.test")));
+        assert!(OriginLayer::any().is_allowed(Some("null"), None));
+    }
+
+    #[test]
+    fn the_service_refuses_with_403_and_calls_through_otherwise() {
+        let mut svc = OriginLayer::same_host().layer(Inner);
+        let req = |origin: &str| {
+            Request::builder()
+                .header(HOST, "localhost:9000")
+                .header(ORIGIN, origin)
+                .body(())
+                .unwrap()
+        };
+        let run = |f: Either<InnerFuture, InnerFuture>| match f {
+            Either::Left(r) | Either::Right(r) => r.into_inner().unwrap(),
+        };
+        assert_eq!(run(svc.call(req("http://localhost:9000"))).body(), "inner");
+        let refused = run(svc.call(req("http://evil.test")));
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert_eq!(refused.body(), "");
+    }
+
+    type InnerFuture = Ready<Result<Response<String>, std::convert::Infallible>>;
+
+    #[derive(Clone)]
+    struct Inner;
+
+    impl Service<Request<()>> for Inner {
+        type Response = Response<String>;
+        type Error = std::convert::Infallible;
+        type Future = InnerFuture;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Request<()>) -> Self::Future {
+            ready(Ok(Response::new("inner".to_owned())))
+        }
+    }
+}
