@@ -1,0 +1,412 @@
+//! Tests of the Hub runtime itself on the memory backend (the rules are in the conformance suite):
+//! the concurrency hammer, slow consumers, authorization, timers on paused time, the timer task's
+//! lifetime, configuration errors, and the tracing levels.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use occupancy_core::{
+    Action, AuthRequest, Backend, Config, Error, Hub, MemoryBackend, Meta, Notice, NoticeKind,
+    SessionId,
+};
+
+const ROOM: &str = "document-1";
+
+fn hub_on(backend: &MemoryBackend, grace: Duration) -> Hub {
+    Hub::builder()
+        .backend(backend.clone())
+        .grace(grace)
+        .build()
+        .unwrap()
+}
+
+fn invariants(backend: &MemoryBackend) {
+    backend
+        .with_machine(|m| m.check_invariants())
+        .expect("machine invariants");
+}
+
+// ----- concurrency ------------------------------------------------------------------------------
+
+/// 64 tasks hammer one room with join / take over / leave on a multi-thread runtime, while
+/// collectors read every session's notices. Afterwards: the machine's invariants hold, every
+/// session saw its notices in version order, no session was released twice for one version, and
+/// the room is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hammer_one_room_from_many_tasks() {
+    const TASKS: usize = 64;
+    const ROUNDS: usize = 50;
+    let backend = MemoryBackend::new();
+    let hub = Hub::builder()
+        .backend(backend.clone())
+        .notice_buffer(1 << 16)
+        .build()
+        .unwrap();
+    let mut workers = Vec::new();
+    let mut collectors = Vec::new();
+    for t in 0..TASKS {
+        // Some sessions share a principal: two tabs of one user racing each other.
+        let principal = (t % 8 == 0).then(|| "shared".to_string());
+        let (session, mut notices) = hub.connect(principal, Meta::empty()).await.unwrap();
+        let id = session.id();
+        collectors.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(n) = notices.recv().await {
+                seen.push(n);
+            }
+            (id, seen)
+        }));
+        // Two tasks per session for some sessions: socketioxide runs each event in its own task.
+        let sessions = if t % 4 == 1 {
+            vec![session.clone(), session]
+        } else {
+            vec![session]
+        };
+        let n = sessions.len();
+        for (k, s) in sessions.into_iter().enumerate() {
+            let backend = backend.clone();
+            workers.push(tokio::spawn(async move {
+                for r in 0..ROUNDS {
+                    let j = s.join(ROOM, None).await.unwrap();
+                    assert_eq!(j.holding, j.position == 0);
+                    match (r + t + k) % 5 {
+                        0 => {
+                            // The other task of this session may have left already.
+                            match s.takeover(ROOM).await {
+                                Ok(j) => assert!(j.holding),
+                                Err(e) => assert!(n > 1 && e == Error::NotInRoom, "{e:?}"),
+                            }
+                        }
+                        1 => tokio::task::yield_now().await,
+                        2 if r % 10 == 0 => invariants(&backend),
+                        _ => {}
+                    }
+                    s.leave(ROOM).await.unwrap();
+                }
+                s
+            }));
+        }
+    }
+    let mut sessions = Vec::new();
+    for w in workers {
+        sessions.push(w.await.expect("worker panicked"));
+    }
+    invariants(&backend);
+    assert_eq!(hub.room(ROOM).await.unwrap(), None, "everyone left");
+    for s in &sessions {
+        s.close().await;
+    }
+    drop(sessions);
+    let mut total = 0;
+    for c in collectors {
+        let (id, seen) = c.await.unwrap();
+        total += seen.len();
+        assert!(seen.iter().all(|n| n.session == id));
+        let versions: Vec<u64> = seen.iter().map(Notice::version).collect();
+        assert!(
+            versions.windows(2).all(|w| w[0] <= w[1]),
+            "session {id:?} saw versions out of order"
+        );
+        let released: Vec<u64> = seen
+            .iter()
+            .filter(|n| matches!(n.kind, NoticeKind::Released { .. }))
+            .map(Notice::version)
+            .collect();
+        assert!(
+            released.windows(2).all(|w| w[0] < w[1]),
+            "session {id:?} was released twice for one hand-over"
+        );
+    }
+    assert!(total > 0);
+    let stats = hub.stats().await.unwrap();
+    assert_eq!((stats.sessions, stats.rooms, stats.occupants), (0, 0, 0));
+    invariants(&backend);
+}
+
+// ----- slow consumers ---------------------------------------------------------------------------
+
+/// A session that never reads holds at most `notice_buffer` notices; on overflow it is closed
+/// (reason SlowConsumer), its rooms are left, the next in line is released, and the machine
+/// forgets it.
+#[tokio::test(start_paused = true)]
+async fn slow_consumer_is_bounded_and_closed() {
+    let backend = MemoryBackend::new();
+    let hub = Hub::builder()
+        .backend(backend.clone())
+        .notice_buffer(8)
+        .build()
+        .unwrap();
+    let (slow, slow_n) = hub.connect(None, Meta::empty()).await.unwrap();
+    slow.join(ROOM, None).await.unwrap();
+    slow.join("other", None).await.unwrap();
+    let (next, mut next_n) = hub.connect(None, Meta::empty()).await.unwrap();
+    next.join(ROOM, None).await.unwrap();
+    let mut got = Vec::new();
+    let mut joiners = Vec::new();
+    while slow.is_live() {
+        assert!(slow_n.len() <= 8, "the buffer is bounded");
+        let (s, mut n) = hub.connect(None, Meta::empty()).await.unwrap();
+        s.join(ROOM, None).await.unwrap();
+        while let Some(x) = next_n.try_recv() {
+            got.push(x);
+        }
+        while n.try_recv().is_some() {}
+        joiners.push((s, n));
+        assert!(joiners.len() < 10, "never overflowed");
+    }
+    // The kick runs before the join that overflowed returns.
+    assert_eq!(
+        slow_n.close_reason(),
+        Some(Error::SlowConsumer { capacity: 8 })
+    );
+    backend.with_machine(|m| {
+        assert!(!m.contains_session(slow.id()));
+        assert!(m.room("other").is_none());
+        assert_eq!(m.position(next.id(), ROOM), Some(0));
+    });
+    while let Some(x) = next_n.try_recv() {
+        got.push(x);
+    }
+    let released = got
+        .iter()
+        .filter(|n| matches!(n.kind, NoticeKind::Released { .. }))
+        .count();
+    assert_eq!(released, 1);
+    invariants(&backend);
+    assert_eq!(hub.live_connections(), 1 + joiners.len());
+}
+
+/// A receiver dropped by the application does not kill the session: its notices are dropped.
+#[tokio::test(start_paused = true)]
+async fn dropped_receiver_is_not_a_slow_consumer() {
+    let hub = Hub::builder().notice_buffer(2).build().unwrap();
+    let (a, an) = hub.connect(None, Meta::empty()).await.unwrap();
+    drop(an);
+    a.join(ROOM, None).await.unwrap();
+    for _ in 0..5 {
+        let (b, _bn) = hub.connect(None, Meta::empty()).await.unwrap();
+        b.join(ROOM, None).await.unwrap();
+        b.leave(ROOM).await.unwrap();
+    }
+    assert!(a.is_live());
+    assert_eq!(a.join(ROOM, None).await.unwrap().position, 0);
+}
+
+// ----- authorization ----------------------------------------------------------------------------
+
+/// The hook sees exactly (principal, room, action) for join, take over and watch, and not for
+/// leave or unwatch; a refusal leaves the machine untouched.
+#[tokio::test]
+async fn authorization_hook_sees_each_request() {
+    type Asked = Vec<(Option<String>, String, Action)>;
+    let asked: Arc<Mutex<Asked>> = Arc::default();
+    let log = asked.clone();
+    let backend = MemoryBackend::new();
+    let hub = Hub::builder()
+        .backend(backend.clone())
+        .authorize(move |req: &AuthRequest<'_>| {
+            log.lock().unwrap().push((
+                req.principal.map(str::to_string),
+                req.room.to_string(),
+                req.action,
+            ));
+            if req.room == "closed" {
+                Err("closed for maintenance".into())
+            } else {
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    let (a, _an) = hub
+        .connect(Some("alice".into()), Meta::empty())
+        .await
+        .unwrap();
+    a.join(ROOM, None).await.unwrap();
+    a.takeover(ROOM).await.unwrap();
+    a.watch("w").await.unwrap();
+    a.unwatch("w").await.unwrap();
+    a.leave(ROOM).await.unwrap();
+    let before = backend.with_machine(|m| (m.stats(), m.session_rooms(a.id()).unwrap().len()));
+    for r in [
+        a.join("closed", None).await.err(),
+        a.watch("closed").await.err(),
+        a.takeover("closed").await.err(),
+    ] {
+        assert_eq!(
+            r,
+            Some(Error::Forbidden {
+                reason: "closed for maintenance".into()
+            })
+        );
+    }
+    let after = backend.with_machine(|m| (m.stats(), m.session_rooms(a.id()).unwrap().len()));
+    assert_eq!(before, after);
+    let asked: Vec<_> = asked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(p, r, a)| (p.clone().unwrap(), r.clone(), *a))
+        .collect();
+    let want: Vec<_> = [
+        (ROOM, Action::Join),
+        (ROOM, Action::Takeover),
+        ("w", Action::Watch),
+        ("closed", Action::Join),
+        ("closed", Action::Watch),
+        ("closed", Action::Takeover),
+    ]
+    .into_iter()
+    .map(|(r, a)| ("alice".to_string(), r.to_string(), a))
+    .collect();
+    assert_eq!(asked, want);
+}
+
+// ----- timers -----------------------------------------------------------------------------------
+
+/// On paused time: a resume just before the grace ends keeps the place; just after, the session
+/// is gone and the next in line was released by the Hub's own timer task.
+#[tokio::test(start_paused = true)]
+async fn grace_ends_exactly_on_time() {
+    let backend = MemoryBackend::new();
+    let hub = hub_on(&backend, Duration::from_secs(5));
+    let (a, _an) = hub.connect(None, Meta::empty()).await.unwrap();
+    let (b, mut bn) = hub.connect(None, Meta::empty()).await.unwrap();
+    a.join(ROOM, None).await.unwrap();
+    b.join(ROOM, None).await.unwrap();
+
+    a.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(4_999)).await;
+    let (a, _an, resumed) = hub.resume(a.resume_token()).await.unwrap();
+    assert_eq!(resumed.rooms[0].position, 0);
+
+    a.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(4_999)).await;
+    assert!(backend.with_machine(|m| m.contains_session(a.id())));
+    while bn.try_recv().is_some() {}
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    assert!(!backend.with_machine(|m| m.contains_session(a.id())));
+    let n = bn.recv().await.unwrap();
+    assert!(
+        matches!(n.kind, NoticeKind::Released { .. }) || matches!(n.kind, NoticeKind::Presence(_))
+    );
+    assert_eq!(
+        hub.holder(ROOM).await.unwrap().unwrap().id.to_string(),
+        format!("~{}", b.id())
+    );
+    assert_eq!(
+        hub.resume(a.resume_token()).await.err(),
+        Some(Error::ResumeInvalid)
+    );
+}
+
+/// A disconnect with a shorter deadline than the one the timer task sleeps for wakes it early.
+#[tokio::test(start_paused = true)]
+async fn earlier_deadline_wakes_the_timer() {
+    let backend = MemoryBackend::new();
+    let hub = hub_on(&backend, Duration::from_secs(10));
+    let (a, _an) = hub.connect(None, Meta::empty()).await.unwrap();
+    a.disconnect().await; // deadline t+10
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (b, _bn) = hub.connect(None, Meta::empty()).await.unwrap();
+    b.disconnect().await; // deadline t+15
+    let (c, _cn) = hub.connect(None, Meta::empty()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5_001)).await; // t+10.001
+    backend.with_machine(|m| {
+        assert!(!m.contains_session(a.id()));
+        assert!(m.contains_session(b.id()));
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await; // t+15.001
+    backend.with_machine(|m| {
+        assert!(!m.contains_session(b.id()));
+        assert!(m.contains_session(c.id()));
+    });
+    assert_eq!(hub.stats().await.unwrap().sessions, 1);
+}
+
+/// The timer task holds only a weak reference: once the Hub and its sessions are dropped, the
+/// task ends and the backend is released.
+#[tokio::test(start_paused = true)]
+async fn timer_task_ends_with_the_hub() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let backend = MemoryBackend::new();
+    let hub = hub_on(&backend, Duration::from_secs(5));
+    assert_eq!(metrics.num_alive_tasks(), before + 1);
+    let (a, an) = hub.connect(None, Meta::empty()).await.unwrap();
+    a.join(ROOM, None).await.unwrap();
+    a.disconnect().await; // the timer task now sleeps until the grace ends
+    drop(hub);
+    drop((a, an));
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(metrics.num_alive_tasks(), before);
+}
+
+// ----- configuration ----------------------------------------------------------------------------
+
+#[test]
+fn build_outside_a_runtime_is_a_config_error() {
+    assert!(matches!(Hub::builder().build(), Err(Error::Config(_))));
+}
+
+#[tokio::test]
+async fn bad_configuration_is_refused() {
+    assert!(matches!(
+        Hub::builder().notice_buffer(0).build(),
+        Err(Error::Config(_))
+    ));
+    assert!(matches!(
+        Hub::builder().grace(Duration::from_secs(90_000)).build(),
+        Err(Error::Config(_))
+    ));
+    let backend = MemoryBackend::new();
+    let hub = Hub::builder()
+        .backend(backend.clone())
+        .presence_occupants(3)
+        .build()
+        .unwrap();
+    assert_eq!(hub.config().presence_occupants, 3);
+    assert_eq!(backend.with_machine(|m| m.config().clone()), *hub.config());
+    assert!(
+        matches!(
+            Hub::builder().backend(backend).build(),
+            Err(Error::Config(_))
+        ),
+        "a backend serves one Hub"
+    );
+    assert_eq!(Hub::new().config(), &Config::default());
+}
+
+/// Ids are random and distinct; tokens print as 32 hex digits and parse back.
+#[tokio::test]
+async fn ids_and_tokens_are_random() {
+    let hub = Hub::new();
+    let mut ids = HashMap::new();
+    for _ in 0..100 {
+        let (s, n) = hub.connect(None, Meta::empty()).await.unwrap();
+        let token = s.resume_token();
+        assert_eq!(
+            token
+                .to_string()
+                .parse::<occupancy_core::ResumeToken>()
+                .unwrap(),
+            token
+        );
+        assert!(ids.insert(s.id(), (s, n)).is_none());
+    }
+    assert!(!ids.contains_key(&SessionId(0)));
+    assert_eq!(hub.live_connections(), 100);
+}
+
+/// Backends can be used through `Arc<dyn Backend>` too.
+#[tokio::test]
+async fn backend_arc() {
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let hub = Hub::builder().backend_arc(backend.clone()).build().unwrap();
+    let (a, _n) = hub.connect(None, Meta::empty()).await.unwrap();
+    a.join(ROOM, None).await.unwrap();
+    assert_eq!(backend.stats().await.unwrap().occupants, 1);
+}
