@@ -1,0 +1,171 @@
+//! Criterion bench of the runtime's overhead: a join+leave pair through the [`Hub`] (memory
+//! backend, notices delivered into bounded channels and read back) against the same pair on the
+//! bare state machine, from 1 task and from 2 tasks at once.
+//!
+//! The room has a holder whose receiver was dropped (its notices are still computed, then
+//! dropped); each benched session joins as second in line, leaves, and reads the notices it got.
+//! On the bare machine the "2 tasks" case is two threads sharing the machine behind a mutex, the
+//! way the memory backend holds it. Each measurement is the wall time per pair (for 2 tasks: the
+//! time for both to finish divided by the total number of pairs, i.e. inverse throughput).
+//!
+//! Run: `cargo bench --bench hub` (add `-- --quick` for a fast pass). The overhead ratio is
+//! Hub / bare for the same number of tasks.
+
+use std::hint::black_box;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use occupancy::{Config, Hub, Machine, Meta, ResumeToken, SessionId};
+
+const ROOM: &str = "document-1";
+
+fn machine() -> Machine {
+    Machine::new(Config {
+        grace: Duration::ZERO,
+        ..Config::default()
+    })
+    .unwrap()
+}
+
+fn bare_pair(m: &mut Machine, s: SessionId) {
+    m.join(s, black_box(ROOM), None).unwrap();
+    m.leave(s, black_box(ROOM)).unwrap();
+    m.drain_notices().for_each(drop);
+}
+
+fn bare(c: &mut Criterion) {
+    let mut g = c.benchmark_group("join+leave pair");
+    g.bench_function("bare machine, 1 task", |b| {
+        let mut m = machine();
+        let holder = SessionId(1);
+        let s = SessionId(2);
+        m.connect(holder, None, Meta::empty(), ResumeToken(1))
+            .unwrap();
+        m.connect(s, None, Meta::empty(), ResumeToken(2)).unwrap();
+        m.join(holder, ROOM, None).unwrap();
+        m.drain_notices().for_each(drop);
+        b.iter(|| bare_pair(&mut m, s));
+    });
+    g.bench_function("bare machine, 2 tasks", |b| {
+        let m = Arc::new(Mutex::new(machine()));
+        {
+            let mut m = m.lock().unwrap();
+            for id in 1..=3 {
+                m.connect(SessionId(id), None, Meta::empty(), ResumeToken(id.into()))
+                    .unwrap();
+            }
+            m.join(SessionId(1), ROOM, None).unwrap();
+            m.drain_notices().for_each(drop);
+        }
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            std::thread::scope(|scope| {
+                for t in 0..2u64 {
+                    let m = &m;
+                    let n = iters.div_ceil(2);
+                    scope.spawn(move || {
+                        let s = SessionId(2 + t);
+                        for _ in 0..n {
+                            bare_pair(&mut m.lock().unwrap(), s);
+                        }
+                    });
+                }
+            });
+            start.elapsed()
+        });
+    });
+    g.finish();
+}
+
+async fn hub_pairs(session: &occupancy::Session, notices: &mut occupancy::Notices, n: u64) {
+    for _ in 0..n {
+        session.join(black_box(ROOM), None).await.unwrap();
+        session.leave(black_box(ROOM)).await.unwrap();
+        while let Some(x) = notices.try_recv() {
+            black_box(x);
+        }
+    }
+}
+
+async fn setup_hub() -> Hub {
+    // A large buffer: with 2 tasks, a session descheduled by the OS for a moment while it stands
+    // in the room would otherwise be closed as a slow consumer by the other task's churn.
+    let hub = Hub::builder()
+        .grace(Duration::ZERO)
+        .notice_buffer(1 << 16)
+        .build()
+        .unwrap();
+    let (holder, holder_notices) = hub.connect(None, Meta::empty()).await.unwrap();
+    drop(holder_notices);
+    holder.join(ROOM, None).await.unwrap();
+    std::mem::forget(holder); // stays connected for the whole bench
+    hub
+}
+
+fn hub(c: &mut Criterion) {
+    let mut g = c.benchmark_group("join+leave pair");
+    g.bench_function("hub, 1 task", |b| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (_hub, session, notices) = rt.block_on(async {
+            let hub = setup_hub().await;
+            let (s, n) = hub.connect(None, Meta::empty()).await.unwrap();
+            (hub, s, n)
+        });
+        let mut notices = notices;
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                hub_pairs(&session, &mut notices, iters).await;
+                start.elapsed()
+            })
+        });
+    });
+    g.bench_function("hub, 2 tasks", |b| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (_hub, sessions) = rt.block_on(async {
+            let hub = setup_hub().await;
+            let mut sessions = Vec::new();
+            for _ in 0..2 {
+                sessions.push(hub.connect(None, Meta::empty()).await.unwrap());
+            }
+            (hub, sessions)
+        });
+        let sessions: Vec<_> = sessions
+            .into_iter()
+            .map(|(s, n)| Arc::new(tokio::sync::Mutex::new((s, n))))
+            .collect();
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                let tasks: Vec<_> = sessions
+                    .iter()
+                    .map(|pair| {
+                        let pair = pair.clone();
+                        let n = iters.div_ceil(2);
+                        tokio::spawn(async move {
+                            let mut guard = pair.lock().await;
+                            let (s, notices) = &mut *guard;
+                            hub_pairs(s, notices, n).await;
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                start.elapsed()
+            })
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bare, hub);
+criterion_main!(benches);
