@@ -1,40 +1,6 @@
 //! The async runtime: [`Hub`] owns a [`Backend`], hands out [`Session`]s that each carry a bounded
 //! stream of [`Notices`], runs the grace timers and calls the authorization hook. It moves data;
 //! every decision is the state machine's.
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), occupancy_core::Error> {
-//! use occupancy_core::{Hub, Meta, NoticeKind};
-//!
-//! let hub = Hub::new();
-//! let (alice, _alice_notices) = hub.connect(Some("alice".into()), Meta::empty()).await?;
-//! let (bob, mut bob_notices) = hub.connect(Some("bob".into()), Meta::empty()).await?;
-//! assert!(alice.join("doc-1", None).await?.holding);
-//! assert_eq!(bob.join("doc-1", None).await?.position, 1);
-//! alice.leave("doc-1").await?;
-//! let mut released = false;
-//! while let Some(n) = bob_notices.try_recv() {
-//!     released |= matches!(n.kind, NoticeKind::Released { .. });
-//! }
-//! assert!(released);
-//! # Ok(()) }
-//! ```
-//!
-//! # How it works
-//!
-//! - Each connection has a bounded tokio channel. Backends deliver notices through the Hub's
-//!   [`NoticeSink`] while holding their own lock, with `try_send`, so each session receives each
-//!   room's notices in version order however many tasks call at once, and a full channel never
-//!   blocks anyone: the session is marked a slow consumer, its channel is dropped, and it is closed
-//!   (its rooms left, the next in line released) right after, with
-//!   [`Error::SlowConsumer`] as its [`Notices::close_reason`].
-//! - Dropping the last clone of a [`Session`] queues a disconnect (its grace starts); a timer task
-//!   (which holds only a weak reference to the Hub and ends with it) runs queued work and the
-//!   backend's timers, woken early when a disconnect sets an earlier deadline.
-//! - Lifecycle changes of connections (disconnect, close, resume, expiry, slow-consumer kicks) are
-//!   serialized by one async lock, so a resume never races the disconnect of the connection it
-//!   replaces. Joins, leaves and the rest do not take it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -189,7 +155,8 @@ impl RegState {
 struct Registry {
     state: Mutex<RegState>,
     cmds: Mutex<Vec<Cmd>>,
-    pending: AtomicBool,
+    /// Set while a kick is queued (checked after every call, without a lock).
+    pending_kicks: AtomicBool,
     wake: Arc<Notify>,
     capacity: usize,
 }
@@ -200,18 +167,31 @@ impl Registry {
     }
 
     fn push_cmds(&self, cmds: impl IntoIterator<Item = Cmd>) {
-        self.cmds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(cmds);
-        self.pending.store(true, Ordering::Release);
+        let mut q = self.cmds.lock().unwrap_or_else(|p| p.into_inner());
+        for cmd in cmds {
+            if matches!(cmd, Cmd::Kick { .. }) {
+                self.pending_kicks.store(true, Ordering::Release);
+            }
+            q.push(cmd);
+        }
+        drop(q);
         self.wake.notify_one();
     }
 
-    fn take_cmds(&self) -> Vec<Cmd> {
+    /// Takes the queued work: everything, or only the kicks (leaving disconnects of dropped
+    /// handles to the timer task, so that no caller waits for another session's disconnect).
+    fn take_cmds(&self, kicks_only: bool) -> Vec<Cmd> {
         let mut q = self.cmds.lock().unwrap_or_else(|p| p.into_inner());
-        self.pending.store(false, Ordering::Release);
-        std::mem::take(&mut *q)
+        self.pending_kicks.store(false, Ordering::Release);
+        if kicks_only {
+            let (kicks, rest) = std::mem::take(&mut *q)
+                .into_iter()
+                .partition(|c| matches!(c, Cmd::Kick { .. }));
+            *q = rest;
+            kicks
+        } else {
+            std::mem::take(&mut *q)
+        }
     }
 
     /// Removes the slot of `id` if it still belongs to `conn`.
@@ -301,7 +281,43 @@ impl Drop for HubInner {
     }
 }
 
-/// The runtime: see the [module docs](self). Cheap to clone (an `Arc` inside).
+/// The runtime: owns a [`Backend`], hands out [`Session`]s that each carry a bounded stream of
+/// [`Notices`], runs the grace timers and calls the authorization hook. It moves data; every
+/// decision is the state machine's. Cheap to clone (an `Arc` inside).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), occupancy_core::Error> {
+/// use occupancy_core::{Hub, Meta, NoticeKind};
+///
+/// let hub = Hub::new();
+/// let (alice, _alice_notices) = hub.connect(Some("alice".into()), Meta::empty()).await?;
+/// let (bob, mut bob_notices) = hub.connect(Some("bob".into()), Meta::empty()).await?;
+/// assert!(alice.join("doc-1", None).await?.holding);
+/// assert_eq!(bob.join("doc-1", None).await?.position, 1);
+/// alice.leave("doc-1").await?;
+/// let mut released = false;
+/// while let Some(n) = bob_notices.try_recv() {
+///     released |= matches!(n.kind, NoticeKind::Released { .. });
+/// }
+/// assert!(released);
+/// # Ok(()) }
+/// ```
+///
+/// # How it works
+///
+/// - Each connection has a bounded tokio channel. Backends deliver notices through the Hub's
+///   [`NoticeSink`] while holding their own lock, with `try_send`, so each session receives each
+///   room's notices in version order however many tasks call at once, and a full channel never
+///   blocks anyone: the session is marked a slow consumer, its channel is dropped, and it is closed
+///   (its rooms left, the next in line released) right after, with
+///   [`Error::SlowConsumer`] as its [`Notices::close_reason`].
+/// - Dropping the last clone of a [`Session`] queues a disconnect (its grace starts); a timer task
+///   (which holds only a weak reference to the Hub and ends with it) runs queued work and the
+///   backend's timers, woken early when a disconnect sets an earlier deadline.
+/// - Lifecycle changes of connections (disconnect, close, resume, expiry, slow-consumer kicks) are
+///   serialized by one async lock, so a resume never races the disconnect of the connection it
+///   replaces. Joins, leaves and the rest do not take it.
 #[derive(Clone)]
 pub struct Hub {
     inner: Arc<HubInner>,
@@ -417,7 +433,7 @@ impl HubBuilder {
         let registry = Arc::new(Registry {
             state: Mutex::new(RegState::default()),
             cmds: Mutex::new(Vec::new()),
-            pending: AtomicBool::new(false),
+            pending_kicks: AtomicBool::new(false),
             wake: wake.clone(),
             capacity: self.notice_buffer,
         });
@@ -680,17 +696,17 @@ impl HubInner {
         Ok(())
     }
 
-    /// Runs queued work right away if there is any (kicks of slow consumers, dropped handles), so
-    /// that when a call returns, the sessions it overflowed are already closed.
+    /// Closes the slow consumers this call overflowed (if any) before it returns, so that when a
+    /// call returns, the sessions it overflowed have left their rooms.
     async fn after_op(&self) {
-        if self.registry.pending.load(Ordering::Acquire) {
-            self.process_cmds().await;
+        if self.registry.pending_kicks.load(Ordering::Acquire) {
+            self.process_cmds(true).await;
         }
     }
 
-    async fn process_cmds(&self) {
+    async fn process_cmds(&self, kicks_only: bool) {
         loop {
-            let cmds = self.registry.take_cmds();
+            let cmds = self.registry.take_cmds(kicks_only);
             if cmds.is_empty() {
                 return;
             }
@@ -811,7 +827,7 @@ async fn timer_task(hub: Weak<HubInner>, wake: Arc<Notify>) {
     loop {
         let due = {
             let Some(hub) = hub.upgrade() else { return };
-            hub.process_cmds().await;
+            hub.process_cmds(false).await;
             hub.run_timers().await
         };
         match due {

@@ -102,7 +102,7 @@ struct Room {
     watchers: Vec<SessionId>,
 }
 
-/// The state machine. See the [module docs](self).
+/// The state machine. See the [crate docs](crate).
 #[derive(Debug)]
 pub struct Machine {
     config: Config,
