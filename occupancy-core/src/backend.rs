@@ -54,6 +54,12 @@ use crate::state::RoomState;
 /// Hub closes their connections. A resume token created on another node can be looked up with
 /// [`Backend::session_for_token`], which lets the Hub install the new connection's notice channel
 /// before the resume runs (so the presence notices the resume produces are not lost).
+///
+/// `now` is this process's monotonic clock: a backend that keeps grace deadlines elsewhere
+/// converts `deadline - now` into its own clock (Redis `TIME`, key expiry) and reports local
+/// sessions it expires with [`NoticeSink::session_ended`] (or lets the Hub forget them at the
+/// deadline it computed itself). [`Backend::poll_timeout`] may return `None` if the backend runs
+/// its own timers.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// Called once by [`HubBuilder::build`](crate::HubBuilder::build), before any other call:
