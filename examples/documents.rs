@@ -1,2 +1,51 @@
-//! Placeholder: written by its issue.
-fn main() {}
+//! The documents demo: a page listing a few documents and, for each, a page showing live who
+//! holds it, your place in line, who waits, and a Take over button. The WebSocket endpoint
+//! (protocol v1) is at `/occupancy`; the pages use the dependency-free client `/occupancy.js`.
+//!
+//! ```text
+//! cargo run --example documents --features axum      # then open http://127.0.0.1:3000/
+//! PORT=8080 cargo run --example documents --features axum
+//! ```
+//!
+//! Open a document in two browsers (or with `?name=Ann` and `?name=Bob`): the first holds it,
+//! the second waits and sees who holds it; close the first and the second holds it. Reload a
+//! page: it keeps its place (the resume token lives in sessionStorage).
+//!
+//! As a demo, the principal comes from `?user=` and the display name from `?name=` in the
+//! query; real applications take them from their session cookie or token.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use occupancy::Hub;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let port: u16 = match std::env::var("PORT") {
+        Ok(p) => p.parse().map_err(|e| format!("PORT={p:?}: {e}"))?,
+        Err(_) => 3000,
+    };
+    let hub = Hub::new();
+    let app = support::app(hub);
+
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        "documents demo on http://{addr}/ (WebSocket at ws://{addr}{})",
+        support::WS_PATH
+    );
+    // TCP_NODELAY on every connection: without it each small frame waits for a delayed ACK.
+    axum::serve(occupancy::axum::nodelay(listener), app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! What the examples serving the documents demo share: the pages and the JS client (embedded
+//! with `include_str!`, so an example is one command), the demo's identify hook, and the whole
+//! app. Used by `documents` (one node) and `multi_node` (several nodes on one Redis): declare it
+//! with `mod support;` in the example.
+#![allow(dead_code)]
+
+use axum::Router;
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use occupancy::Hub;
+use occupancy::axum::{Endpoint, Identity, Rejection, query_param};
+
+/// The dependency-free browser client of protocol v1 (an ES module).
+pub const OCCUPANCY_JS: &str = include_str!("../static/occupancy.js");
+/// The list of documents, each with who is editing it (watched live).
+pub const INDEX_HTML: &str = include_str!("../static/index.html");
+/// One document: who holds it, your place, who waits, Take over.
+pub const DOCUMENT_HTML: &str = include_str!("../static/document.html");
+
+/// Where the pages expect the WebSocket endpoint.
+pub const WS_PATH: &str = "/occupancy";
+
+/// The pages and the client module: `/`, `/doc/{id}`, `/occupancy.js`.
+pub fn pages<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route("/", get(|| async { Html(INDEX_HTML) }))
+        .route("/doc/{id}", get(|| async { Html(DOCUMENT_HTML) }))
+        .route(
+            "/occupancy.js",
+            get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+                        (header::CACHE_CONTROL, "no-cache"),
+                    ],
+                    OCCUPANCY_JS,
+                )
+                    .into_response()
+            }),
+        )
+}
+
+/// THE DEMO'S identify hook: `?user=` is taken as the principal and `?name=` as the display name,
+/// anonymous when absent. Anyone can claim any user id this way; a real application derives the
+/// principal from its session cookie or token (see `EndpointBuilder::identify`).
+pub fn demo_identity(parts: &Parts) -> Result<Identity, Rejection> {
+    let clean = |s: String| -> Option<String> {
+        let s: String = s
+            .trim()
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(64)
+            .collect();
+        (!s.is_empty()).then_some(s)
+    };
+    let identity = match query_param(parts, "user").and_then(clean) {
+        Some(user) => Identity::user(user),
+        None => Identity::anonymous(),
+    };
+    Ok(match query_param(parts, "name").and_then(clean) {
+        Some(name) => identity.with_name(name),
+        None => identity,
+    })
+}
+
+/// The whole demo app on `hub`: the pages plus the WebSocket endpoint at [`WS_PATH`].
+pub fn app(hub: Hub) -> Router {
+    let endpoint = Endpoint::builder(hub)
+        .identify(demo_identity)
+        .build()
+        .expect("valid settings");
+    pages().merge(endpoint.router(WS_PATH))
+}

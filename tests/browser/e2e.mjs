@@ -1,0 +1,129 @@
+// Browser end-to-end test of the documents example in headless Chromium (Debian's
+// /usr/bin/chromium, driven by playwright-core). Run by tests/browser.rs:
+//
+//   node tests/browser/e2e.mjs <base-url> <screenshot-dir>
+//
+// Two pages open the same document: the first holds it, the second shows who holds it and its
+// place in line. A reload of the holder keeps its place (resume). Then the holder's page is
+// closed and the second page must show that it now holds the document. Finally a third page
+// joins and takes the document over. Screenshots go to <screenshot-dir>.
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const [base, shots = 'target/browser-e2e'] = process.argv.slice(2);
+if (!base) {
+  console.error('usage: node e2e.mjs <base-url> [screenshot-dir]');
+  process.exit(2);
+}
+mkdirSync(shots, { recursive: true });
+const WAIT = 30000; // the holder's grace (5 s) plus the liveness timeout, with room to spare
+const step = (s) => console.log(`e2e: ${s}`);
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  // playwright-core gives every launch a fresh temporary profile (--user-data-dir).
+  args: [
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--no-first-run',
+    '--disable-quic',
+  ],
+});
+const watchdog = setTimeout(() => {
+  console.error('e2e: overall timeout');
+  process.exit(1);
+}, 180000);
+
+async function open(name) {
+  const context = await browser.newContext({ viewport: { width: 720, height: 640 } });
+  const page = await context.newPage();
+  page.on('pageerror', (e) => console.error(`[${name}] page error:`, e.message));
+  page.on('console', (m) => m.type() === 'error' && console.error(`[${name}] console:`, m.text()));
+  await page.goto(`${base}/doc/1?name=${encodeURIComponent(name)}`);
+  return { context, page };
+}
+
+const text = (page, id) => page.locator(`[data-testid="${id}"]`).innerText();
+async function expectText(page, id, pattern, what) {
+  const loc = page.locator(`[data-testid="${id}"]`);
+  try {
+    await loc.filter({ hasText: pattern }).waitFor({ timeout: WAIT });
+  } catch (e) {
+    throw new Error(`${what}: [${id}] is ${JSON.stringify(await loc.innerText())}, expected ${pattern}`);
+  }
+}
+
+let failed = false;
+try {
+  // The list page shows the documents.
+  {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    await page.goto(`${base}/`);
+    await page.locator('[data-testid="documents"] li').first().waitFor({ timeout: WAIT });
+    const n = await page.locator('[data-testid="documents"] li').count();
+    if (n < 3) throw new Error(`the list shows ${n} documents`);
+    step(`list page shows ${n} documents`);
+    await context.close();
+  }
+
+  const ann = await open('Ann');
+  await expectText(ann.page, 'position', /You hold this document/, 'first page holds');
+  await expectText(ann.page, 'status', /live/, 'first page is connected');
+  step('Ann holds document 1');
+
+  const bob = await open('Bob');
+  await expectText(bob.page, 'position', /You are #1 in line/, 'second page waits');
+  await expectText(bob.page, 'holder', /Held by Ann/, 'second page shows the holder');
+  await expectText(ann.page, 'queue', /Bob/, 'holder sees who waits');
+  if (!(await bob.page.locator('[data-testid="takeover"]').isVisible())) {
+    throw new Error('the waiting page shows no Take over button');
+  }
+  step('Bob waits (#1), sees Ann holding; Ann sees Bob in line');
+
+  // A reload keeps the place (resume token in sessionStorage).
+  await ann.page.reload();
+  await expectText(ann.page, 'position', /You hold this document/, 'holder keeps its place across a reload');
+  await expectText(bob.page, 'position', /You are #1 in line/, 'the other page is unchanged by the reload');
+  step('Ann reloaded and still holds');
+
+  await ann.page.screenshot({ path: join(shots, 'holder.png') });
+  await bob.page.screenshot({ path: join(shots, 'waiting.png') });
+
+  // The holder's page closes: after its grace, Bob holds.
+  await ann.context.close();
+  await expectText(bob.page, 'position', /You hold this document/, 'after the holder left, the next in line holds');
+  await expectText(bob.page, 'holder', /Held by you/, 'the new holder sees itself holding');
+  step('Ann closed her page; Bob now holds');
+  await bob.page.screenshot({ path: join(shots, 'released.png') });
+
+  // A third page joins and takes over: Bob is displaced to #1.
+  const carl = await open('Carl');
+  await expectText(carl.page, 'position', /You are #1 in line/, 'third page waits');
+  await carl.page.locator('[data-testid="takeover"]').click();
+  await expectText(carl.page, 'position', /You hold this document/, 'take over');
+  await expectText(bob.page, 'position', /You are #1 in line/, 'the displaced holder is next in line');
+  step('Carl took over; Bob is #1 in line');
+  await carl.page.screenshot({ path: join(shots, 'takeover.png') });
+  console.log(`e2e: screenshots in ${shots}`);
+} catch (e) {
+  failed = true;
+  console.error('e2e FAILED:', e.message);
+  try {
+    for (const [i, ctx] of browser.contexts().entries()) {
+      for (const [j, p] of ctx.pages().entries()) await p.screenshot({ path: join(shots, `failure-${i}-${j}.png`) });
+    }
+  } catch {
+    // best effort
+  }
+} finally {
+  clearTimeout(watchdog);
+  await browser.close();
+}
+console.log(failed ? 'e2e: 0 passed, 1 failed' : 'e2e: 1 passed, 0 failed');
+process.exit(failed ? 1 : 0);
