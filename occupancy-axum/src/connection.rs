@@ -24,7 +24,11 @@ pub mod close_code {
     pub const POLICY: u16 = 1008;
     /// A frame over the size limit.
     pub const TOO_BIG: u16 = 1009;
-    /// The server could not set the session up (backend unavailable): retry later.
+    /// The Hub ended the session for a reason of its own, or could not start it (for example
+    /// metadata from the identify hook over the limit).
+    pub const INTERNAL: u16 = 1011;
+    /// The server could not set the session up (backend unavailable): retry later, with the same
+    /// resume token.
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The session was resumed by another connection (the same resume token used twice).
     pub const REPLACED: u16 = 4000;
@@ -101,8 +105,13 @@ pub(crate) async fn run(
             Ok((session, notices)) => (session, notices, false),
             Err(e) => {
                 tracing::warn!(error = %e, "could not start a session");
-                conn.close(close_code::TRY_AGAIN_LATER, &e.to_string())
-                    .await;
+                // The backend being down is worth a retry; anything else (metadata from the
+                // identify hook over the limit, say) is the server's own fault.
+                let code = match e {
+                    Error::Unavailable { .. } => close_code::TRY_AGAIN_LATER,
+                    _ => close_code::INTERNAL,
+                };
+                conn.close(code, &e.to_string()).await;
                 return;
             }
         },
@@ -178,7 +187,7 @@ impl Conn {
                         let (code, reason) = match notices.close_reason() {
                             Some(Error::SessionReplaced) => (close_code::REPLACED, "session resumed by another connection".to_string()),
                             Some(e @ Error::SlowConsumer { .. }) => (close_code::POLICY, e.to_string()),
-                            Some(e) => (1011, e.to_string()),
+                            Some(e) => (close_code::INTERNAL, e.to_string()),
                             None => (1000, "session ended".to_string()),
                         };
                         self.close(code, &reason).await;

@@ -206,7 +206,7 @@ impl Request {
                 Some(Meta::from_value(v.clone()).map_err(|e| ProtocolError {
                     r#ref: r#ref.clone(),
                     code: e.code(),
-                    message: "`meta` must be a JSON object (or null)".into(),
+                    message: "meta must be a JSON object (or null)".into(),
                 })?)
             }
             _ => None,
