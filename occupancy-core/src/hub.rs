@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc};
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use crate::backend::{Backend, NoticeSink};
 use crate::config::{Config, Limits};
@@ -445,7 +445,10 @@ impl HubBuilder {
             authorize: self.authorize,
             lifecycle: tokio::sync::Mutex::new(()),
         });
-        runtime.spawn(timer_task(Arc::downgrade(&inner), wake));
+        runtime.spawn(
+            timer_task(Arc::downgrade(&inner), wake)
+                .instrument(tracing::debug_span!("occupancy_hub_timers")),
+        );
         Ok(Hub { inner })
     }
 }
