@@ -276,3 +276,29 @@ async fn the_documented_listener_sets_tcp_nodelay() {
         holder.request(json!({"op":"join","room":"h"})).await;
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_consumer_is_closed_with_1008() {
+    // A notice buffer of two, and a resume that pushes a presence for each of three kept rooms
+    // at once: on a current-thread runtime the connection cannot forward any before the third
+    // arrives, so the Hub closes the session as a slow consumer.
+    let hub = Hub::builder().notice_buffer(2).build().unwrap();
+    let addr = serve(endpoint(&hub).build().unwrap()).await;
+    let mut ann = Client::connect(addr, "?user=ann").await;
+    ann.request(json!({"op":"join","room":"a"})).await;
+    let mut bob = Client::connect(addr, "?user=bob").await;
+    for room in ["r1", "r2", "r3"] {
+        bob.request(json!({"op":"join","room":room})).await;
+    }
+    let token = bob.token();
+    bob.ws.close(None).await.unwrap();
+    drop(bob);
+    let mut bob = Client::connect(addr, &format!("?user=bob&resume={token}")).await;
+    assert_eq!(bob.hello["resumed"], true);
+    let close = bob.close_frame().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1008);
+    assert!(close.reason.contains("notices"), "{}", close.reason);
+    // Bob's places are gone; Ann is unaffected.
+    ann.alive().await;
+    assert_eq!(hub.stats().await.unwrap().occupants, 1);
+}

@@ -92,6 +92,19 @@ try {
   await expectText(bob.page, 'position', /You are #1 in line/, 'the other page is unchanged by the reload');
   step('Ann reloaded and still holds');
 
+  // The connection drops under a live page (network change): the client reconnects with backoff
+  // and resumes its session, keeping its place without a reload.
+  const before = await bob.page.evaluate(() => window.occupancy.session);
+  await bob.page.evaluate(() => window.occupancy._ws.close());
+  await expectText(bob.page, 'status', /reconnecting|live/, 'the client notices the drop');
+  await bob.page.waitForFunction(
+    (s) => window.occupancy.status === 'open' && window.occupancy.session === s,
+    before,
+    { timeout: WAIT },
+  );
+  await expectText(bob.page, 'position', /You are #1 in line/, 'the resumed page keeps its place');
+  step('Bob\'s connection dropped; the client reconnected and resumed the same session');
+
   await ann.page.screenshot({ path: join(shots, 'holder.png') });
   await bob.page.screenshot({ path: join(shots, 'waiting.png') });
 
