@@ -12,6 +12,7 @@
 //! one room is linear in that room's line, which the notices need anyway.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -96,8 +97,10 @@ impl SessionEntry {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Room {
+    /// The room's id (the map's key, kept here too so a lookup by `&str` yields it).
+    id: RoomId,
     state: RoomState,
     watchers: Vec<SessionId>,
 }
@@ -106,9 +109,13 @@ struct Room {
 #[derive(Debug)]
 pub struct Machine {
     config: Config,
-    sessions: HashMap<SessionId, SessionEntry>,
+    sessions: HashMap<SessionId, SessionEntry, IdHash>,
+    /// Room ids come from clients: keep the default keyed hasher (no hash flooding).
     rooms: HashMap<RoomId, Room>,
-    tokens: HashMap<ResumeToken, SessionId>,
+    tokens: HashMap<ResumeToken, SessionId, IdHash>,
+    /// The old state of the room being changed, for `room_notices`. Reused (`clone_from`) so a
+    /// transition does not allocate a copy of the line each time.
+    scratch: RoomState,
     /// Grace deadlines, earliest first. Exact removal on resume keeps it small.
     timers: BTreeSet<(Instant, SessionId)>,
     /// Source of room versions: one counter for all rooms, so a room that empties (and is
@@ -131,9 +138,10 @@ impl Machine {
         config.validate()?;
         Ok(Machine {
             config,
-            sessions: HashMap::new(),
+            sessions: HashMap::default(),
             rooms: HashMap::new(),
-            tokens: HashMap::new(),
+            tokens: HashMap::default(),
+            scratch: RoomState::default(),
             timers: BTreeSet::new(),
             clock: 0,
             occupants: 0,
@@ -303,21 +311,31 @@ impl Machine {
         room: &str,
         meta: Option<Meta>,
     ) -> Result<Joined, Error> {
+        // Fields are borrowed one by one (not through `&self` helpers) so that the room is looked
+        // up once and changed in place: this is the hottest path.
         let limits = &self.config.limits;
         RoomId::check(room, limits.max_room_id_len)?;
-        let entry = self.live_session(session)?;
+        let entry = match self.sessions.get_mut(&session) {
+            Some(e) if e.grace_until.is_none() => e,
+            _ => return Err(Error::UnknownSession),
+        };
         let key = entry.key(session);
         let meta = meta.unwrap_or_else(|| entry.meta.clone());
-        self.check_meta(&meta)?;
+        if meta.encoded_len() > limits.max_meta_bytes {
+            return Err(Error::MetaTooLarge {
+                len: meta.encoded_len(),
+                limit: limits.max_meta_bytes,
+            });
+        }
 
         // Already in the line (this session, or another session of the same occupant)?
-        let existing = self.rooms.get_key_value(room);
+        let mut existing = self.rooms.get_mut(room);
         let mut occupant_pos = None;
-        if let Some((room_id, r)) = existing
+        if let Some(r) = existing.as_deref_mut()
             && let Some(pos) = r.state.position_of(&key)
         {
             if r.state.occupants[pos].sessions.contains(&session) {
-                return Ok(joined(room_id, &r.state, pos as u32));
+                return Ok(joined(&r.id, &r.state, pos as u32));
             }
             occupant_pos = Some(pos);
         }
@@ -328,56 +346,55 @@ impl Machine {
         }
         if occupant_pos.is_none()
             && existing
-                .is_some_and(|(_, r)| r.state.occupants.len() >= limits.max_occupants_per_room)
+                .as_deref()
+                .is_some_and(|r| r.state.occupants.len() >= limits.max_occupants_per_room)
         {
             return Err(Error::RoomFull {
                 limit: limits.max_occupants_per_room,
             });
         }
 
-        // Every check passed: now change things.
-        let room_id = match existing {
-            Some((id, _)) => id.clone(),
-            None => RoomId::parse(room, usize::MAX)?,
+        // Every check passed: now change things. A new room starts at the current clock (its
+        // "empty" version), then the join ticks.
+        let r = match existing {
+            Some(r) => r,
+            None => {
+                let id = RoomId::parse(room, usize::MAX)?;
+                self.rooms.entry(id.clone()).or_insert(Room {
+                    id,
+                    state: RoomState {
+                        version: self.clock,
+                        occupants: Vec::new(),
+                    },
+                    watchers: Vec::new(),
+                })
+            }
         };
-        // A new room starts at the current clock (its "empty" version), then the join ticks.
-        let clock = self.clock;
-        let version = self.tick();
-        let r = self.rooms.entry(room_id.clone()).or_insert_with(|| Room {
-            state: RoomState {
-                version: clock,
-                occupants: Vec::new(),
-            },
-            watchers: Vec::new(),
-        });
-        let old = r.state.clone();
+        self.clock += 1;
+        self.scratch.clone_from(&r.state);
         match occupant_pos {
             Some(pos) => r.state.occupants[pos].sessions.push(session),
             None => {
                 r.state.occupants.push(OccupantState {
-                    key: key.clone(),
+                    key,
                     meta,
                     sessions: vec![session],
                 });
                 self.occupants += 1;
             }
         }
-        r.state.version = version;
+        r.state.version = self.clock;
         let position = occupant_pos.unwrap_or(r.state.occupants.len() - 1) as u32;
-        let reply = joined(&room_id, &r.state, position);
+        let reply = joined(&r.id, &r.state, position);
         room_notices(
-            &room_id,
-            &old,
+            &r.id,
+            &self.scratch,
             &r.state,
             &r.watchers,
             self.config.presence_occupants,
             &mut self.outbox,
         );
-        self.sessions
-            .get_mut(&session)
-            .expect("checked live")
-            .joined
-            .push(room_id);
+        entry.joined.push(r.id.clone());
         Ok(reply)
     }
 
@@ -421,13 +438,13 @@ impl Machine {
         let room_id = room_id.clone();
         let version = self.tick();
         let r = self.rooms.get_mut(room).expect("found above");
-        let old = r.state.clone();
+        self.scratch.clone_from(&r.state);
         let occ = r.state.occupants.remove(pos);
         r.state.occupants.insert(0, occ);
         r.state.version = version;
         room_notices(
             &room_id,
-            &old,
+            &self.scratch,
             &r.state,
             &r.watchers,
             self.config.presence_occupants,
@@ -458,6 +475,7 @@ impl Machine {
         };
         let clock = self.clock;
         let r = self.rooms.entry(room_id.clone()).or_insert_with(|| Room {
+            id: room_id.clone(),
             // A room nobody stands in: its version is the current clock, which is at least the
             // last version it ever had, so a client never sees versions go backwards.
             state: RoomState {
@@ -740,7 +758,7 @@ impl Machine {
             debug_assert!(false, "reverse index points at a room without the occupant");
             return;
         };
-        let old = r.state.clone();
+        self.scratch.clone_from(&r.state);
         let occ = &mut r.state.occupants[pos];
         occ.sessions.retain(|&s| s != session);
         if occ.sessions.is_empty() {
@@ -751,7 +769,7 @@ impl Machine {
         r.state.version = version;
         room_notices(
             room_id,
-            &old,
+            &self.scratch,
             &r.state,
             &r.watchers,
             self.config.presence_occupants,
@@ -793,3 +811,30 @@ fn joined(room: &RoomId, state: &RoomState, position: u32) -> Joined {
         holder: state.occupants[0].person(),
     }
 }
+
+/// Hasher for ids the server makes itself (random session ids, random tokens): nobody outside can
+/// choose them, so a fast multiplicative mix is safe and much cheaper than SipHash.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // FxHash's step, then a final fold so the high bits (which hashbrown uses) vary too.
+        let h = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        self.0 = h ^ (h >> 29);
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.write_u64(n as u64);
+        self.write_u64((n >> 64) as u64);
+    }
+}
+
+type IdHash = BuildHasherDefault<IdHasher>;

@@ -508,8 +508,7 @@ impl Harness {
         let mut want_displaced = BTreeMap::new();
         let mut want_presence: BTreeMap<(usize, SessionId), Vec<Option<u32>>> = BTreeMap::new();
         for pair in states.windows(2) {
-            for r in 0..ROOMS {
-                let (old, new) = (&pair[0][r], &pair[1][r]);
+            for (r, (old, new)) in pair[0].iter().zip(&pair[1]).enumerate() {
                 if let (Some(oh), Some(nh)) = (old.first(), new.first())
                     && oh.0 != nh.0
                 {
