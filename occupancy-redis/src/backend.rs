@@ -1,0 +1,1394 @@
+//! [`RedisBackend`]: the [`Backend`] that keeps room state in Redis, and the node's local side:
+//! its sessions, the last state it saw of each room that has local sessions or watchers, the
+//! pub/sub subscriber that turns published states into notices, and the lease task.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use occupancy_core::{
+    Backend, Config, Error, Joined, Left, Meta, NoticeSink, OccupantKey, PresenceBody, ResumeToken,
+    Resumed, RoomId, RoomState, SessionId, Stats, async_trait,
+};
+use occupancy_core::{Notice, NoticeKind, Presence};
+use redis::aio::ConnectionManager;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::lua;
+use crate::wire::{
+    self, Decoded, Reply, bad, code_error, decode_room, occupant_key, parse_meta, parse_session,
+    session_hex,
+};
+
+/// Settings of a [`RedisBackend`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// Where Redis is, e.g. `redis://127.0.0.1:6379`.
+    pub url: String,
+    /// Prefix of every key and of the channel (default `occ`): nodes sharing a prefix share rooms.
+    /// ASCII letters, digits, `_`, `-`, `.` and `:` only.
+    pub prefix: String,
+    /// How long a node's lease lasts (default 10 s; 100 ms..=10 min). A node renews it every third
+    /// of that; when it ends, the other nodes sweep the node's sessions out of their rooms.
+    pub lease: Duration,
+    /// Longest a call waits for Redis before failing with [`Error::Unavailable`] (default 2 s).
+    pub op_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// The defaults for Redis at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            prefix: "occ".into(),
+            lease: Duration::from_secs(10),
+            op_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Sets [`RedisConfig::prefix`].
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets [`RedisConfig::lease`].
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Sets [`RedisConfig::op_timeout`].
+    pub fn op_timeout(mut self, t: Duration) -> Self {
+        self.op_timeout = t;
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let ok = |c: char| c.is_ascii_alphanumeric() || "_-.:".contains(c);
+        if self.prefix.is_empty() || !self.prefix.chars().all(ok) {
+            return Err(Error::Config(format!(
+                "redis prefix {:?}: use ASCII letters, digits, _ - . :",
+                self.prefix
+            )));
+        }
+        if self.lease < Duration::from_millis(100) || self.lease > Duration::from_secs(600) {
+            return Err(Error::Config(format!(
+                "redis lease {:?}: use 100 ms to 10 min",
+                self.lease
+            )));
+        }
+        if self.op_timeout.is_zero() || self.op_timeout > Duration::from_secs(60) {
+            return Err(Error::Config(format!(
+                "redis op_timeout {:?}: use more than 0 and at most 60 s",
+                self.op_timeout
+            )));
+        }
+        Ok(())
+    }
+}
+
+struct Scripts {
+    connect: redis::Script,
+    disconnect: redis::Script,
+    close: redis::Script,
+    expire: redis::Script,
+    join: redis::Script,
+    leave: redis::Script,
+    takeover: redis::Script,
+    watch: redis::Script,
+    unwatch: redis::Script,
+    resume: redis::Script,
+    token: redis::Script,
+    renew: redis::Script,
+    sweep: redis::Script,
+    prune: redis::Script,
+    reregister: redis::Script,
+    restore: redis::Script,
+    check: redis::Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Scripts {
+            connect: lua::script(lua::CONNECT),
+            disconnect: lua::script(lua::DISCONNECT),
+            close: lua::script(lua::CLOSE),
+            expire: lua::script(lua::EXPIRE),
+            join: lua::script(lua::JOIN),
+            leave: lua::script(lua::LEAVE),
+            takeover: lua::script(lua::TAKEOVER),
+            watch: lua::script(lua::WATCH),
+            unwatch: lua::script(lua::UNWATCH),
+            resume: lua::script(lua::RESUME),
+            token: lua::script(lua::TOKEN),
+            renew: lua::script(lua::RENEW),
+            sweep: lua::script(lua::SWEEP),
+            prune: lua::script(lua::PRUNE),
+            reregister: lua::script(lua::REREGISTER),
+            restore: lua::script(lua::RESTORE),
+            check: lua::script(lua::CHECK),
+        }
+    }
+}
+
+/// A session of this node.
+struct LocalSession {
+    principal: Option<Arc<str>>,
+    meta: Meta,
+    meta_json: String,
+    token: ResumeToken,
+    joined: Vec<RoomId>,
+    watching: Vec<RoomId>,
+    grace_until: Option<Instant>,
+}
+
+impl LocalSession {
+    fn key(&self, id: SessionId) -> OccupantKey {
+        OccupantKey::of(id, self.principal.as_ref())
+    }
+}
+
+/// A room this node follows (it has local sessions or watchers in it, or a call in flight).
+struct Tracked {
+    id: RoomId,
+    /// The last state seen (version 0 and empty before the first).
+    state: RoomState,
+    raw: Option<Arc<str>>,
+    placeholder_until: Option<u64>,
+    members: Vec<SessionId>,
+    watchers: Vec<SessionId>,
+    pending: usize,
+}
+
+impl Tracked {
+    fn idle(&self) -> bool {
+        self.members.is_empty() && self.watchers.is_empty() && self.pending == 0
+    }
+}
+
+#[derive(Default)]
+struct Local {
+    sessions: HashMap<SessionId, LocalSession>,
+    rooms: HashMap<RoomId, Tracked>,
+    timers: BTreeSet<(Instant, SessionId)>,
+}
+
+impl Local {
+    fn track(&mut self, room: &RoomId) -> &mut Tracked {
+        self.rooms.entry(room.clone()).or_insert_with(|| Tracked {
+            id: room.clone(),
+            state: RoomState::default(),
+            raw: None,
+            placeholder_until: None,
+            members: Vec::new(),
+            watchers: Vec::new(),
+            pending: 0,
+        })
+    }
+
+    fn untrack_if_idle(&mut self, room: &str) {
+        if self.rooms.get(room).is_some_and(Tracked::idle) {
+            self.rooms.remove(room);
+        }
+    }
+
+    /// Forgets a local session and its interest in rooms.
+    fn forget(&mut self, id: SessionId) -> Option<LocalSession> {
+        let s = self.sessions.remove(&id)?;
+        if let Some(d) = s.grace_until {
+            self.timers.remove(&(d, id));
+        }
+        for r in s.joined.iter().chain(&s.watching) {
+            if let Some(t) = self.rooms.get_mut(r.as_str()) {
+                t.members.retain(|&m| m != id);
+                t.watchers.retain(|&m| m != id);
+            }
+            self.untrack_if_idle(r.as_str());
+        }
+        Some(s)
+    }
+}
+
+struct Inner {
+    cfg: RedisConfig,
+    node: String,
+    client: redis::Client,
+    conn: ConnectionManager,
+    scripts: Scripts,
+    config: OnceLock<Config>,
+    sink: OnceLock<Arc<dyn NoticeSink>>,
+    local: Mutex<Local>,
+    /// The highest room version this node has seen: passed to every script as a floor, so that
+    /// versions keep increasing even if Redis restarts empty or its clock steps back.
+    high_water: AtomicU64,
+    round_trips: AtomicU64,
+    recover: tokio::sync::Mutex<()>,
+    signals: Arc<Signals>,
+}
+
+/// Shared with the background tasks, which hold only a weak reference to the backend.
+#[derive(Default)]
+struct Signals {
+    /// Wakes the lease task (e.g. after the subscriber reconnected).
+    poke: Notify,
+    closed: AtomicBool,
+    stop: Notify,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.signals.closed.store(true, Ordering::Release);
+        self.signals.stop.notify_waiters();
+    }
+}
+
+/// The Redis [`Backend`]: several server instances ("nodes"), each with its own
+/// [`Hub`](occupancy_core::Hub), share one world. See the [crate docs](crate) for the design.
+///
+/// Cheap to clone (an `Arc` inside). Create it with [`RedisBackend::connect`] inside a tokio
+/// runtime, then give it to a Hub with `Hub::builder().backend(backend)`.
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("node", &self.inner.node)
+            .field("prefix", &self.inner.cfg.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::Unavailable {
+        reason: format!("redis: {e}"),
+    }
+}
+
+fn random_node_id() -> Result<String, Error> {
+    let n = getrandom::u64().map_err(unavailable)?;
+    Ok(format!("{n:016x}"))
+}
+
+impl RedisBackend {
+    /// Connects to Redis and registers this node (its lease starts). Fails with
+    /// [`Error::Unavailable`] when Redis cannot be reached within `op_timeout`, and
+    /// [`Error::Config`] on bad settings.
+    pub async fn connect(cfg: RedisConfig) -> Result<RedisBackend, Error> {
+        cfg.validate()?;
+        let client = redis::Client::open(cfg.url.as_str())
+            .map_err(|e| Error::Config(format!("redis url {:?}: {e}", cfg.url)))?;
+        let mcfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.op_timeout))
+            .set_response_timeout(Some(cfg.op_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(200));
+        let conn = tokio::time::timeout(
+            cfg.op_timeout,
+            ConnectionManager::new_with_config(client.clone(), mcfg),
+        )
+        .await
+        .map_err(|_| unavailable("connect timed out"))?
+        .map_err(unavailable)?;
+        let backend = RedisBackend {
+            inner: Arc::new(Inner {
+                node: random_node_id()?,
+                cfg,
+                client,
+                conn,
+                scripts: Scripts::new(),
+                config: OnceLock::new(),
+                sink: OnceLock::new(),
+                local: Mutex::new(Local::default()),
+                high_water: AtomicU64::new(0),
+                round_trips: AtomicU64::new(0),
+                recover: tokio::sync::Mutex::new(()),
+                signals: Arc::default(),
+            }),
+        };
+        backend.inner.renew().await?;
+        Ok(backend)
+    }
+
+    /// This node's id (random, hex).
+    pub fn node_id(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// The settings.
+    pub fn redis_config(&self) -> &RedisConfig {
+        &self.inner.cfg
+    }
+
+    /// How many requests this node has sent to Redis so far (scripts and reads, including the
+    /// background lease and subscriber work). For benchmarks: one operation is one request.
+    pub fn round_trips(&self) -> u64 {
+        self.inner.round_trips.load(Ordering::Relaxed)
+    }
+}
+
+type Args = Vec<Vec<u8>>;
+
+fn args() -> Args {
+    Vec::with_capacity(8)
+}
+
+trait Push {
+    fn a(self, v: impl AsRef<[u8]>) -> Self;
+}
+
+impl Push for Args {
+    fn a(mut self, v: impl AsRef<[u8]>) -> Self {
+        self.push(v.as_ref().to_vec());
+        self
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn config(&self) -> Result<&Config, Error> {
+        self.config
+            .get()
+            .ok_or_else(|| Error::Config("RedisBackend is not attached to a Hub".into()))
+    }
+
+    fn limits(&self) -> occupancy_core::Limits {
+        self.config
+            .get()
+            .map(|c| c.limits.clone())
+            .unwrap_or_default()
+    }
+
+    fn presence_occupants(&self) -> usize {
+        self.config.get().map_or(8, |c| c.presence_occupants)
+    }
+
+    /// Runs a script: one round trip, bounded by `op_timeout`. Applies the rooms it changed
+    /// (also when it refused), then maps its error code.
+    async fn run(&self, script: &redis::Script, rest: Args) -> Result<Reply, Error> {
+        let mut inv = script.prepare_invoke();
+        inv.arg(self.cfg.prefix.as_str())
+            .arg(self.high_water.load(Ordering::Acquire));
+        for a in &rest {
+            inv.arg(a.as_slice());
+        }
+        let mut conn = self.conn.clone();
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let raw: String = tokio::time::timeout(self.cfg.op_timeout, inv.invoke_async(&mut conn))
+            .await
+            .map_err(|_| unavailable("timed out"))?
+            .map_err(unavailable)?;
+        let reply: Reply = serde_json::from_str(&raw).map_err(bad)?;
+        self.apply_changes(&reply.c);
+        if let Some(code) = &reply.e {
+            return Err(code_error(code, &self.limits()));
+        }
+        Ok(reply)
+    }
+
+    /// Applies published or returned room states (each dropped unless newer than the last seen).
+    fn apply_changes(&self, changed: &[(String, String)]) {
+        if changed.is_empty() {
+            return;
+        }
+        let decoded: Vec<_> = changed
+            .iter()
+            .filter_map(|(room, raw)| match decode_room(raw) {
+                Ok(d) => Some((room.as_str(), d)),
+                Err(e) => {
+                    warn!(room, error = %e, "undecodable room state");
+                    None
+                }
+            })
+            .collect();
+        let mut local = self.lock();
+        for (room, d) in decoded {
+            self.apply_locked(&mut local, room, d);
+        }
+    }
+
+    fn apply_locked(&self, local: &mut Local, room: &str, d: Decoded) {
+        self.high_water.fetch_max(d.state.version, Ordering::AcqRel);
+        let Some(t) = local.rooms.get_mut(room) else {
+            return;
+        };
+        if d.state.version <= t.state.version {
+            return;
+        }
+        let old = std::mem::replace(&mut t.state, d.state);
+        t.raw = Some(d.raw);
+        t.placeholder_until = d.placeholder_until;
+        if let Some(sink) = self.sink.get() {
+            sink.room_changed(
+                &t.id,
+                &old,
+                &t.state,
+                &t.watchers,
+                self.presence_occupants(),
+            );
+        }
+    }
+
+    /// The local, live session's occupant key, meta and principal; `UnknownSession` otherwise.
+    fn live(&self, id: SessionId) -> Result<(Option<Arc<str>>, Meta, String), Error> {
+        let local = self.lock();
+        match local.sessions.get(&id) {
+            Some(s) if s.grace_until.is_none() => {
+                Ok((s.principal.clone(), s.meta.clone(), s.meta_json.clone()))
+            }
+            _ => Err(Error::UnknownSession),
+        }
+    }
+
+    /// Runs a session operation; if Redis says the session is unknown while this node has it
+    /// live, Redis lost its data: restore, then try once more.
+    async fn run_session_op(
+        &self,
+        id: SessionId,
+        script: &redis::Script,
+        rest: Args,
+    ) -> Result<Reply, Error> {
+        match self.run(script, rest.clone()).await {
+            Err(Error::UnknownSession) if self.live(id).is_ok() => {
+                self.recover_now().await?;
+                self.run(script, rest).await
+            }
+            r => r,
+        }
+    }
+
+    fn pending(&self, room: &RoomId, delta: isize) {
+        let mut local = self.lock();
+        let t = local.track(room);
+        t.pending = t.pending.saturating_add_signed(delta);
+        if delta < 0 {
+            local.untrack_if_idle(room.as_str());
+        }
+    }
+
+    fn joined_from(&self, room: &RoomId, reply: &Reply) -> Result<(Joined, Decoded), Error> {
+        let raw = reply.r.as_deref().ok_or_else(|| bad("no room state"))?;
+        let d = decode_room(raw)?;
+        let position = reply.p.ok_or_else(|| bad("no position"))?;
+        let holder = d
+            .state
+            .occupants
+            .first()
+            .ok_or_else(|| bad("empty room after join"))?
+            .person();
+        Ok((
+            Joined {
+                room: room.clone(),
+                holding: position == 0,
+                position,
+                version: d.state.version,
+                holder,
+            },
+            d,
+        ))
+    }
+
+    // ----- lease, sweep, recovery -----------------------------------------------------------
+
+    /// Renews the lease; handles a lost registration; sweeps nodes whose lease ended.
+    async fn renew(&self) -> Result<(), Error> {
+        let lease_ms = self.cfg.lease.as_millis().to_string();
+        let reply = self
+            .run(&self.scripts.renew, args().a(&self.node).a(&lease_ms))
+            .await?;
+        match reply.s {
+            Some(0) => self.restore().await?,
+            Some(-1) => self.swept(),
+            _ => {}
+        }
+        for dead in reply.x {
+            if dead == self.node {
+                continue;
+            }
+            let r = self.run(&self.scripts.sweep, args().a(&dead)).await?;
+            if r.n.unwrap_or(0) > 0 {
+                info!(node = %dead, sessions = r.n, "swept the sessions of a node whose lease ended");
+            }
+        }
+        Ok(())
+    }
+
+    async fn recover_now(&self) -> Result<(), Error> {
+        let _g = self.recover.lock().await;
+        self.renew().await
+    }
+
+    /// Another node swept this one (its lease ended while it could not reach Redis): its sessions
+    /// are gone from every room; end them here too.
+    fn swept(&self) {
+        let ids: Vec<SessionId> = {
+            let mut local = self.lock();
+            let ids: Vec<_> = local.sessions.keys().copied().collect();
+            for id in &ids {
+                local.forget(*id);
+            }
+            ids
+        };
+        warn!(
+            sessions = ids.len(),
+            "this node's lease ended and its sessions were swept by another node"
+        );
+        if let Some(sink) = self.sink.get() {
+            for id in ids {
+                sink.session_ended(
+                    id,
+                    Some(Error::Unavailable {
+                        reason: "this server lost its lease on the shared state".into(),
+                    }),
+                );
+            }
+        }
+    }
+
+    /// Redis lost its data (restarted empty): writes this node's sessions and rooms back, every
+    /// occupant at its old place.
+    async fn restore(&self) -> Result<(), Error> {
+        let now = Instant::now();
+        let (sessions, rooms) = {
+            let local = self.lock();
+            let sessions: Vec<_> = local
+                .sessions
+                .iter()
+                .map(|(id, s)| {
+                    let rooms = |v: &[RoomId]| {
+                        serde_json::to_string(&v.iter().map(RoomId::as_str).collect::<Vec<_>>())
+                            .unwrap_or_else(|_| "[]".into())
+                    };
+                    let grace = s
+                        .grace_until
+                        .map_or(0, |d| d.saturating_duration_since(now).as_millis().max(1));
+                    args()
+                        .a(session_hex(*id))
+                        .a(&self.node)
+                        .a(if s.principal.is_some() { "1" } else { "0" })
+                        .a(s.principal.as_deref().unwrap_or(""))
+                        .a(&s.meta_json)
+                        .a(s.token.to_string())
+                        .a(rooms(&s.joined))
+                        .a(rooms(&s.watching))
+                        .a(grace.to_string())
+                })
+                .collect();
+            let ids = |v: &[SessionId]| {
+                serde_json::to_string(&v.iter().map(|s| session_hex(*s)).collect::<Vec<_>>())
+                    .unwrap_or_else(|_| "[]".into())
+            };
+            let rooms: Vec<_> = local
+                .rooms
+                .values()
+                .filter_map(|t| {
+                    let raw = t.raw.as_ref()?;
+                    Some(
+                        args()
+                            .a(t.id.as_str())
+                            .a(raw.as_bytes())
+                            .a(ids(&t.members))
+                            .a(ids(&t.watchers))
+                            .a(self.cfg.lease.as_millis().to_string()),
+                    )
+                })
+                .collect();
+            (sessions, rooms)
+        };
+        if sessions.is_empty() && rooms.is_empty() {
+            return Ok(());
+        }
+        warn!(
+            sessions = sessions.len(),
+            rooms = rooms.len(),
+            "Redis lost this node's registration: writing its sessions and rooms back"
+        );
+        for a in sessions {
+            self.run(&self.scripts.reregister, a).await?;
+        }
+        for a in rooms {
+            self.run(&self.scripts.restore, a).await?;
+        }
+        Ok(())
+    }
+
+    /// Re-reads every followed room (after the subscription was re-established: messages may
+    /// have been lost) and drops expired placeholders.
+    async fn resync(&self) -> Result<(), Error> {
+        let rooms: Vec<RoomId> = self.lock().rooms.keys().cloned().collect();
+        for room in rooms {
+            let raw = self.get_room_raw(room.as_str()).await?;
+            if let Some(raw) = raw
+                && let Ok(d) = decode_room(&raw)
+            {
+                let mut local = self.lock();
+                self.apply_locked(&mut local, room.as_str(), d);
+            }
+        }
+        Ok(())
+    }
+
+    async fn prune_due(&self) -> Result<(), Error> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let due: Vec<RoomId> = self
+            .lock()
+            .rooms
+            .values()
+            .filter(|t| t.placeholder_until.is_some_and(|x| x <= now_ms))
+            .map(|t| t.id.clone())
+            .collect();
+        for room in due {
+            self.run(&self.scripts.prune, args().a(room.as_str()))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn get_room_raw(&self, room: &str) -> Result<Option<String>, Error> {
+        let mut conn = self.conn.clone();
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let key = room_key(&self.cfg.prefix, room);
+        tokio::time::timeout(
+            self.cfg.op_timeout,
+            redis::cmd("GET").arg(key).query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| unavailable("timed out"))?
+        .map_err(unavailable)
+    }
+
+    // ----- messages ---------------------------------------------------------------------
+
+    fn on_message(&self, payload: &[u8]) {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return;
+        };
+        let Some((head, body)) = text.split_once('\n') else {
+            return;
+        };
+        let mut chars = head.chars();
+        match chars.next() {
+            Some('r') => {
+                let room = chars.as_str();
+                match decode_room(body) {
+                    Ok(d) => {
+                        let mut local = self.lock();
+                        self.apply_locked(&mut local, room, d);
+                    }
+                    Err(e) => warn!(room, error = %e, "undecodable published state"),
+                }
+            }
+            Some(kind @ ('s' | 'x')) => {
+                let Ok(id) = parse_session(chars.as_str()) else {
+                    return;
+                };
+                if kind == 's' && body == self.node {
+                    return;
+                }
+                let forgotten = self.lock().forget(id).is_some();
+                if forgotten && let Some(sink) = self.sink.get() {
+                    let reason = if kind == 's' {
+                        Error::SessionReplaced
+                    } else {
+                        Error::Unavailable {
+                            reason: "this server lost its lease on the shared state".into(),
+                        }
+                    };
+                    debug!(session = %id, ?reason, "session ended by another node");
+                    sink.session_ended(id, Some(reason));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The key of a room's state: `{prefix}:r:{<hex of the room id>}` (the hex is the hash tag).
+pub(crate) fn room_key(prefix: &str, room: &str) -> String {
+    let mut k = String::with_capacity(prefix.len() + 5 + room.len() * 2);
+    k.push_str(prefix);
+    k.push_str(":r:{");
+    for b in room.bytes() {
+        k.push_str(&format!("{b:02x}"));
+    }
+    k.push('}');
+    k
+}
+
+async fn subscriber(
+    weak: Weak<Inner>,
+    signals: Arc<Signals>,
+    client: redis::Client,
+    channel: String,
+    timeout: Duration,
+) {
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        if signals.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let ps = tokio::time::timeout(timeout, async {
+            let mut ps = client.get_async_pubsub().await?;
+            ps.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(ps)
+        })
+        .await;
+        match ps {
+            Ok(Ok(ps)) => {
+                backoff = Duration::from_millis(20);
+                debug!(channel, "subscribed");
+                // Messages may have been lost meanwhile: re-read the truth, check the lease.
+                signals.poke.notify_one();
+                let mut stream = ps.into_on_message();
+                loop {
+                    let stopped = signals.stop.notified();
+                    if signals.closed.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let msg = tokio::select! {
+                        m = stream.next() => m,
+                        _ = stopped => return,
+                    };
+                    let Some(msg) = msg else { break };
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.on_message(msg.get_payload_bytes());
+                }
+                warn!(channel, "lost the Redis subscription; reconnecting");
+            }
+            Ok(Err(e)) => debug!(error = %e, "subscribe failed"),
+            Err(_) => debug!("subscribe timed out"),
+        }
+        let stopped = signals.stop.notified();
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stopped => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_millis(500));
+    }
+}
+
+async fn lease_task(weak: Weak<Inner>, signals: Arc<Signals>) {
+    let mut resync = true;
+    loop {
+        let stopped = signals.stop.notified();
+        let poked = signals.poke.notified();
+        if signals.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        let period = (inner.cfg.lease / 3).max(Duration::from_millis(30));
+        let r = async {
+            inner.recover_now().await?;
+            if resync {
+                inner.resync().await?;
+            }
+            inner.prune_due().await
+        }
+        .await;
+        drop(inner);
+        let wait = match r {
+            Ok(()) => {
+                resync = false;
+                period
+            }
+            Err(e) => {
+                debug!(error = %e, "lease renewal failed; retrying");
+                resync = true;
+                Duration::from_millis(100).min(period)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = poked => resync = true,
+            _ = stopped => return,
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn attach(&self, config: &Config, sink: Arc<dyn NoticeSink>) -> Result<(), Error> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Config("attach a RedisBackend inside a tokio runtime".into()))?;
+        if self.inner.sink.get().is_some() {
+            return Err(Error::Config(
+                "this RedisBackend is already attached to a Hub".into(),
+            ));
+        }
+        config.validate()?;
+        let _ = self.inner.config.set(config.clone());
+        self.inner
+            .sink
+            .set(sink)
+            .map_err(|_| Error::Config("this RedisBackend is already attached to a Hub".into()))?;
+        let weak = Arc::downgrade(&self.inner);
+        let signals = self.inner.signals.clone();
+        runtime.spawn(subscriber(
+            weak.clone(),
+            signals.clone(),
+            self.inner.client.clone(),
+            format!("{}:ch", self.inner.cfg.prefix),
+            self.inner.cfg.op_timeout,
+        ));
+        runtime.spawn(lease_task(weak, signals));
+        Ok(())
+    }
+
+    async fn connect(
+        &self,
+        session: SessionId,
+        principal: Option<&str>,
+        meta: Meta,
+        token: ResumeToken,
+    ) -> Result<(), Error> {
+        let inner = &self.inner;
+        let limit = inner.config()?.limits.max_meta_bytes;
+        if meta.encoded_len() > limit {
+            return Err(Error::MetaTooLarge {
+                len: meta.encoded_len(),
+                limit,
+            });
+        }
+        if inner.lock().sessions.contains_key(&session) {
+            return Err(Error::SessionExists);
+        }
+        let meta_json = serde_json::to_string(&meta).map_err(bad)?;
+        inner
+            .run(
+                &inner.scripts.connect,
+                args()
+                    .a(session_hex(session))
+                    .a(&inner.node)
+                    .a(if principal.is_some() { "1" } else { "0" })
+                    .a(principal.unwrap_or(""))
+                    .a(&meta_json)
+                    .a(token.to_string()),
+            )
+            .await?;
+        inner.lock().sessions.insert(
+            session,
+            LocalSession {
+                principal: principal.map(Arc::from),
+                meta,
+                meta_json,
+                token,
+                joined: Vec::new(),
+                watching: Vec::new(),
+                grace_until: None,
+            },
+        );
+        Ok(())
+    }
+
+    async fn disconnect(&self, session: SessionId, now: Instant) -> Result<(), Error> {
+        let inner = &self.inner;
+        let grace = inner.config()?.grace;
+        {
+            let local = inner.lock();
+            match local.sessions.get(&session) {
+                None => return Err(Error::UnknownSession),
+                Some(s) if s.grace_until.is_some() => return Ok(()),
+                Some(_) => {}
+            }
+        }
+        let ms = if grace.is_zero() {
+            0
+        } else {
+            grace.as_millis().max(1)
+        };
+        let r = inner
+            .run_session_op(
+                session,
+                &inner.scripts.disconnect,
+                args().a(session_hex(session)).a(ms.to_string()),
+            )
+            .await;
+        let mut local = inner.lock();
+        if grace.is_zero() {
+            if r.is_ok() {
+                local.forget(session);
+            }
+        } else if let Some(s) = local.sessions.get_mut(&session)
+            && s.grace_until.is_none()
+        {
+            // Also when Redis failed: the local timer closes the session at the deadline.
+            let d = now + grace;
+            s.grace_until = Some(d);
+            local.timers.insert((d, session));
+        }
+        r.map(|_| ())
+    }
+
+    async fn close(&self, session: SessionId) -> Result<(), Error> {
+        let inner = &self.inner;
+        let r = inner
+            .run(&inner.scripts.close, args().a(session_hex(session)))
+            .await;
+        match r {
+            Ok(_) => {
+                inner.lock().forget(session);
+                Ok(())
+            }
+            Err(Error::UnknownSession) => {
+                let known = inner.lock().forget(session).is_some();
+                if known {
+                    Ok(())
+                } else {
+                    Err(Error::UnknownSession)
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn resume(
+        &self,
+        token: ResumeToken,
+        new_token: ResumeToken,
+        now: Instant,
+    ) -> Result<Resumed, Error> {
+        let inner = &self.inner;
+        // A local session whose grace ended but whose timer has not run yet is gone.
+        let expired = {
+            let local = inner.lock();
+            local
+                .sessions
+                .iter()
+                .find(|(_, s)| s.token == token)
+                .and_then(|(id, s)| s.grace_until.filter(|d| *d <= now).map(|_| *id))
+        };
+        if let Some(id) = expired {
+            let _ = inner
+                .run(
+                    &inner.scripts.expire,
+                    args().a(session_hex(id)).a(&inner.node),
+                )
+                .await?;
+            inner.lock().forget(id);
+            return Err(Error::ResumeInvalid);
+        }
+        let reply = inner
+            .run(
+                &inner.scripts.resume,
+                args()
+                    .a(token.to_string())
+                    .a(new_token.to_string())
+                    .a(&inner.node),
+            )
+            .await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(Error::ResumeInvalid) => {
+                // Gone in Redis: forget it here too.
+                let mut local = inner.lock();
+                let id = local
+                    .sessions
+                    .iter()
+                    .find(|(_, s)| s.token == token)
+                    .map(|(id, _)| *id);
+                if let Some(id) = id {
+                    local.forget(id);
+                }
+                return Err(Error::ResumeInvalid);
+            }
+            Err(e) => return Err(e),
+        };
+        let id = parse_session(reply.i.as_deref().ok_or_else(|| bad("no session"))?)?;
+        let principal: Option<Arc<str>> = reply.pr.as_deref().map(Arc::from);
+        let meta_json = reply.me.clone().unwrap_or_else(|| "{}".into());
+        let meta = parse_meta(&meta_json)?;
+        let decode = |v: &[(String, String)]| -> Result<Vec<(RoomId, Option<Decoded>)>, Error> {
+            v.iter()
+                .map(|(room, raw)| {
+                    let id = RoomId::parse(room, usize::MAX)?;
+                    let d = if raw.is_empty() {
+                        None
+                    } else {
+                        Some(decode_room(raw)?)
+                    };
+                    Ok((id, d))
+                })
+                .collect()
+        };
+        let joined = decode(&reply.j)?;
+        let watching = decode(&reply.w)?;
+        let key = OccupantKey::of(id, principal.as_ref());
+        let presence_occupants = inner.presence_occupants();
+        let mut rooms = Vec::with_capacity(joined.len());
+        let mut notices = Vec::new();
+        {
+            let mut local = inner.lock();
+            if let Some(old) = local.sessions.get(&id)
+                && let Some(d) = old.grace_until
+            {
+                local.timers.remove(&(d, id));
+            }
+            for (room, d) in joined.iter().chain(&watching) {
+                let Some(d) = d else { continue };
+                let t = local.track(room);
+                let fresh = t.raw.is_none();
+                if fresh && d.state.version > t.state.version {
+                    // First sight: adopt without notices (nobody here was in it).
+                    t.state = d.state.clone();
+                    t.raw = Some(d.raw.clone());
+                    t.placeholder_until = d.placeholder_until;
+                } else {
+                    inner.apply_locked(&mut local, room.as_str(), d.clone());
+                }
+            }
+            for (room, d) in &joined {
+                let Some(d) = d else { continue };
+                let t = local.track(room);
+                if !t.members.contains(&id) {
+                    t.members.push(id);
+                }
+                let Some(pos) = d.state.position_of(&key) else {
+                    continue;
+                };
+                let holder = d.state.occupants[0].person();
+                rooms.push(Joined {
+                    room: room.clone(),
+                    holding: pos == 0,
+                    position: pos as u32,
+                    version: d.state.version,
+                    holder,
+                });
+                notices.push(Notice {
+                    session: id,
+                    room: room.clone(),
+                    kind: NoticeKind::Presence(Presence {
+                        body: Arc::new(PresenceBody::of(&d.state, presence_occupants)),
+                        position: Some(pos as u32),
+                    }),
+                });
+            }
+            for (room, d) in &watching {
+                let t = local.track(room);
+                if !t.watchers.contains(&id) {
+                    t.watchers.push(id);
+                }
+                let state = d.as_ref().map(|d| d.state.clone()).unwrap_or_default();
+                notices.push(Notice {
+                    session: id,
+                    room: room.clone(),
+                    kind: NoticeKind::Presence(Presence {
+                        body: Arc::new(PresenceBody::of(&state, presence_occupants)),
+                        position: None,
+                    }),
+                });
+            }
+            local.sessions.insert(
+                id,
+                LocalSession {
+                    principal,
+                    meta,
+                    meta_json,
+                    token: new_token,
+                    joined: rooms.iter().map(|j| j.room.clone()).collect(),
+                    watching: watching.iter().map(|(r, _)| r.clone()).collect(),
+                    grace_until: None,
+                },
+            );
+            if let Some(sink) = inner.sink.get()
+                && !notices.is_empty()
+            {
+                sink.deliver(&mut notices.into_iter());
+            }
+        }
+        Ok(Resumed {
+            session: id,
+            was_live: reply.lv == Some(1),
+            rooms,
+            watching: watching.into_iter().map(|(r, _)| r).collect(),
+        })
+    }
+
+    async fn join(
+        &self,
+        session: SessionId,
+        room: &str,
+        meta: Option<Meta>,
+    ) -> Result<Joined, Error> {
+        let inner = &self.inner;
+        let config = inner.config()?;
+        RoomId::check(room, config.limits.max_room_id_len)?;
+        let (_, default_meta, default_json) = inner.live(session)?;
+        let (meta, meta_json) = match meta {
+            Some(m) => {
+                let j = serde_json::to_string(&m).map_err(bad)?;
+                (m, j)
+            }
+            None => (default_meta, default_json),
+        };
+        let limit = config.limits.max_meta_bytes;
+        if meta.encoded_len() > limit {
+            return Err(Error::MetaTooLarge {
+                len: meta.encoded_len(),
+                limit,
+            });
+        }
+        let room_id = RoomId::parse(room, usize::MAX)?;
+        inner.pending(&room_id, 1);
+        let r = inner
+            .run_session_op(
+                session,
+                &inner.scripts.join,
+                args()
+                    .a(session_hex(session))
+                    .a(room)
+                    .a(&meta_json)
+                    .a(config.limits.max_rooms_per_session.to_string())
+                    .a(config.limits.max_occupants_per_room.to_string()),
+            )
+            .await
+            .and_then(|reply| inner.joined_from(&room_id, &reply));
+        let mut local = inner.lock();
+        let result = match r {
+            Ok((joined, d)) => {
+                let t = local.track(&room_id);
+                if !t.members.contains(&session) {
+                    t.members.push(session);
+                }
+                if let Some(s) = local.sessions.get_mut(&session)
+                    && !s.joined.contains(&room_id)
+                {
+                    s.joined.push(room_id.clone());
+                }
+                inner.apply_locked(&mut local, room, d);
+                Ok(joined)
+            }
+            Err(e) => Err(e),
+        };
+        let t = local.track(&room_id);
+        t.pending = t.pending.saturating_sub(1);
+        local.untrack_if_idle(room);
+        result
+    }
+
+    async fn leave(&self, session: SessionId, room: &str) -> Result<Left, Error> {
+        let inner = &self.inner;
+        RoomId::check(room, inner.config()?.limits.max_room_id_len)?;
+        inner.live(session)?;
+        let room_id = RoomId::parse(room, usize::MAX)?;
+        let reply = inner
+            .run_session_op(
+                session,
+                &inner.scripts.leave,
+                args().a(session_hex(session)).a(room),
+            )
+            .await?;
+        let was_member = reply.wm == Some(1);
+        let mut local = inner.lock();
+        if let Some(s) = local.sessions.get_mut(&session)
+            && let Some(i) = s.joined.iter().position(|r| r == &room_id)
+        {
+            s.joined.remove(i);
+        }
+        if let Some(t) = local.rooms.get_mut(room) {
+            t.members.retain(|&m| m != session);
+        }
+        local.untrack_if_idle(room);
+        Ok(Left {
+            room: room_id,
+            was_member,
+        })
+    }
+
+    async fn takeover(&self, session: SessionId, room: &str) -> Result<Joined, Error> {
+        let inner = &self.inner;
+        RoomId::check(room, inner.config()?.limits.max_room_id_len)?;
+        inner.live(session)?;
+        let room_id = RoomId::parse(room, usize::MAX)?;
+        let reply = inner
+            .run_session_op(
+                session,
+                &inner.scripts.takeover,
+                args().a(session_hex(session)).a(room),
+            )
+            .await?;
+        let (joined, d) = inner.joined_from(&room_id, &reply)?;
+        let mut local = inner.lock();
+        inner.apply_locked(&mut local, room, d);
+        Ok(joined)
+    }
+
+    async fn watch(&self, session: SessionId, room: &str) -> Result<PresenceBody, Error> {
+        let inner = &self.inner;
+        RoomId::check(room, inner.config()?.limits.max_room_id_len)?;
+        inner.live(session)?;
+        let room_id = RoomId::parse(room, usize::MAX)?;
+        let max = inner.config()?.limits.max_rooms_per_session;
+        inner.pending(&room_id, 1);
+        let r = inner
+            .run_session_op(
+                session,
+                &inner.scripts.watch,
+                args().a(session_hex(session)).a(room).a(max.to_string()),
+            )
+            .await
+            .and_then(|reply| decode_room(reply.r.as_deref().ok_or_else(|| bad("no state"))?));
+        let mut local = inner.lock();
+        let result = match r {
+            Ok(d) => {
+                let body = PresenceBody::of(&d.state, inner.presence_occupants());
+                let t = local.track(&room_id);
+                if t.raw.is_none() && d.state.version >= t.state.version {
+                    t.state = d.state.clone();
+                    t.raw = Some(d.raw.clone());
+                    t.placeholder_until = d.placeholder_until;
+                } else {
+                    inner.apply_locked(&mut local, room, d);
+                }
+                let t = local.track(&room_id);
+                if !t.watchers.contains(&session) {
+                    t.watchers.push(session);
+                }
+                if let Some(s) = local.sessions.get_mut(&session)
+                    && !s.watching.contains(&room_id)
+                {
+                    s.watching.push(room_id.clone());
+                }
+                Ok(body)
+            }
+            Err(e) => Err(e),
+        };
+        let t = local.track(&room_id);
+        t.pending = t.pending.saturating_sub(1);
+        local.untrack_if_idle(room);
+        result
+    }
+
+    async fn unwatch(&self, session: SessionId, room: &str) -> Result<bool, Error> {
+        let inner = &self.inner;
+        RoomId::check(room, inner.config()?.limits.max_room_id_len)?;
+        inner.live(session)?;
+        let reply = inner
+            .run_session_op(
+                session,
+                &inner.scripts.unwatch,
+                args().a(session_hex(session)).a(room),
+            )
+            .await?;
+        let mut local = inner.lock();
+        if let Some(s) = local.sessions.get_mut(&session)
+            && let Some(i) = s.watching.iter().position(|r| r.as_str() == room)
+        {
+            s.watching.swap_remove(i);
+        }
+        if let Some(t) = local.rooms.get_mut(room) {
+            t.watchers.retain(|&m| m != session);
+        }
+        local.untrack_if_idle(room);
+        Ok(reply.wm == Some(1))
+    }
+
+    async fn room(&self, room: &str) -> Result<Option<RoomState>, Error> {
+        let raw = self.inner.get_room_raw(room).await?;
+        raw.map(|r| decode_room(&r).map(|d| d.state)).transpose()
+    }
+
+    async fn stats(&self) -> Result<Stats, Error> {
+        let inner = &self.inner;
+        let mut conn = inner.conn.clone();
+        inner.round_trips.fetch_add(1, Ordering::Relaxed);
+        let m: HashMap<String, i64> = tokio::time::timeout(
+            inner.cfg.op_timeout,
+            redis::cmd("HGETALL")
+                .arg(format!("{}:stats", inner.cfg.prefix))
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| unavailable("timed out"))?
+        .map_err(unavailable)?;
+        let get = |k: &str| m.get(k).copied().unwrap_or(0).max(0) as usize;
+        Ok(Stats {
+            rooms: get("rooms"),
+            sessions: get("sessions"),
+            sessions_in_grace: get("grace"),
+            occupants: get("occupants"),
+            watchers: get("watchers"),
+        })
+    }
+
+    async fn poll_timeout(&self) -> Option<Instant> {
+        self.inner.lock().timers.first().map(|&(t, _)| t)
+    }
+
+    async fn handle_timeout(&self, now: Instant) -> Result<usize, Error> {
+        let inner = &self.inner;
+        let due: Vec<SessionId> = inner
+            .lock()
+            .timers
+            .iter()
+            .take_while(|(d, _)| *d <= now)
+            .map(|&(_, id)| id)
+            .collect();
+        let mut n = 0;
+        for id in due {
+            inner
+                .run(
+                    &inner.scripts.expire,
+                    args().a(session_hex(id)).a(&inner.node),
+                )
+                .await?;
+            inner.lock().forget(id);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn session_for_token(
+        &self,
+        token: ResumeToken,
+    ) -> Result<Option<(SessionId, Option<String>)>, Error> {
+        let inner = &self.inner;
+        let r = inner
+            .run(&inner.scripts.token, args().a(token.to_string()))
+            .await?;
+        match r.i {
+            Some(i) => Ok(Some((parse_session(&i)?, r.pr))),
+            None => Ok(None),
+        }
+    }
+
+    async fn check_invariants(&self) -> Result<(), String> {
+        let inner = &self.inner;
+        let r = inner
+            .run(&inner.scripts.check, args())
+            .await
+            .map_err(|e| e.to_string())?;
+        if !r.x.is_empty() {
+            return Err(r.x.join("; "));
+        }
+        let local = inner.lock();
+        for (id, s) in &local.sessions {
+            let _ = occupant_key(*id, s.principal.as_deref());
+            for r in s.joined.iter().chain(&s.watching) {
+                if !local.rooms.contains_key(r.as_str()) {
+                    return Err(format!(
+                        "local session {id:?} in {r:?}, which is not followed"
+                    ));
+                }
+            }
+            let _ = s.key(*id);
+        }
+        Ok(())
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_wire_used() {
+    let _ = wire::list::<serde_json::Value, Vec<u8>>;
+}

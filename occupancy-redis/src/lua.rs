@@ -1,0 +1,511 @@
+//! The Lua scripts: one per transition, each run atomically by Redis in one round trip
+//! (`EVALSHA`, through [`redis::Script`]). They share a prelude of helpers (key names, room and
+//! session records, version bumps, counters, publishing); see the crate docs for the data layout.
+//!
+//! Every script takes `ARGV[1]` = key prefix and `ARGV[2]` = the calling node's version floor (the
+//! highest room version it has seen), then its own arguments from `ARGV[3]`. Every script replies
+//! with one JSON string: `e` (an error code) when refused, `c` (the rooms it changed, as
+//! `[room, state]` pairs, in the order it changed them), `r` (the state of the room it was about
+//! after the call) and fields of its own.
+
+/// Helpers shared by every script.
+const PRELUDE: &str = r#"
+local P = ARGV[1]
+local FLOOR = tonumber(ARGV[2])
+local NODES = P .. ':nodes'
+local STATS = P .. ':stats'
+local CH = P .. ':ch'
+local function hex(s) return (string.gsub(s, '.', function(c) return string.format('%02x', string.byte(c)) end)) end
+local function rkey(room) return P .. ':r:{' .. hex(room) .. '}' end
+local function skey(sid) return P .. ':s:{' .. sid .. '}' end
+local function tkey(t) return P .. ':t:{' .. t .. '}' end
+local function nskey(n) return P .. ':ns:{' .. n .. '}' end
+local function deadkey(n) return P .. ':dead:{' .. n .. '}' end
+local function fmt(n) return string.format('%.0f', n) end
+local NOW_US
+local function now_us()
+  if not NOW_US then
+    local t = redis.call('TIME')
+    NOW_US = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  return NOW_US
+end
+local function now_ms() return math.floor(now_us() / 1000) end
+local function stat(f, d) if d ~= 0 then redis.call('HINCRBY', STATS, f, d) end end
+local function find(list, x)
+  for i, y in ipairs(list) do if y == x then return i end end
+  return nil
+end
+local CHANGED = {}
+local function err(code) return cjson.encode({e = code, c = CHANGED}) end
+local function reply(t, room)
+  t.c = CHANGED
+  if room then
+    local raw = redis.call('GET', rkey(room))
+    if raw then t.r = raw end
+  end
+  return cjson.encode(t)
+end
+-- Versions: above the stored one, above Redis TIME in microseconds, above the caller's floor.
+local function bump(st) st.v = fmt(math.max(tonumber(st.v) + 1, now_us(), FLOOR + 1)) end
+local function new_room() return {v = fmt(math.max(now_us(), FLOOR)), o = {}, w = {}} end
+local function save_room(room, was, st, publish)
+  local n, w = #st.o, #st.w
+  local js = cjson.encode(st)
+  if n == 0 and w == 0 then
+    if was.exists then redis.call('DEL', rkey(room)); stat('rooms', -1) end
+  else
+    redis.call('SET', rkey(room), js)
+    if not was.exists then stat('rooms', 1) end
+  end
+  stat('occupants', n - was.n)
+  stat('watchers', w - was.w)
+  was.exists = (n > 0 or w > 0); was.n = n; was.w = w
+  if publish then
+    redis.call('PUBLISH', CH, 'r' .. room .. '\n' .. js)
+    table.insert(CHANGED, {room, js})
+  end
+end
+-- Loads a room; first drops sessions restored as placeholders whose owner never came back.
+local function load_room(room)
+  local raw = redis.call('GET', rkey(room))
+  if not raw then return nil, {exists = false, n = 0, w = 0} end
+  local st = cjson.decode(raw)
+  local was = {exists = true, n = #st.o, w = #st.w}
+  local pruned = false
+  for i = #st.o, 1, -1 do
+    local occ = st.o[i]
+    if occ.x and tonumber(occ.x) <= now_ms() then
+      local keep = {}
+      for _, s in ipairs(occ.s) do
+        if not find(occ.u or {}, s) then table.insert(keep, s) end
+      end
+      occ.s = keep; occ.x = nil; occ.u = nil
+      if #keep == 0 then table.remove(st.o, i) end
+      pruned = true
+    end
+  end
+  if pruned then
+    bump(st)
+    save_room(room, was, st, true)
+    if not was.exists then return nil, was end
+  end
+  return st, was
+end
+local function load_sess(sid)
+  local h = redis.call('HGETALL', skey(sid))
+  if #h == 0 then return nil end
+  local s = {}
+  for i = 1, #h, 2 do s[h[i]] = h[i + 1] end
+  s.j = cjson.decode(s.j or '[]')
+  s.w = cjson.decode(s.w or '[]')
+  s.g = tonumber(s.g or '0')
+  return s
+end
+local function live(sid)
+  local s = load_sess(sid)
+  if s and s.g == 0 then return s end
+  return nil
+end
+local function save_lists(sid, s)
+  redis.call('HSET', skey(sid), 'j', cjson.encode(s.j), 'w', cjson.encode(s.w))
+end
+local function okey(sid, s)
+  if s.p then return 'u:' .. s.p end
+  return 'a:' .. sid
+end
+local function remove_from_line(room, sid, key)
+  local st, was = load_room(room)
+  if not st then return end
+  for i, occ in ipairs(st.o) do
+    if occ.k == key then
+      local j = find(occ.s, sid)
+      if j then table.remove(occ.s, j) end
+      if occ.u then
+        local ju = find(occ.u, sid)
+        if ju then table.remove(occ.u, ju) end
+      end
+      if #occ.s == 0 then table.remove(st.o, i) end
+      break
+    end
+  end
+  bump(st)
+  save_room(room, was, st, true)
+end
+local function remove_watcher(room, sid)
+  local st, was = load_room(room)
+  if not st then return end
+  local i = find(st.w, sid)
+  if i then table.remove(st.w, i) end
+  save_room(room, was, st, false)
+end
+local function close_session(sid, s, swept)
+  for _, room in ipairs(s.w) do remove_watcher(room, sid) end
+  local key = okey(sid, s)
+  for _, room in ipairs(s.j) do remove_from_line(room, sid, key) end
+  redis.call('DEL', skey(sid))
+  if s.t then redis.call('DEL', tkey(s.t)) end
+  if s.n then redis.call('SREM', nskey(s.n), sid) end
+  stat('sessions', -1)
+  if s.g > 0 then stat('grace', -1) end
+  if swept then redis.call('PUBLISH', CH, 'x' .. sid .. '\n' .. (s.n or '')) end
+end
+"#;
+
+/// `connect(sid, node, has_principal, principal, meta, token)`.
+pub(crate) const CONNECT: &str = r#"
+local sid, node, hasp, p, meta, tok = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+if redis.call('EXISTS', skey(sid)) == 1 or redis.call('EXISTS', tkey(tok)) == 1 then
+  return err('session_exists')
+end
+redis.call('HSET', skey(sid), 'n', node, 'm', meta, 't', tok, 'j', '[]', 'w', '[]', 'g', '0')
+if hasp == '1' then redis.call('HSET', skey(sid), 'p', p) end
+redis.call('SET', tkey(tok), sid)
+redis.call('SADD', nskey(node), sid)
+stat('sessions', 1)
+return reply({}, nil)
+"#;
+
+/// `disconnect(sid, grace_ms)`: grace 0 closes at once.
+pub(crate) const DISCONNECT: &str = r#"
+local sid, rem = ARGV[3], tonumber(ARGV[4])
+local s = load_sess(sid)
+if not s then return err('unknown_session') end
+if s.g > 0 then return reply({}, nil) end
+if rem <= 0 then
+  close_session(sid, s, false)
+else
+  redis.call('HSET', skey(sid), 'g', fmt(now_ms() + rem))
+  stat('grace', 1)
+end
+return reply({}, nil)
+"#;
+
+/// `close(sid)`.
+pub(crate) const CLOSE: &str = r#"
+local sid = ARGV[3]
+local s = load_sess(sid)
+if not s then return err('unknown_session') end
+close_session(sid, s, false)
+return reply({}, nil)
+"#;
+
+/// `expire(sid, node)`: the owning node's grace timer ran out; closes the session if it is still
+/// in grace and still owned by that node (a resume on another node moved it).
+pub(crate) const EXPIRE: &str = r#"
+local sid, node = ARGV[3], ARGV[4]
+local s = load_sess(sid)
+if s and s.n == node and s.g > 0 then
+  close_session(sid, s, false)
+  return reply({n = 1}, nil)
+end
+return reply({n = 0}, nil)
+"#;
+
+/// `join(sid, room, meta, max_rooms, max_occupants)`.
+pub(crate) const JOIN: &str = r#"
+local sid, room, meta = ARGV[3], ARGV[4], ARGV[5]
+local max_rooms, max_occ = tonumber(ARGV[6]), tonumber(ARGV[7])
+local s = live(sid)
+if not s then return err('unknown_session') end
+local key = okey(sid, s)
+local st, was = load_room(room)
+local pos = nil
+if st then
+  for i, occ in ipairs(st.o) do if occ.k == key then pos = i; break end end
+end
+if pos and find(st.o[pos].s, sid) then return reply({p = pos - 1}, room) end
+if #s.j + #s.w >= max_rooms then return err('too_many_rooms') end
+if (not pos) and st and #st.o >= max_occ then return err('room_full') end
+if not st then st = new_room() end
+bump(st)
+if pos then
+  table.insert(st.o[pos].s, sid)
+else
+  table.insert(st.o, {k = key, m = meta, q = st.v, s = {sid}})
+  pos = #st.o
+end
+save_room(room, was, st, true)
+table.insert(s.j, room)
+save_lists(sid, s)
+return reply({p = pos - 1}, room)
+"#;
+
+/// `leave(sid, room)`.
+pub(crate) const LEAVE: &str = r#"
+local sid, room = ARGV[3], ARGV[4]
+local s = live(sid)
+if not s then return err('unknown_session') end
+local i = find(s.j, room)
+if not i then return reply({wm = 0}, nil) end
+table.remove(s.j, i)
+save_lists(sid, s)
+remove_from_line(room, sid, okey(sid, s))
+return reply({wm = 1}, room)
+"#;
+
+/// `takeover(sid, room)`.
+pub(crate) const TAKEOVER: &str = r#"
+local sid, room = ARGV[3], ARGV[4]
+local s = live(sid)
+if not s then return err('unknown_session') end
+local key = okey(sid, s)
+local st, was = load_room(room)
+if not st then return err('not_in_room') end
+local pos = nil
+for i, occ in ipairs(st.o) do if occ.k == key then pos = i; break end end
+if (not pos) or (not find(st.o[pos].s, sid)) then return err('not_in_room') end
+if pos > 1 then
+  local occ = table.remove(st.o, pos)
+  occ.q = fmt(tonumber(st.o[1].q) - 1)
+  table.insert(st.o, 1, occ)
+  bump(st)
+  save_room(room, was, st, true)
+end
+return reply({p = 0}, room)
+"#;
+
+/// `watch(sid, room, max_rooms)`.
+pub(crate) const WATCH: &str = r#"
+local sid, room, max_rooms = ARGV[3], ARGV[4], tonumber(ARGV[5])
+local s = live(sid)
+if not s then return err('unknown_session') end
+if find(s.w, room) then return reply({}, room) end
+if #s.j + #s.w >= max_rooms then return err('too_many_rooms') end
+local st, was = load_room(room)
+if not st then st = new_room() end
+table.insert(st.w, sid)
+save_room(room, was, st, false)
+table.insert(s.w, room)
+save_lists(sid, s)
+return reply({}, room)
+"#;
+
+/// `unwatch(sid, room)`.
+pub(crate) const UNWATCH: &str = r#"
+local sid, room = ARGV[3], ARGV[4]
+local s = live(sid)
+if not s then return err('unknown_session') end
+local i = find(s.w, room)
+if not i then return reply({wm = 0}, nil) end
+table.remove(s.w, i)
+save_lists(sid, s)
+remove_watcher(room, sid)
+return reply({wm = 1}, nil)
+"#;
+
+/// `resume(token, new_token, node)`: moves the session to `node` (publishing `s` so its old node
+/// closes the old connection), returns its rooms' states.
+pub(crate) const RESUME: &str = r#"
+local tok, new, node = ARGV[3], ARGV[4], ARGV[5]
+local sid = redis.call('GET', tkey(tok))
+if not sid then return err('resume_invalid') end
+if tok ~= new and redis.call('EXISTS', tkey(new)) == 1 then return err('session_exists') end
+local s = load_sess(sid)
+if not s then return err('resume_invalid') end
+if s.g > 0 and s.g <= now_ms() then
+  close_session(sid, s, false)
+  return err('resume_invalid')
+end
+local was_live = (s.g == 0)
+if not was_live then stat('grace', -1) end
+redis.call('DEL', tkey(tok))
+redis.call('SET', tkey(new), sid)
+redis.call('HSET', skey(sid), 't', new, 'g', '0', 'n', node)
+if s.n ~= node then
+  if s.n then redis.call('SREM', nskey(s.n), sid) end
+  redis.call('SADD', nskey(node), sid)
+  redis.call('PUBLISH', CH, 's' .. sid .. '\n' .. node)
+end
+local rooms, watching = {}, {}
+for _, room in ipairs(s.j) do table.insert(rooms, {room, redis.call('GET', rkey(room)) or ''}) end
+for _, room in ipairs(s.w) do table.insert(watching, {room, redis.call('GET', rkey(room)) or ''}) end
+return reply({i = sid, lv = was_live and 1 or 0, pr = s.p, me = s.m, j = rooms, w = watching}, nil)
+"#;
+
+/// `session_for_token(token)`.
+pub(crate) const TOKEN: &str = r#"
+local sid = redis.call('GET', tkey(ARGV[3]))
+if not sid then return reply({}, nil) end
+local p = redis.call('HGET', skey(sid), 'p')
+return reply({i = sid, pr = p or nil}, nil)
+"#;
+
+/// `renew(node, lease_ms)`: extends the node's lease. `s` = 1 (fine), 0 (the registration was
+/// lost: Redis lost its data; restore), -1 (another node swept this one: its sessions are gone).
+/// `x` lists the nodes whose lease has ended.
+pub(crate) const RENEW: &str = r#"
+local node, lease = ARGV[3], tonumber(ARGV[4])
+local status = 1
+if not redis.call('ZSCORE', NODES, node) then
+  if redis.call('EXISTS', deadkey(node)) == 1 then
+    status = -1
+    redis.call('DEL', deadkey(node))
+  else
+    status = 0
+  end
+end
+redis.call('ZADD', NODES, now_ms() + lease, node)
+local expired = redis.call('ZRANGEBYSCORE', NODES, '-inf', now_ms())
+return reply({s = status, x = expired}, nil)
+"#;
+
+/// `sweep(dead_node)`: if the node's lease has ended, closes every session it owned (publishing
+/// each room's new state and `x` per session) and marks it dead.
+pub(crate) const SWEEP: &str = r#"
+local dead = ARGV[3]
+local score = redis.call('ZSCORE', NODES, dead)
+if (not score) or tonumber(score) > now_ms() then return reply({n = 0}, nil) end
+redis.call('ZREM', NODES, dead)
+redis.call('SET', deadkey(dead), '1', 'PX', 86400000)
+local n = 0
+for _, sid in ipairs(redis.call('SMEMBERS', nskey(dead))) do
+  local s = load_sess(sid)
+  if s and s.n == dead then
+    close_session(sid, s, true)
+    n = n + 1
+  end
+end
+redis.call('DEL', nskey(dead))
+return reply({n = n}, nil)
+"#;
+
+/// `prune(room)`: drops expired placeholders (see `restore`).
+pub(crate) const PRUNE: &str = r#"
+local st = load_room(ARGV[3])
+return reply({}, ARGV[3])
+"#;
+
+/// `reregister(sid, node, has_principal, principal, meta, token, joined, watching, grace_ms)`:
+/// writes a local session's record back after Redis lost it.
+pub(crate) const REREGISTER: &str = r#"
+local sid, node, hasp, p, meta, tok, J, W, rem =
+  ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], tonumber(ARGV[11])
+local old = load_sess(sid)
+if not old then stat('sessions', 1) end
+local g = '0'
+if rem > 0 then g = fmt(now_ms() + rem) end
+local was_grace = old and old.g > 0
+if rem > 0 and not was_grace then stat('grace', 1) end
+if rem <= 0 and was_grace then stat('grace', -1) end
+redis.call('HSET', skey(sid), 'n', node, 'm', meta, 't', tok, 'j', J, 'w', W, 'g', g)
+if hasp == '1' then redis.call('HSET', skey(sid), 'p', p) end
+redis.call('SET', tkey(tok), sid)
+redis.call('SADD', nskey(node), sid)
+return reply({}, nil)
+"#;
+
+/// `restore(room, last_seen_state, my_sessions, my_watchers, lease_ms)`: after Redis lost its
+/// data, puts a room back from the state this node saw last. If the room is missing, the whole
+/// line is written back in its old order; the other nodes' sessions are kept as placeholders for
+/// one lease (their nodes confirm them with their own restore, or they are dropped). If it
+/// exists, this node's occupants are merged in at their old place (by their order key `q`).
+pub(crate) const RESTORE: &str = r#"
+local room, raw, lease = ARGV[3], ARGV[4], tonumber(ARGV[7])
+local mine, mywatch = cjson.decode(ARGV[5]), cjson.decode(ARGV[6])
+local seen = cjson.decode(raw)
+local st, was = load_room(room)
+local changed = false
+if not st then
+  st = {v = seen.v, o = {}, w = {}}
+  for _, occ in ipairs(seen.o) do
+    local u = {}
+    for _, sid in ipairs(occ.s) do
+      if not find(mine, sid) then table.insert(u, sid) end
+    end
+    if #u > 0 then occ.u = u; occ.x = fmt(now_ms() + lease) else occ.u = nil; occ.x = nil end
+    table.insert(st.o, occ)
+  end
+  changed = true
+else
+  for _, socc in ipairs(seen.o) do
+    local ours = {}
+    for _, sid in ipairs(socc.s) do
+      if find(mine, sid) then table.insert(ours, sid) end
+    end
+    if #ours > 0 then
+      local pos = nil
+      for i, occ in ipairs(st.o) do if occ.k == socc.k then pos = i; break end end
+      if not pos then
+        local at = #st.o + 1
+        for i, occ in ipairs(st.o) do
+          if tonumber(occ.q) > tonumber(socc.q) then at = i; break end
+        end
+        table.insert(st.o, at, {k = socc.k, m = socc.m, q = socc.q, s = ours})
+        changed = true
+      else
+        local occ = st.o[pos]
+        for _, sid in ipairs(ours) do
+          if not find(occ.s, sid) then table.insert(occ.s, sid); changed = true end
+          if occ.u then
+            local j = find(occ.u, sid)
+            if j then table.remove(occ.u, j); changed = true end
+          end
+        end
+        if occ.u and #occ.u == 0 then occ.u = nil; occ.x = nil end
+      end
+    end
+  end
+end
+for _, w in ipairs(mywatch) do
+  if not find(st.w, w) then table.insert(st.w, w) end
+end
+if changed then bump(st) end
+save_room(room, was, st, changed)
+return reply({}, room)
+"#;
+
+/// `check()`: the invariants (tests only; O(everything), uses KEYS). Replies `x`: problems.
+pub(crate) const CHECK: &str = r#"
+local problems = {}
+local n = {rooms = 0, occupants = 0, watchers = 0, sessions = 0, grace = 0}
+local function unhex(h) return (string.gsub(h, '%x%x', function(x) return string.char(tonumber(x, 16)) end)) end
+for _, k in ipairs(redis.call('KEYS', P .. ':r:*')) do
+  local room = unhex(string.match(k, '{(%x*)}$'))
+  local st = cjson.decode(redis.call('GET', k))
+  n.rooms = n.rooms + 1
+  n.occupants = n.occupants + #st.o
+  n.watchers = n.watchers + #st.w
+  if #st.o == 0 and #st.w == 0 then table.insert(problems, 'empty room ' .. room) end
+  for _, occ in ipairs(st.o) do
+    if #occ.s == 0 then table.insert(problems, 'occupant without session in ' .. room) end
+    for _, sid in ipairs(occ.s) do
+      local s = load_sess(sid)
+      if not s then table.insert(problems, 'unknown session ' .. sid .. ' in ' .. room)
+      elseif okey(sid, s) ~= occ.k then table.insert(problems, 'wrong occupant for ' .. sid)
+      elseif not find(s.j, room) then table.insert(problems, sid .. ' does not list ' .. room) end
+    end
+  end
+  for _, sid in ipairs(st.w) do
+    local s = load_sess(sid)
+    if (not s) or (not find(s.w, room)) then table.insert(problems, 'watcher ' .. sid .. ' of ' .. room) end
+  end
+end
+for _, k in ipairs(redis.call('KEYS', P .. ':s:*')) do
+  local sid = string.match(k, '{(%x*)}$')
+  local s = load_sess(sid)
+  n.sessions = n.sessions + 1
+  if s.g > 0 then n.grace = n.grace + 1 end
+  if redis.call('GET', tkey(s.t)) ~= sid then table.insert(problems, 'token of ' .. sid) end
+  for _, room in ipairs(s.j) do
+    local raw = redis.call('GET', rkey(room))
+    local ok = false
+    if raw then
+      for _, occ in ipairs(cjson.decode(raw).o) do
+        if occ.k == okey(sid, s) and find(occ.s, sid) then ok = true end
+      end
+    end
+    if not ok then table.insert(problems, sid .. ' lists ' .. room .. ' it is not in') end
+  end
+end
+for f, v in pairs(n) do
+  local c = tonumber(redis.call('HGET', STATS, f) or '0')
+  if c ~= v then table.insert(problems, 'counter ' .. f .. ' is ' .. c .. ', counted ' .. v) end
+end
+return reply({x = problems}, nil)
+"#;
+
+/// A script with the prelude.
+pub(crate) fn script(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{PRELUDE}\n{body}"))
+}

@@ -1,0 +1,103 @@
+//! Shared test helpers: a private redis-server, and a backend that keeps it alive.
+#![allow(dead_code)]
+
+pub mod server;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use occupancy_core::{
+    Backend, Config, Error, Joined, Left, Meta, NoticeSink, PresenceBody, ResumeToken, Resumed,
+    RoomState, SessionId, Stats, async_trait,
+};
+use occupancy_redis::{RedisBackend, RedisConfig};
+pub use server::RedisServer;
+
+/// A [`RedisBackend`] together with the server it uses (killed when the last clone is dropped).
+#[derive(Clone)]
+pub struct Owned {
+    pub backend: RedisBackend,
+    pub server: Arc<RedisServer>,
+}
+
+/// A fresh server and a backend on it.
+pub async fn owned() -> Owned {
+    let server = Arc::new(RedisServer::start());
+    let backend = RedisBackend::connect(test_config(&server.url()))
+        .await
+        .expect("connect to the test redis");
+    Owned { backend, server }
+}
+
+/// Settings for tests: short lease, short timeouts.
+pub fn test_config(url: &str) -> RedisConfig {
+    RedisConfig::new(url)
+        .lease(Duration::from_millis(1000))
+        .op_timeout(Duration::from_millis(1000))
+}
+
+#[async_trait]
+impl Backend for Owned {
+    fn attach(&self, config: &Config, sink: Arc<dyn NoticeSink>) -> Result<(), Error> {
+        self.backend.attach(config, sink)
+    }
+    async fn connect(
+        &self,
+        session: SessionId,
+        principal: Option<&str>,
+        meta: Meta,
+        token: ResumeToken,
+    ) -> Result<(), Error> {
+        self.backend.connect(session, principal, meta, token).await
+    }
+    async fn disconnect(&self, session: SessionId, now: Instant) -> Result<(), Error> {
+        self.backend.disconnect(session, now).await
+    }
+    async fn close(&self, session: SessionId) -> Result<(), Error> {
+        self.backend.close(session).await
+    }
+    async fn resume(
+        &self,
+        token: ResumeToken,
+        new_token: ResumeToken,
+        now: Instant,
+    ) -> Result<Resumed, Error> {
+        self.backend.resume(token, new_token, now).await
+    }
+    async fn join(&self, s: SessionId, room: &str, meta: Option<Meta>) -> Result<Joined, Error> {
+        self.backend.join(s, room, meta).await
+    }
+    async fn leave(&self, s: SessionId, room: &str) -> Result<Left, Error> {
+        self.backend.leave(s, room).await
+    }
+    async fn takeover(&self, s: SessionId, room: &str) -> Result<Joined, Error> {
+        self.backend.takeover(s, room).await
+    }
+    async fn watch(&self, s: SessionId, room: &str) -> Result<PresenceBody, Error> {
+        self.backend.watch(s, room).await
+    }
+    async fn unwatch(&self, s: SessionId, room: &str) -> Result<bool, Error> {
+        self.backend.unwatch(s, room).await
+    }
+    async fn room(&self, room: &str) -> Result<Option<RoomState>, Error> {
+        self.backend.room(room).await
+    }
+    async fn stats(&self) -> Result<Stats, Error> {
+        self.backend.stats().await
+    }
+    async fn poll_timeout(&self) -> Option<Instant> {
+        self.backend.poll_timeout().await
+    }
+    async fn handle_timeout(&self, now: Instant) -> Result<usize, Error> {
+        self.backend.handle_timeout(now).await
+    }
+    async fn session_for_token(
+        &self,
+        token: ResumeToken,
+    ) -> Result<Option<(SessionId, Option<String>)>, Error> {
+        self.backend.session_for_token(token).await
+    }
+    async fn check_invariants(&self) -> Result<(), String> {
+        self.backend.check_invariants().await
+    }
+}
