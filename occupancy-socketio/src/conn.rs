@@ -19,6 +19,7 @@
 //! so every handler is registered here. The worker itself starts in the connect handler, once the
 //! socket may emit.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -32,7 +33,7 @@ use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessageParts};
 use socketioxide::socket::{DisconnectReason, Socket};
 use socketioxide::{SendError, SocketError};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::identify::{Handshake, Identify};
@@ -110,9 +111,9 @@ async fn connecting(
             .map_err(refuse)?,
     };
 
-    let (tx, rx) = mpsc::channel(shared.queue);
     let inbox = Arc::new(Inbox {
-        tx,
+        queue: Mutex::new(Queue::default()),
+        wake: Notify::new(),
         bucket: Mutex::new(Bucket::new(shared.rate)),
         shared: shared.clone(),
     });
@@ -156,7 +157,7 @@ async fn connecting(
         shared: shared.clone(),
         session,
         notices,
-        rx,
+        inbox,
         closed,
         resumed: was_resumed,
         // A resumed client is a rich client: the article's frontend has no resume token.
@@ -259,7 +260,7 @@ enum Body {
     Request(Request),
     /// The payload was refused before the queue (bad type, bad room id, meta too large): only an
     /// answer, in order with the others.
-    Refused(Event),
+    Refused(Box<Event>),
 }
 
 struct Cmd {
@@ -268,11 +269,21 @@ struct Cmd {
     reply: Reply,
 }
 
-/// The handlers' side of the per-socket queue.
+/// The per-socket queue: the handlers push, the worker pops. A plain deque (empty until used,
+/// bounded by [`Shared::queue`]) rather than a channel, which would allocate a block of slots for
+/// every connection up front.
 struct Inbox {
-    tx: mpsc::Sender<Cmd>,
+    queue: Mutex<Queue>,
+    wake: Notify,
     bucket: Mutex<Bucket>,
     shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Queue {
+    cmds: VecDeque<Cmd>,
+    /// The worker ended: nothing is queued any more.
+    closed: bool,
 }
 
 impl Inbox {
@@ -300,14 +311,44 @@ impl Inbox {
             return answer(&self.shared.names, s, reply, &limited());
         }
         let body = self.shared.prepare(op, payload);
-        match self.tx.try_send(Cmd { op, body, reply }) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(cmd)) => {
-                answer(&self.shared.names, s, cmd.reply, &limited())
-            }
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if q.closed {
             // The worker is gone: the socket is disconnecting.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            return;
         }
+        if q.cmds.len() >= self.shared.queue {
+            drop(q);
+            return answer(&self.shared.names, s, reply, &limited());
+        }
+        q.cmds.push_back(Cmd { op, body, reply });
+        drop(q);
+        // Stores a permit when the worker is busy, so the push is never missed.
+        self.wake.notify_one();
+    }
+
+    /// The next request, in arrival order. Cancel safe: a request is only taken in the poll that
+    /// returns it.
+    async fn next(&self) -> Cmd {
+        loop {
+            if let Some(cmd) = self
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .cmds
+                .pop_front()
+            {
+                return cmd;
+            }
+            self.wake.notified().await;
+        }
+    }
+
+    /// Stops queueing and drops what waits (their acknowledgements hold the socket).
+    fn close(&self) {
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        q.closed = true;
+        q.cmds.clear();
+        q.cmds.shrink_to_fit();
     }
 }
 
@@ -316,11 +357,11 @@ impl Shared {
     /// megabyte room id is answered here and dropped). The Hub checks everything again.
     fn prepare(&self, op: Op, payload: Result<Value, socketioxide::ParserError>) -> Body {
         let bad = |message: &str| {
-            Body::Refused(Event::Error {
+            Body::Refused(Box::new(Event::Error {
                 r#ref: None,
                 code: "bad_message",
                 message: message.to_owned(),
-            })
+            }))
         };
         let Ok(payload) = payload else {
             return bad("the payload could not be decoded; send a room string or a JSON object");
@@ -333,14 +374,14 @@ impl Shared {
         if let Value::String(room) = &payload
             && let Err(e) = RoomId::check(room, limits.max_room_id_len)
         {
-            return Body::Refused(Event::error(None, &e));
+            return Body::Refused(Box::new(Event::error(None, &e)));
         }
         let req = match Request::from_payload(op.kind, &payload) {
             Ok(req) => req,
-            Err(e) => return Body::Refused(e.to_event()),
+            Err(e) => return Body::Refused(Box::new(e.to_event())),
         };
         if let Err(e) = RoomId::check(&req.room, limits.max_room_id_len) {
-            return Body::Refused(Event::error(req.r#ref, &e));
+            return Body::Refused(Box::new(Event::error(req.r#ref, &e)));
         }
         if let Some(meta) = &req.meta
             && meta.encoded_len() > limits.max_meta_bytes
@@ -349,7 +390,7 @@ impl Shared {
                 len: meta.encoded_len(),
                 limit: limits.max_meta_bytes,
             };
-            return Body::Refused(Event::error(req.r#ref, &e));
+            return Body::Refused(Box::new(Event::error(req.r#ref, &e)));
         }
         Body::Request(req)
     }
@@ -360,7 +401,7 @@ struct Worker {
     shared: Arc<Shared>,
     session: Session,
     notices: Notices,
-    rx: mpsc::Receiver<Cmd>,
+    inbox: Arc<Inbox>,
     closed: Arc<Closed>,
     resumed: bool,
     /// The socket used a rich event: it gets the `occupancy:*` pushes.
@@ -410,12 +451,10 @@ impl Worker {
                         break End::Kicked;
                     }
                 },
-                cmd = self.rx.recv() => match cmd {
-                    Some(cmd) => self.handle(&s, cmd).await,
-                    None => break End::Socket(None),
-                },
+                cmd = self.inbox.next() => self.handle(&s, cmd).await,
             }
         };
+        self.inbox.close();
         match end {
             End::Socket(Some(
                 DisconnectReason::ClientNSDisconnect | DisconnectReason::ServerNSDisconnect,
@@ -460,7 +499,7 @@ impl Worker {
 
     async fn handle(&mut self, s: &SocketRef, cmd: Cmd) {
         let ev = match cmd.body {
-            Body::Refused(ev) => ev,
+            Body::Refused(ev) => *ev,
             Body::Request(req) => {
                 if cmd.op.article {
                     self.article = true;

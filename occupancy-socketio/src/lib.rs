@@ -120,11 +120,11 @@ pub struct RateLimit {
 }
 
 impl Default for RateLimit {
-    /// 20 requests per second, bursts of 50.
+    /// 20 requests per second, bursts of 40 (as the axum adapter).
     fn default() -> Self {
         RateLimit {
             per_second: 20,
-            burst: 50,
+            burst: 40,
         }
     }
 }

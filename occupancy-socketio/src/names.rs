@@ -52,7 +52,22 @@ pub struct EventNames {
 
 impl Default for EventNames {
     fn default() -> Self {
-        EventNames::with_prefix("occupancy:")
+        // Borrowed: socketioxide keeps a copy of each name per socket, and a borrowed `Cow`
+        // costs nothing to copy.
+        EventNames {
+            join: Cow::Borrowed("occupancy:join"),
+            leave: Cow::Borrowed("occupancy:leave"),
+            takeover: Cow::Borrowed("occupancy:takeover"),
+            watch: Cow::Borrowed("occupancy:watch"),
+            unwatch: Cow::Borrowed("occupancy:unwatch"),
+            hello: Cow::Borrowed("occupancy:hello"),
+            occupied: Cow::Borrowed("occupancy:occupied"),
+            released: Cow::Borrowed("occupancy:released"),
+            presence: Cow::Borrowed("occupancy:presence"),
+            displaced: Cow::Borrowed("occupancy:displaced"),
+            error: Cow::Borrowed("occupancy:error"),
+            ..EventNames::with_prefix("")
+        }
     }
 }
 
@@ -103,7 +118,8 @@ mod tests {
     #[test]
     fn defaults_are_the_articles_and_the_prefixed_names() {
         let n = EventNames::default();
-        assert_eq!(n.join, "occupancy:join");
+        assert_eq!(n, EventNames::with_prefix("occupancy:"));
+        assert!(matches!(n.join, Cow::Borrowed("occupancy:join")));
         assert_eq!(n.presence, "occupancy:presence");
         assert_eq!(n.error, "occupancy:error");
         assert_eq!(n.article_join, "join_document_room");

@@ -317,6 +317,12 @@ async fn disconnect_racing_requests_leaves_nothing_behind() {
         s.sessions == 0 && s.rooms == 0 && s.occupants == 0 && s.watchers == 0
     })
     .await;
+    // socketioxide let go of every socket (nothing of ours keeps one alive).
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !srv.io.sockets().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "sockets leaked");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // The server still serves.
     let mut c = Client::connect(&url).await;
     let r = c.call("occupancy:join", json!("x1")).await;
