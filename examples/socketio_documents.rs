@@ -89,7 +89,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    tracing::info!("Server is running on http://{addr} (allowed origins: {origins:?}, grace {grace_ms} ms)");
+    tracing::info!(
+        "Server is running on http://{addr} (allowed origins: {origins:?}, grace {grace_ms} ms)"
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;
