@@ -1,7 +1,89 @@
 //! # occupancy-redis
 //!
-//! A [`Backend`](occupancy_core::Backend) on Redis, for several server instances ("nodes")
-//! sharing one ordered queue per room. Placeholder docs; see below.
+//! A [`Backend`](occupancy_core::Backend) on Redis, so several server instances ("nodes") share
+//! one ordered queue per room: a holder on one node and a waiter on another see one line, and
+//! the waiter is released the moment the holder leaves — or, if the holder's node dies, once
+//! that node's lease ends.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), occupancy_core::Error> {
+//! use occupancy_core::Hub;
+//! use occupancy_redis::{RedisBackend, RedisConfig};
+//!
+//! let backend = RedisBackend::connect(RedisConfig::new("redis://127.0.0.1:6379")).await?;
+//! let hub = Hub::builder().backend(backend).build()?;
+//! # let _ = hub; Ok(()) }
+//! ```
+//!
+//! ## How it works
+//!
+//! - **Redis is the truth.** Each transition (join, leave, take over, watch, unwatch, connect,
+//!   disconnect, close, resume, grace expiry) is one Lua script run with `EVALSHA`: one round
+//!   trip, atomic. The scripts reproduce [`Machine`](occupancy_core::Machine)'s rules and
+//!   errors exactly; the shared conformance suite and a differential property test (same random
+//!   operations through the memory backend and this one) check it.
+//! - **Full states, not deltas.** Every script that changes a room publishes the room's whole
+//!   new state on one channel (`{prefix}:ch`). Each node keeps the last state it saw of every
+//!   room it has local sessions or watchers in, drops states whose version is not newer, and
+//!   hands (last seen, new) to [`NoticeSink::room_changed`](occupancy_core::NoticeSink), i.e. to
+//!   the core's pure [`room_notices`](occupancy_core::room_notices). A node's own calls take the
+//!   same path with the state the script returns, so a local call and a remote change produce the
+//!   same notices, and a lost message is healed by the next state (and by a re-read of every
+//!   followed room after the subscription reconnects).
+//! - **Versions** are `max(stored + 1, Redis TIME in µs, the node's highest seen version + 1)`:
+//!   strictly increasing per room, also after the room was emptied (its key is deleted) and after
+//!   Redis restarted empty.
+//! - **Grace** deadlines are kept by the node that owns the session: it runs the timer and calls
+//!   the expiry script (which does nothing if the session was resumed elsewhere meanwhile). The
+//!   session record also holds the deadline in Redis time, so a resume on another node after the
+//!   deadline is refused.
+//! - **Node leases.** Each node renews its entry in a sorted set (`{prefix}:nodes`, score = lease
+//!   end in Redis ms) every third of the lease (default lease 10 s). A renewal also returns the
+//!   nodes whose lease has ended, and the survivor sweeps them: one script per dead node closes
+//!   each of its sessions (leaving every room, so the next in line is released) and publishes `x`
+//!   so a node that was only cut off learns its sessions are gone.
+//! - **Redis unavailable**: every call is bounded by [`RedisConfig::op_timeout`] and fails with
+//!   [`Error::Unavailable`](occupancy_core::Error::Unavailable); nothing panics, nothing hangs.
+//! - **Redis back, even restarted empty**: a node notices (its lease renewal finds its entry
+//!   gone without a "swept" mark, or a script does not know a session the node has live, or the
+//!   subscription reconnects) and writes back its sessions and, for every room it follows, the
+//!   last state it saw: if the room is missing, the whole line in its old order, the other
+//!   nodes' sessions held as placeholders for one lease until their own nodes confirm them (or
+//!   dropped); if the room exists, its own occupants merged in at their old place (each occupant
+//!   carries an order key `q`). Nobody jumps the queue and nobody is told a hand-over that did
+//!   not happen.
+//!
+//! ## Data layout (prefix `occ` by default)
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `occ:r:{<hex of room id>}` | string | the room: JSON `{"v": version, "o": [occupant], "w": [watcher session]}`; occupant `{"k": "u:<user>" or "a:<session>", "m": meta JSON, "q": order key, "s": [session], "x"?/"u"?: placeholder deadline and unconfirmed sessions}` |
+//! | `occ:s:{<session hex>}` | hash | `n` owning node, `p` principal, `m` meta, `t` resume token, `j` joined rooms (JSON, in order), `w` watched rooms, `g` grace deadline (Redis ms, 0 = live) |
+//! | `occ:t:{<token hex>}` | string | the session of a resume token |
+//! | `occ:ns:{<node>}` | set | the node's sessions (for the sweep) |
+//! | `occ:nodes` | sorted set | node → lease end (Redis ms) |
+//! | `occ:dead:{<node>}` | string | "swept" mark (1 day) |
+//! | `occ:stats` | hash | counts: rooms, sessions, grace, occupants, watchers |
+//! | `occ:ch` | channel | `r<room>\n<state JSON>`, `s<session>\n<node>` (resumed elsewhere), `x<session>\n<node>` (swept) |
+//!
+//! Room ids are arbitrary UTF-8 (and may contain `{`/`}`): the hash tag of a room's key is the hex
+//! of its bytes, so the tag is always well formed and distinct rooms never share a key.
+//!
+//! ## Redis Cluster
+//!
+//! Not supported yet. The scripts compute key names inside Lua and a join or a close touches the
+//! room key, the session key and the counters — in one Redis that is one atomic script; in a
+//! cluster they live in different slots. Cluster support would need one script per room touched
+//! (disconnect = one script per room of the session), session records updated separately, the
+//! counters dropped or made per slot, and sharded pub/sub (`SSUBSCRIBE`) per room.
+//!
+//! ## Limits of the design
+//!
+//! - One channel carries every room's states to every node (each node ignores rooms it does not
+//!   follow): fine for a few nodes; per-room sharded channels would scale further.
+//! - A node cut off from Redis for longer than its lease is swept: when it comes back its
+//!   sessions are ended ([`Error::Unavailable`](occupancy_core::Error::Unavailable) as their
+//!   close reason) rather than put back in front of people who were released meanwhile.
 #![warn(missing_docs)]
 
 mod backend;
