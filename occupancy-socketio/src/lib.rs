@@ -1,7 +1,7 @@
 //! # occupancy-socketio
 //!
 //! The Socket.IO adapter of [`occupancy`](https://docs.rs/occupancy): attach a
-//! [`Hub`](occupancy_core::Hub) to a [socketioxide](https://docs.rs/socketioxide) 0.18
+//! [`Hub`] to a [socketioxide](https://docs.rs/socketioxide) 0.18
 //! [`SocketIo`] and browsers learn, in real time, who holds a page ("room") and who waits.
 //!
 //! ```no_run
@@ -54,8 +54,11 @@
 //! Each socket is one Hub [`Session`]. Its principal and metadata come from the Socket.IO auth
 //! payload through the [`Identify`] hook (default [`Anonymous`]: no principal, metadata from
 //! `auth.meta`). A client that reconnects with `auth: { resume: <token from hello> }` within the
-//! grace period gets its places back. A transport drop starts the grace period; an explicit
-//! `socket.disconnect()` by the client leaves at once.
+//! grace period gets its places back (the token is a bearer secret, single use: the resumed session
+//! keeps the principal it had; the hook still runs and may refuse the connection). A transport drop
+//! starts the grace period; an explicit `socket.disconnect()` by the client, or by the server
+//! (`SocketRef::disconnect`), leaves at once. [`Occupancy::on_socket`] is the place for the
+//! application's own per-socket handlers: it runs before the client is told it is connected.
 //!
 //! ## Ordering
 //!

@@ -18,7 +18,11 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// Which `Origin`s may connect. See the [module docs](self).
+/// Which `Origin`s may connect: a tower layer refusing, with 403, browser requests whose
+/// `Origin` is not allowed. CORS does not protect a WebSocket upgrade and Socket.IO polling is
+/// plain `GET`/`POST`, so without it any page a user visits could connect in their name. Requests
+/// without an `Origin` header (non-browser clients) pass. Put it inside a CORS layer (in axum,
+/// `.layer(origin_layer)` before `.layer(cors)`), so preflights are answered by CORS.
 ///
 /// ```
 /// use occupancy_socketio::OriginLayer;
