@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::ids::{Person, RoomId, SessionId};
+use crate::ids::{OccupantKey, Person, RoomId, SessionId};
 use crate::state::{OccupantState, RoomState};
 
 /// A notice for one session about one room.
@@ -183,25 +183,31 @@ pub fn room_notices(
     }
 
     // The rest: look each occupant up in the old line.
+    // The rest: find each occupant in the old line. Every transition is one edit (an append, a
+    // removal, a move to the front), so an occupant is almost always at the same index or one off;
+    // look there first, and build a hash index of the old line only if that fails.
     let rest_old = &old.occupants[prefix..];
-    let index: Option<HashMap<_, _>> = (rest_old.len() > 16).then(|| {
-        rest_old
-            .iter()
-            .enumerate()
-            .map(|(i, o)| (&o.key, (prefix + i, o)))
-            .collect()
-    });
-    let find = |occ: &OccupantState| -> Option<(usize, &OccupantState)> {
-        match &index {
-            Some(map) => map.get(&occ.key).copied(),
-            None => rest_old
-                .iter()
-                .position(|o| o.key == occ.key)
-                .map(|i| (prefix + i, &rest_old[i])),
+    let mut index: Option<HashMap<&OccupantKey, usize>> = None;
+    let mut find = |i: usize, occ: &OccupantState| -> Option<(usize, &OccupantState)> {
+        for j in [i, i + 1, i.wrapping_sub(1)] {
+            if let Some(o) = old.occupants.get(j)
+                && j >= prefix
+                && o.key == occ.key
+            {
+                return Some((j, o));
+            }
         }
+        let map = index.get_or_insert_with(|| {
+            rest_old
+                .iter()
+                .enumerate()
+                .map(|(k, o)| (&o.key, prefix + k))
+                .collect()
+        });
+        map.get(&occ.key).map(|&j| (j, &old.occupants[j]))
     };
     for (i, occ) in new.occupants.iter().enumerate().skip(prefix) {
-        let found = find(occ);
+        let found = find(i, occ);
         for &s in &occ.sessions {
             let old_pos = found.and_then(|(p, o)| o.sessions.contains(&s).then_some(p));
             match old_pos {
@@ -256,6 +262,69 @@ pub fn room_notices(
             if members.binary_search(&w).is_err() {
                 presence(w, None, out);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{Meta, OccupantKey};
+
+    fn line(version: u64, ids: &[u64]) -> RoomState {
+        RoomState {
+            version,
+            occupants: ids
+                .iter()
+                .map(|&i| OccupantState {
+                    key: OccupantKey::Anonymous(SessionId(i)),
+                    meta: Meta::empty(),
+                    sessions: vec![SessionId(i)],
+                })
+                .collect(),
+        }
+    }
+
+    /// States from another node can be several changes apart (a lost message): any reordering
+    /// must still give the right notices, not just the one-edit cases the machine produces.
+    #[test]
+    fn arbitrary_reordering_between_states() {
+        let room = RoomId::parse("r", 8).unwrap();
+        let old = line(1, &[1, 2, 3, 4, 5, 6]);
+        let new = line(9, &[6, 5, 4, 3, 2, 1, 7]);
+        let mut out = Vec::new();
+        room_notices(&room, &old, &new, &[], 3, &mut out);
+        let kinds = |s: u64| -> Vec<&NoticeKind> {
+            out.iter()
+                .filter(|n| n.session == SessionId(s))
+                .map(|n| &n.kind)
+                .collect()
+        };
+        assert!(matches!(
+            kinds(6)[..],
+            [NoticeKind::Released { version: 9 }, NoticeKind::Presence(_)]
+        ));
+        assert!(matches!(
+            kinds(1)[..],
+            [
+                NoticeKind::Displaced { position: 5, .. },
+                NoticeKind::Presence(_)
+            ]
+        ));
+        assert!(matches!(
+            kinds(7)[..],
+            [
+                NoticeKind::Occupied { position: 6, .. },
+                NoticeKind::Presence(_)
+            ]
+        ));
+        for s in 1..=7u64 {
+            let pos = new.position_of_session(SessionId(s)).unwrap() as u32;
+            let p = kinds(s).into_iter().find_map(|k| match k {
+                NoticeKind::Presence(p) => p.position,
+                _ => None,
+            });
+            assert_eq!(p, Some(pos), "session {s}");
         }
     }
 }
