@@ -1,0 +1,315 @@
+//! `loadgen`: drives a server speaking protocol v1 (WebSocket) or the article's Socket.IO events
+//! and reports hand-over latency (with R rooms held by idle clients), join throughput into one
+//! room, memory per idle connection and a hot room's hand-over, as JSON.
+//!
+//! ```text
+//! loadgen run --name axum --proto v1 --url ws://127.0.0.1:3000/occupancy \
+//!     --spawn 'target/release/examples/documents' --out axum.json
+//! loadgen run --name article --proto sio --url ws://127.0.0.1:9000 --pid 1234
+//! loadgen report --md table.md --svg handover.svg axum.json socketio.json article.json
+//! ```
+//!
+//! See `loadgen --help` and `loadgen/compare.sh` (the comparison of the three servers).
+
+mod client;
+mod report;
+mod scenario;
+mod server;
+mod stats;
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use client::{Proto, Target};
+use scenario::{Crowd, RoomsPoint, Settings, Via};
+use stats::{Summary, median, median_summary};
+
+const HELP: &str = "\
+loadgen run [options]        drive one server, write a JSON result
+  --name NAME                label in the results (default: server)
+  --proto v1|sio             protocol v1 (WebSocket JSON) or the article's Socket.IO events
+  --url ws://IP:PORT/PATH    v1: the endpoint (e.g. ws://127.0.0.1:3000/occupancy);
+                             sio: the server (the Engine.IO path/query is added)
+  --spawn CMD                start the server with `sh -c 'exec CMD'` (fresh for each phase and
+                             repetition; killed at the end); its pid gives RSS and idleness
+  --pid PID                  or: an already running server's pid (RSS, idleness)
+  --server-log FILE          the spawned server's stdout/stderr (default: discarded)
+  --via leave|disconnect     how a holder gives the room up (default: leave for v1,
+                             disconnect for sio, whose article events have no leave)
+  --rooms 0,1000,10000,50000 R: rooms held by idle clients during the hand-over loop
+  --max-idle-conns N         idle connections at most (default 10000); above, each holds several
+  --iterations N             hand-overs measured per R (default 1000), after --warmup (100)
+  --pairs N                  rooms of two used in turn (default 100), each at most every
+  --pair-interval-ms MS      (default 60: keeps v1 clients under the 20 messages/s limit)
+  --clients N                clients joining one room at once, then the hot room (default 10001)
+  --hot-rounds N             hot-room hand-overs (default 5)
+  --repeat N                 repetitions; the JSON has each run and their medians (default 1)
+  --phases rooms,crowd       which phases (default both)
+  --sources N                loopback source addresses 127.0.0.2.. (default 4)
+  --concurrency N            connections opened at once (default 256)
+  --out FILE                 the JSON result (default: stdout)
+loadgen report [--md FILE] [--svg FILE] [--baseline NAME] RESULT.json...
+                             the comparison table (markdown) and the hand-over-vs-R plot
+";
+
+/// One repetition.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Run {
+    /// Hand-over latency at each R.
+    pub rooms: Vec<RoomsPoint>,
+    /// (connections added, bytes per connection) from the RSS of the R steps.
+    pub idle_conn_bytes: Option<(usize, f64)>,
+    /// Join throughput and hot room.
+    pub crowd: Option<Crowd>,
+    /// Wall time of this repetition.
+    pub secs: f64,
+}
+
+/// Medians over the repetitions.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Medians {
+    /// (R, hand-over latency: field-wise medians).
+    pub handover: Vec<(usize, Summary)>,
+    /// Bytes of server RSS per idle connection.
+    pub idle_conn_bytes: Option<f64>,
+    /// Joins per second into one room.
+    pub joins_per_sec: Option<f64>,
+    /// Hot room: holder leaves → `released`, µs.
+    pub hot_released_us: Option<f64>,
+    /// Hot room: holder leaves → last `presence`, µs (v1).
+    pub hot_last_presence_us: Option<f64>,
+}
+
+/// The JSON result of `loadgen run`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Label.
+    pub name: String,
+    /// `v1` or `sio`.
+    pub proto: String,
+    /// URL driven.
+    pub url: String,
+    /// How holders gave rooms up.
+    pub via: Via,
+    /// The server command, when spawned.
+    pub spawn: Option<String>,
+    /// The settings, for the record.
+    pub settings: serde_json::Value,
+    /// Each repetition.
+    pub runs: Vec<Run>,
+    /// Medians over them.
+    pub median: Medians,
+    /// Online CPUs, load average at start, open-file limit.
+    pub machine: serde_json::Value,
+}
+
+fn medians(runs: &[Run]) -> Medians {
+    let mut handover = Vec::new();
+    if let Some(first) = runs.first() {
+        for (i, p) in first.rooms.iter().enumerate() {
+            let s: Vec<Summary> = runs
+                .iter()
+                .filter_map(|r| r.rooms.get(i).map(|q| q.handover))
+                .collect();
+            handover.push((p.rooms, median_summary(&s)));
+        }
+    }
+    let m =
+        |f: &dyn Fn(&Run) -> Option<f64>| median(&runs.iter().filter_map(f).collect::<Vec<_>>());
+    Medians {
+        handover,
+        idle_conn_bytes: m(&|r| r.idle_conn_bytes.map(|x| x.1)),
+        joins_per_sec: m(&|r| r.crowd.as_ref().map(|c| c.joins_per_sec)),
+        hot_released_us: m(&|r| r.crowd.as_ref().and_then(|c| median(&c.hot_released_us))),
+        hot_last_presence_us: m(&|r| {
+            r.crowd
+                .as_ref()
+                .and_then(|c| median(&c.hot_last_presence_us))
+        }),
+    }
+}
+
+struct Args(Vec<String>);
+
+impl Args {
+    fn take(&mut self, name: &str) -> Option<String> {
+        let i = self.0.iter().position(|a| a == name)?;
+        if i + 1 >= self.0.len() {
+            eprintln!("{name} needs a value");
+            std::process::exit(2);
+        }
+        let v = self.0.remove(i + 1);
+        self.0.remove(i);
+        Some(v)
+    }
+
+    fn num<T: std::str::FromStr>(&mut self, name: &str, default: T) -> T {
+        match self.take(name) {
+            None => default,
+            Some(v) => v.parse().unwrap_or_else(|_| {
+                eprintln!("{name} {v}: not a number");
+                std::process::exit(2);
+            }),
+        }
+    }
+}
+
+fn machine() -> serde_json::Value {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    serde_json::json!({
+        "cpus_available_to_loadgen": cpus,
+        "online_cpus": std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default().trim(),
+        "loadavg_at_start": load.trim(),
+    })
+}
+
+async fn run(mut a: Args) -> Result<(), String> {
+    let name = a.take("--name").unwrap_or_else(|| "server".into());
+    let proto = match a.take("--proto").as_deref() {
+        Some("v1") => Proto::V1,
+        Some("sio") => Proto::Sio,
+        other => return Err(format!("--proto v1|sio, not {other:?}")),
+    };
+    let url = a.take("--url").ok_or("--url is required")?;
+    let spawn = a.take("--spawn");
+    let pid: Option<u32> = a
+        .take("--pid")
+        .map(|p| p.parse().map_err(|_| "--pid"))
+        .transpose()?;
+    let log = a.take("--server-log");
+    let via = match a.take("--via").as_deref() {
+        None if proto == Proto::V1 => Via::Leave,
+        None | Some("disconnect") => Via::Disconnect,
+        Some("leave") if proto == Proto::V1 => Via::Leave,
+        Some(v) => return Err(format!("--via {v}: leave (v1 only) or disconnect")),
+    };
+    let mut rooms: Vec<usize> = a
+        .take("--rooms")
+        .unwrap_or_else(|| "0,1000,10000,50000".into())
+        .split(',')
+        .map(|r| r.trim().parse().map_err(|_| format!("--rooms: {r}")))
+        .collect::<Result<_, _>>()?;
+    rooms.sort_unstable();
+    rooms.dedup();
+    let settings = Settings {
+        rooms,
+        max_idle_conns: a.num("--max-idle-conns", 10_000usize).max(1),
+        iterations: a.num("--iterations", 1000),
+        warmup: a.num("--warmup", 100),
+        pairs: a.num("--pairs", 100usize).max(1),
+        pair_interval: Duration::from_millis(a.num("--pair-interval-ms", 60)),
+        via,
+        clients: a.num("--clients", 10_001usize).max(2),
+        hot_rounds: a.num("--hot-rounds", 5),
+        concurrency: a.num("--concurrency", 256usize).max(1),
+    };
+    let repeat: usize = a.num("--repeat", 1usize).max(1);
+    let phases = a.take("--phases").unwrap_or_else(|| "rooms,crowd".into());
+    let sources: usize = a.num("--sources", 4);
+    let out = a.take("--out");
+    if let Some(extra) = a.0.first() {
+        return Err(format!("unknown argument {extra}\n\n{HELP}"));
+    }
+    let target = Target::parse(proto, &url, sources)?;
+    let nofile = server::raise_nofile();
+    let needed = settings.max_idle_conns.max(settings.clients) + 2 * settings.pairs + 64;
+    eprintln!("loadgen: {name} ({url}), open-file limit {nofile}");
+    if (nofile as usize) < needed {
+        eprintln!("warning: open-file limit {nofile} < {needed} connections this run may need");
+    }
+
+    let mut runs = Vec::new();
+    for rep in 0..repeat {
+        let started = Instant::now();
+        let mut r = Run::default();
+        for phase in phases.split(',') {
+            eprintln!("[{name}] repetition {}/{repeat}: {phase}", rep + 1);
+            let spawned = match &spawn {
+                Some(cmd) => Some(server::Spawned::start(cmd, target.addr, log.as_deref()).await?),
+                None => None,
+            };
+            let pid = spawned.as_ref().map(|s| s.pid).or(pid);
+            let mut hub = scenario::Hub::new(target.clone(), settings.clone(), pid);
+            hub.settle().await;
+            let res = match phase {
+                "rooms" => scenario::rooms_ladder(&mut hub).await.map(|pts| {
+                    r.idle_conn_bytes = scenario::bytes_per_idle_conn(&pts);
+                    if let Some((n, b)) = r.idle_conn_bytes {
+                        eprintln!(
+                            "  memory: {:.1} KiB per idle connection (over {n})",
+                            b / 1024.0
+                        );
+                    }
+                    r.rooms = pts;
+                }),
+                "crowd" => scenario::crowd(&mut hub).await.map(|c| r.crowd = Some(c)),
+                other => Err(format!("unknown phase {other}")),
+            };
+            drop(hub);
+            if let Some(s) = spawned {
+                s.stop().await;
+            }
+            res?;
+            // Let the kernel and this runtime finish closing the phase's sockets.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        r.secs = started.elapsed().as_secs_f64();
+        runs.push(r);
+    }
+    let report = Report {
+        name,
+        proto: match proto {
+            Proto::V1 => "v1".into(),
+            Proto::Sio => "sio".into(),
+        },
+        url,
+        via,
+        spawn,
+        settings: serde_json::json!({
+            "rooms": settings.rooms,
+            "max_idle_conns": settings.max_idle_conns,
+            "iterations": settings.iterations,
+            "warmup": settings.warmup,
+            "pairs": settings.pairs,
+            "pair_interval_ms": settings.pair_interval.as_millis() as u64,
+            "clients": settings.clients,
+            "hot_rounds": settings.hot_rounds,
+            "repeat": repeat,
+            "phases": phases,
+            "sources": sources,
+        }),
+        median: medians(&runs),
+        runs,
+        machine: machine(),
+    };
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    match out {
+        Some(path) => std::fs::write(&path, json + "\n").map_err(|e| format!("{path}: {e}"))?,
+        None => println!("{json}"),
+    }
+    Ok(())
+}
+
+fn main() {
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.is_empty() || argv.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{HELP}");
+        return;
+    }
+    let cmd = argv.remove(0);
+    let res = match cmd.as_str() {
+        "run" => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| rt.block_on(run(Args(argv)))),
+        "report" => report::main(Args(argv)),
+        other => Err(format!("unknown command {other}\n\n{HELP}")),
+    };
+    if let Err(e) = res {
+        eprintln!("loadgen: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,642 @@
+//! The scenarios: hand-over latency with R idle rooms (and the server's memory per idle
+//! connection on the way), join throughput into one room, and a hot room's hand-over.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::client::{self, Conn, Event, Kind, Proto, Target};
+use crate::server;
+use crate::stats::{Latencies, Summary};
+
+/// How a holder gives the room up in the hand-over scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// v1 `leave` (the connection stays).
+    Leave,
+    /// The holder disconnects (Socket.IO `41` + close; v1 close).
+    Disconnect,
+}
+
+/// Settings of one run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Rooms held by idle clients, ascending.
+    pub rooms: Vec<usize>,
+    /// Idle connections at most; above, each holds several rooms.
+    pub max_idle_conns: usize,
+    /// Hand-overs measured per R (after `warmup`).
+    pub iterations: usize,
+    /// Hand-overs discarded first.
+    pub warmup: usize,
+    /// Rooms of two used in turn by the hand-over loop.
+    pub pairs: usize,
+    /// Least time between two uses of one pair (keeps each client under the v1 rate limit).
+    pub pair_interval: Duration,
+    /// How a holder gives up the room.
+    pub via: Via,
+    /// Clients joining one room in the throughput scenario (then the hot room).
+    pub clients: usize,
+    /// Hand-overs in the hot room.
+    pub hot_rounds: usize,
+    /// Connections opened concurrently.
+    pub concurrency: usize,
+}
+
+/// Hand-over latency with R idle rooms.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomsPoint {
+    /// Rooms held by idle clients.
+    pub rooms: usize,
+    /// Idle connections holding them.
+    pub idle_conns: usize,
+    /// Server RSS with them, after the server went idle.
+    pub rss_bytes: Option<u64>,
+    /// Hand-over latency.
+    pub handover: Summary,
+    /// Hand-overs that timed out (5 s).
+    pub timeouts: usize,
+}
+
+/// Join throughput and the hot room.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Crowd {
+    /// Clients that joined one room.
+    pub clients: usize,
+    /// From the first join sent to the last confirmation read.
+    pub join_secs: f64,
+    /// `clients / join_secs`.
+    pub joins_per_sec: f64,
+    /// Connections the server closed during the join burst (e.g. slow consumers).
+    pub kicked_in_burst: usize,
+    /// Waiting when the hot room's holder left (first round).
+    pub hot_waiting: usize,
+    /// Per round: holder leaves → the one `released`, µs.
+    pub hot_released_us: Vec<f64>,
+    /// Per round: holder leaves → the last `presence` (v1 only), µs.
+    pub hot_last_presence_us: Vec<f64>,
+    /// Per round: how many `presence` arrived (expected: everyone left in the room).
+    pub hot_presences: Vec<usize>,
+}
+
+/// Events of every connection of a run.
+pub struct Hub {
+    pub target: Target,
+    tx: mpsc::UnboundedSender<Event>,
+    rx: mpsc::UnboundedReceiver<Event>,
+    next_id: u32,
+    pub settings: Settings,
+    pub pid: Option<u32>,
+    debug: bool,
+}
+
+const WAIT: Duration = Duration::from_secs(5);
+
+impl Hub {
+    pub fn new(target: Target, settings: Settings, pid: Option<u32>) -> Hub {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Hub {
+            target,
+            tx,
+            rx,
+            next_id: 0,
+            settings,
+            pid,
+            debug: std::env::var_os("LOADGEN_DEBUG").is_some(),
+        }
+    }
+
+    /// Opens `n` connections, `concurrency` at a time.
+    pub async fn connect_many(&mut self, n: usize) -> Result<Vec<Conn>, String> {
+        let first = self.next_id;
+        self.next_id += n as u32;
+        let target = self.target.clone();
+        let tx = self.tx.clone();
+        let mut out: Vec<Conn> = futures_util::stream::iter(first..first + n as u32)
+            .map(|id| {
+                let target = target.clone();
+                let tx = tx.clone();
+                async move { client::connect(&target, id, tx).await }
+            })
+            .buffer_unordered(self.settings.concurrency)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        out.sort_by_key(|c| c.id);
+        Ok(out)
+    }
+
+    pub async fn connect(&mut self) -> Result<Conn, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        client::connect(&self.target, id, self.tx.clone()).await
+    }
+
+    /// Drops events nobody waits for any more.
+    pub fn drain(&mut self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+
+    /// The next event matching `pred` within `timeout` (others are dropped).
+    pub async fn wait(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Event) -> bool,
+    ) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(e)) if pred(&e) => return Some(e),
+                Ok(Some(e)) => {
+                    if self.debug {
+                        eprintln!("    (dropped {e:?})");
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Waits for the server process to go idle (when known).
+    pub async fn settle(&self) {
+        if let Some(pid) = self.pid {
+            server::settle(pid, Duration::from_secs(120)).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn rss(&self) -> Option<u64> {
+        self.pid.and_then(server::rss)
+    }
+}
+
+/// A room of two: `holder` holds, `waiter` is next.
+struct Pair {
+    room: String,
+    holder: Conn,
+    waiter: Conn,
+    last: Instant,
+}
+
+async fn make_pair(h: &mut Hub, room: String) -> Result<Pair, String> {
+    let a = h.connect().await?;
+    let b = h.connect().await?;
+    a.join(&room);
+    // Let the first join land first (they travel on different connections).
+    if h.target.proto == Proto::V1 {
+        h.wait(WAIT, |e| {
+            e.conn == a.id && matches!(e.kind, Kind::Joined { .. })
+        })
+        .await
+        .ok_or("pair: no joined")?;
+    } else {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    b.join(&room);
+    let (ia, ib) = (a.id, b.id);
+    let e = h
+        .wait(WAIT, |e| {
+            (e.conn == ia || e.conn == ib) && e.kind == Kind::Occupied
+        })
+        .await
+        .ok_or("pair: nobody was told the room is occupied")?;
+    let (holder, waiter) = if e.conn == ia { (b, a) } else { (a, b) };
+    Ok(Pair {
+        room,
+        holder,
+        waiter,
+        last: Instant::now(),
+    })
+}
+
+/// Runs the hand-over loop on `pairs`; returns the summary and the number of timeouts.
+async fn handovers(h: &mut Hub, pairs: &mut [Pair]) -> Result<(Summary, usize), String> {
+    let s = h.settings.clone();
+    let mut lat = Latencies::new();
+    let mut timeouts = 0;
+    for it in 0..s.warmup + s.iterations {
+        let p = &mut pairs[it % pairs.len()];
+        let since = p.last.elapsed();
+        if since < s.pair_interval {
+            tokio::time::sleep(s.pair_interval - since).await;
+        }
+        h.drain();
+        let waiter = p.waiter.id;
+        let t0 = Instant::now();
+        match s.via {
+            Via::Leave => p.holder.leave(&p.room),
+            Via::Disconnect => p.holder.close(),
+        }
+        match h
+            .wait(WAIT, |e| e.conn == waiter && e.kind == Kind::Released)
+            .await
+        {
+            Some(e) if it >= s.warmup => lat.record(e.at - t0),
+            Some(_) => {}
+            None => {
+                timeouts += 1;
+                if timeouts > 10 {
+                    return Err("more than 10 hand-overs timed out".into());
+                }
+            }
+        }
+        // The old holder (or a new client) queues again behind the new holder.
+        let next = match s.via {
+            Via::Leave => None,
+            Via::Disconnect => Some(h.connect().await?),
+        };
+        let p = &mut pairs[it % pairs.len()];
+        if let Some(n) = next {
+            drop(std::mem::replace(&mut p.holder, n));
+        }
+        std::mem::swap(&mut p.holder, &mut p.waiter);
+        let rejoin = p.waiter.id;
+        p.waiter.join(&p.room);
+        p.last = Instant::now();
+        if h.wait(WAIT, |e| e.conn == rejoin && e.kind == Kind::Occupied)
+            .await
+            .is_none()
+        {
+            return Err(format!("re-join into {} not confirmed", p.room));
+        }
+    }
+    Ok((lat.summary(), timeouts))
+}
+
+/// Phase 1: hand-over latency at each R, growing the idle rooms; RSS at each step.
+pub async fn rooms_ladder(h: &mut Hub) -> Result<Vec<RoomsPoint>, String> {
+    let s = h.settings.clone();
+    let mut pairs = Vec::with_capacity(s.pairs);
+    for p in 0..s.pairs {
+        pairs.push(make_pair(h, format!("pair-{p}")).await?);
+    }
+    eprintln!("  {} hand-over pairs ready", pairs.len());
+    let mut idle: Vec<Conn> = Vec::new();
+    let mut held = 0usize;
+    let mut out = Vec::new();
+    for &r in &s.rooms {
+        let want_conns = r.min(s.max_idle_conns);
+        if idle.len() < want_conns {
+            let t = Instant::now();
+            let more = h.connect_many(want_conns - idle.len()).await?;
+            idle.extend(more);
+            eprintln!(
+                "  {} idle connections ({:.1} s to connect)",
+                idle.len(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        if r > held {
+            let t = Instant::now();
+            h.drain();
+            let first_id = idle.first().map_or(0, |c| c.id);
+            let last_id = idle.last().map_or(0, |c| c.id);
+            for j in held..r {
+                idle[j % want_conns].join(&format!("idle-{j}"));
+            }
+            if h.target.proto == Proto::V1 {
+                let mut n = 0;
+                while n < r - held {
+                    h.wait(Duration::from_secs(60), |e| {
+                        (first_id..=last_id).contains(&e.conn)
+                            && matches!(e.kind, Kind::Joined { holding: true })
+                    })
+                    .await
+                    .ok_or_else(|| format!("idle joins: {n} of {} confirmed", r - held))?;
+                    n += 1;
+                }
+            }
+            h.settle().await;
+            if h.target.proto == Proto::Sio {
+                // The article's events confirm nothing to a first joiner: check a few rooms
+                // by joining them with another client (it must be told they are occupied).
+                let probe = h.connect().await?;
+                for j in [held, (held + r) / 2, r - 1] {
+                    probe.join(&format!("idle-{j}"));
+                    let pid = probe.id;
+                    h.wait(WAIT, |e| e.conn == pid && e.kind == Kind::Occupied)
+                        .await
+                        .ok_or_else(|| format!("idle room idle-{j} is not held"))?;
+                }
+                probe.close();
+                drop(probe);
+                h.settle().await;
+            }
+            held = r;
+            eprintln!("  R = {r}: rooms held ({:.1} s)", t.elapsed().as_secs_f64());
+        } else {
+            h.settle().await;
+        }
+        let rss_bytes = h.rss();
+        let (handover, timeouts) = handovers(h, &mut pairs).await?;
+        eprintln!(
+            "  R = {r} ({} idle conns, RSS {} MiB): hand-over p50 {:.0} µs p90 {:.0} p99 {:.0} max {:.0} ({} timeouts)",
+            idle.len(),
+            rss_bytes.map_or(0, |b| b >> 20),
+            handover.p50_us,
+            handover.p90_us,
+            handover.p99_us,
+            handover.max_us,
+            timeouts
+        );
+        out.push(RoomsPoint {
+            rooms: r,
+            idle_conns: idle.len(),
+            rss_bytes,
+            handover,
+            timeouts,
+        });
+    }
+    Ok(out)
+}
+
+/// Memory per idle connection from the ladder: RSS difference between the smallest and largest
+/// step that both hold one room per connection, divided by the connections added.
+pub fn bytes_per_idle_conn(points: &[RoomsPoint]) -> Option<(usize, f64)> {
+    let one: Vec<&RoomsPoint> = points
+        .iter()
+        .filter(|p| p.idle_conns > 0 && p.idle_conns == p.rooms && p.rss_bytes.is_some())
+        .collect();
+    let (a, b) = (one.first()?, one.last()?);
+    let n = b.idle_conns.checked_sub(a.idle_conns).filter(|&n| n > 0)?;
+    let d = b.rss_bytes? as f64 - a.rss_bytes? as f64;
+    Some((n, d / n as f64))
+}
+
+/// Phase 2: `clients` join one room at once; then the hot room's hand-overs.
+pub async fn crowd(h: &mut Hub) -> Result<Crowd, String> {
+    let s = h.settings.clone();
+    let t = Instant::now();
+    let conns = h.connect_many(s.clients).await?;
+    eprintln!(
+        "  {} clients connected ({:.1} s)",
+        conns.len(),
+        t.elapsed().as_secs_f64()
+    );
+    h.settle().await;
+    h.drain();
+    let (lo, hi) = (conns[0].id, conns[conns.len() - 1].id);
+    let ours = |e: &Event| (lo..=hi).contains(&e.conn);
+    let proto = h.target.proto;
+    let t0 = Instant::now();
+    for c in &conns {
+        c.join("hot");
+    }
+    // v1: every join is answered; the article: every late joiner is told `is_occupied`.
+    let expect = match proto {
+        Proto::V1 => conns.len(),
+        Proto::Sio => conns.len() - 1,
+    };
+    let mut told: HashSet<u32> = HashSet::with_capacity(conns.len());
+    let mut closed: HashSet<u32> = HashSet::new();
+    // The holder: the latest to be told it holds (a holder kicked as a slow consumer during the
+    // burst hands the room on).
+    let mut holder: Option<(u32, Instant)> = None;
+    let mut last = t0;
+    let mut seen = 0;
+    while seen < expect {
+        let e = h
+            .wait(Duration::from_secs(120), |e| {
+                ours(e)
+                    && match proto {
+                        Proto::V1 => {
+                            matches!(e.kind, Kind::Joined { .. } | Kind::Released | Kind::Closed)
+                        }
+                        Proto::Sio => {
+                            matches!(e.kind, Kind::Occupied | Kind::Released | Kind::Closed)
+                        }
+                    }
+            })
+            .await
+            .ok_or_else(|| format!("join throughput: {seen} of {expect} confirmed"))?;
+        match e.kind {
+            Kind::Closed => {
+                closed.insert(e.conn);
+                continue;
+            }
+            Kind::Released | Kind::Joined { holding: true } => {
+                if holder.is_none_or(|(_, at)| at <= e.at) {
+                    holder = Some((e.conn, e.at));
+                }
+                if e.kind == Kind::Released {
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        seen += 1;
+        last = e.at;
+        told.insert(e.conn);
+    }
+    // Late closes of the burst (kicked slow consumers) still count.
+    h.settle().await;
+    while let Ok(e) = h.rx.try_recv() {
+        if ours(&e) {
+            match e.kind {
+                Kind::Closed => {
+                    closed.insert(e.conn);
+                }
+                Kind::Released if holder.is_none_or(|(_, at)| at <= e.at) => {
+                    holder = Some((e.conn, e.at));
+                }
+                _ => {}
+            }
+        }
+    }
+    if !closed.is_empty() {
+        eprintln!(
+            "  warning: the server closed {} connections during the join burst: {:?}",
+            closed.len(),
+            {
+                let mut v: Vec<_> = closed.iter().map(|c| c - lo).collect();
+                v.sort_unstable();
+                v.truncate(20);
+                v
+            }
+        );
+    }
+    let holder = holder
+        .map(|(c, _)| c)
+        .filter(|c| !closed.contains(c))
+        .or_else(|| {
+            // The article's server tells a first joiner nothing: the holder is the one not told.
+            (proto == Proto::Sio)
+                .then(|| {
+                    conns
+                        .iter()
+                        .map(|c| c.id)
+                        .find(|id| !told.contains(id) && !closed.contains(id))
+                })
+                .flatten()
+        })
+        .ok_or("no live holder in the hot room")?;
+    let join_secs = (last - t0).as_secs_f64();
+    let mut out = Crowd {
+        clients: conns.len(),
+        join_secs,
+        joins_per_sec: conns.len() as f64 / join_secs,
+        hot_waiting: conns.len() - closed.len() - 1,
+        kicked_in_burst: closed.len(),
+        ..Crowd::default()
+    };
+    eprintln!(
+        "  join throughput: {} joins in {:.3} s = {:.0} joins/s",
+        conns.len(),
+        join_secs,
+        out.joins_per_sec
+    );
+
+    // The hot room: the holder leaves; one `released`, everyone's place moves.
+    let mut conns: Vec<Option<Conn>> = conns.into_iter().map(Some).collect();
+    let mut holder = holder;
+    let mut remaining = conns.len() - closed.len();
+    for id in &closed {
+        conns[(id - lo) as usize] = None;
+    }
+    for round in 0..s.hot_rounds {
+        h.settle().await;
+        h.drain();
+        let idx = (holder - lo) as usize;
+        let t0 = Instant::now();
+        let leaving = conns[idx].take().ok_or("holder already gone")?;
+        match s.via {
+            Via::Leave if proto == Proto::V1 => leaving.leave("hot"),
+            _ => leaving.close(),
+        }
+        remaining -= 1;
+        // Everyone left in the room gets a presence in v1 (their place or the holder changed).
+        let expect_presence = if proto == Proto::V1 { remaining } else { 0 };
+        let mut released = None;
+        let mut presences = 0;
+        let mut last_presence = None;
+        while released.is_none() || presences < expect_presence {
+            let timeout = if released.is_some() {
+                Duration::from_secs(30)
+            } else {
+                Duration::from_secs(60)
+            };
+            let Some(e) = h
+                .wait(timeout, |e| {
+                    ours(e)
+                        && e.conn != leaving.id
+                        && matches!(e.kind, Kind::Released | Kind::Presence)
+                })
+                .await
+            else {
+                break;
+            };
+            match e.kind {
+                Kind::Released => {
+                    released = Some((e.conn, e.at - t0));
+                }
+                _ => {
+                    presences += 1;
+                    last_presence = Some(e.at - t0);
+                }
+            }
+        }
+        drop(leaving);
+        let (next, rel) = released.ok_or_else(|| format!("hot room round {round}: no released"))?;
+        out.hot_released_us.push(rel.as_secs_f64() * 1e6);
+        if let Some(lp) = last_presence {
+            out.hot_last_presence_us.push(lp.as_secs_f64() * 1e6);
+        }
+        out.hot_presences.push(presences);
+        eprintln!(
+            "  hot room round {round}: {} waiting; released after {:.2} ms, {} presence, last after {}",
+            remaining - 1,
+            rel.as_secs_f64() * 1e3,
+            presences,
+            last_presence.map_or("-".into(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3)),
+        );
+        holder = next;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(rooms: usize, idle_conns: usize, rss: u64) -> RoomsPoint {
+        RoomsPoint {
+            rooms,
+            idle_conns,
+            rss_bytes: Some(rss),
+            handover: Summary::default(),
+            timeouts: 0,
+        }
+    }
+
+    /// Every scenario for about a second against an in-process axum server (protocol v1).
+    #[test]
+    fn smoke_against_an_in_process_server() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let hub = occupancy_axum::Hub::new();
+            let app = occupancy_axum::Endpoint::new(hub).router::<()>("/ws");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                axum::serve(occupancy_axum::nodelay(listener), app)
+                    .await
+                    .unwrap();
+            });
+            let target = Target::parse(Proto::V1, &format!("ws://{addr}/ws"), 2).unwrap();
+            let settings = Settings {
+                rooms: vec![0, 30],
+                max_idle_conns: 10,
+                iterations: 20,
+                warmup: 4,
+                pairs: 4,
+                pair_interval: Duration::from_millis(20),
+                via: Via::Leave,
+                clients: 40,
+                hot_rounds: 2,
+                concurrency: 16,
+            };
+            let mut h = Hub::new(target, settings, None);
+            let pts = rooms_ladder(&mut h).await.unwrap();
+            assert_eq!(pts.len(), 2);
+            assert_eq!((pts[1].rooms, pts[1].idle_conns), (30, 10));
+            for p in &pts {
+                assert_eq!(p.handover.n, 20, "{p:?}");
+                assert_eq!(p.timeouts, 0);
+                assert!(p.handover.p50_us > 0.0);
+            }
+            let c = crowd(&mut h).await.unwrap();
+            assert_eq!(c.clients, 40);
+            assert!(c.joins_per_sec > 0.0);
+            assert_eq!(c.hot_released_us.len(), 2);
+            // v1: everyone left in the room hears the queue move.
+            assert_eq!(
+                c.hot_presences,
+                vec![39 - c.kicked_in_burst, 38 - c.kicked_in_burst]
+            );
+        });
+    }
+
+    #[test]
+    fn memory_per_connection_uses_one_room_steps() {
+        let pts = [
+            point(0, 0, 10_000_000),
+            point(1000, 1000, 12_000_000),
+            point(10_000, 10_000, 30_000_000),
+            point(50_000, 10_000, 40_000_000),
+        ];
+        let (n, b) = bytes_per_idle_conn(&pts).unwrap();
+        assert_eq!(n, 9000);
+        assert!((b - 2000.0).abs() < 1e-9);
+        assert!(bytes_per_idle_conn(&pts[..2]).is_none());
+    }
+}
