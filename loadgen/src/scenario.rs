@@ -81,6 +81,8 @@ pub struct Crowd {
     pub hot_last_presence_us: Vec<f64>,
     /// Per round: how many `presence` arrived (expected: everyone left in the room).
     pub hot_presences: Vec<usize>,
+    /// Per round: connections the server closed meanwhile.
+    pub hot_kicked: Vec<usize>,
 }
 
 /// Events of every connection of a run.
@@ -399,8 +401,8 @@ pub async fn crowd(h: &mut Hub) -> Result<Crowd, String> {
     // burst hands the room on).
     let mut holder: Option<(u32, Instant)> = None;
     let mut last = t0;
-    let mut seen = 0;
-    while seen < expect {
+    // Done when every client is confirmed or was closed by the server.
+    while told.len() + closed.iter().filter(|c| !told.contains(c)).count() < expect {
         let e = h
             .wait(Duration::from_secs(120), |e| {
                 ours(e)
@@ -414,10 +416,17 @@ pub async fn crowd(h: &mut Hub) -> Result<Crowd, String> {
                     }
             })
             .await
-            .ok_or_else(|| format!("join throughput: {seen} of {expect} confirmed"))?;
+            .ok_or_else(|| {
+                format!(
+                    "join throughput: {} of {expect} confirmed, {} closed",
+                    told.len(),
+                    closed.len()
+                )
+            })?;
         match e.kind {
             Kind::Closed => {
                 closed.insert(e.conn);
+                last = e.at;
                 continue;
             }
             Kind::Released | Kind::Joined { holding: true } => {
@@ -430,7 +439,6 @@ pub async fn crowd(h: &mut Hub) -> Result<Crowd, String> {
             }
             _ => {}
         }
-        seen += 1;
         last = e.at;
         told.insert(e.conn);
     }
@@ -501,7 +509,27 @@ pub async fn crowd(h: &mut Hub) -> Result<Crowd, String> {
     }
     for round in 0..s.hot_rounds {
         h.settle().await;
-        h.drain();
+        // Late events of the last round: closed connections, a hand-over of a closed holder.
+        let mut latest = None;
+        while let Ok(e) = h.rx.try_recv() {
+            if !ours(&e) {
+                continue;
+            }
+            match e.kind {
+                Kind::Closed => {
+                    if let Some(c) = conns.get_mut((e.conn - lo) as usize)
+                        && c.take().is_some()
+                    {
+                        remaining -= 1;
+                    }
+                }
+                Kind::Released => latest = Some(e.conn),
+                _ => {}
+            }
+        }
+        if let Some(l) = latest {
+            holder = l;
+        }
         let idx = (holder - lo) as usize;
         let t0 = Instant::now();
         let leaving = conns[idx].take().ok_or("holder already gone")?;
@@ -511,7 +539,8 @@ pub async fn crowd(h: &mut Hub) -> Result<Crowd, String> {
         }
         remaining -= 1;
         // Everyone left in the room gets a presence in v1 (their place or the holder changed).
-        let expect_presence = if proto == Proto::V1 { remaining } else { 0 };
+        let mut expect_presence = if proto == Proto::V1 { remaining } else { 0 };
+        let mut kicked = 0;
         let mut released = None;
         let mut presences = 0;
         let mut last_presence = None;
@@ -525,7 +554,7 @@ pub async fn crowd(h: &mut Hub) -> Result<Crowd, String> {
                 .wait(timeout, |e| {
                     ours(e)
                         && e.conn != leaving.id
-                        && matches!(e.kind, Kind::Released | Kind::Presence)
+                        && matches!(e.kind, Kind::Released | Kind::Presence | Kind::Closed)
                 })
                 .await
             else {
@@ -534,6 +563,15 @@ pub async fn crowd(h: &mut Hub) -> Result<Crowd, String> {
             match e.kind {
                 Kind::Released => {
                     released = Some((e.conn, e.at - t0));
+                }
+                Kind::Closed => {
+                    // Closed by the server (e.g. a slow consumer): it will hear nothing more.
+                    kicked += 1;
+                    remaining -= 1;
+                    expect_presence = expect_presence.saturating_sub(1);
+                    if let Some(c) = conns.get_mut((e.conn - lo) as usize) {
+                        *c = None;
+                    }
                 }
                 _ => {
                     presences += 1;
@@ -548,12 +586,18 @@ pub async fn crowd(h: &mut Hub) -> Result<Crowd, String> {
             out.hot_last_presence_us.push(lp.as_secs_f64() * 1e6);
         }
         out.hot_presences.push(presences);
+        out.hot_kicked.push(kicked);
         eprintln!(
-            "  hot room round {round}: {} waiting; released after {:.2} ms, {} presence, last after {}",
-            remaining - 1,
+            "  hot room round {round}: {} waiting; released after {:.2} ms, {} presence, last after {}{}",
+            remaining.saturating_sub(1),
             rel.as_secs_f64() * 1e3,
             presences,
             last_presence.map_or("-".into(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3)),
+            if kicked > 0 {
+                format!(" ({kicked} connections closed by the server)")
+            } else {
+                String::new()
+            },
         );
         holder = next;
     }
