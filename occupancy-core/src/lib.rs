@@ -62,4 +62,4 @@ pub use error::{Error, RoomIdError};
 pub use ids::{Meta, OccupantKey, Person, ResumeToken, RoomId, SessionId};
 pub use machine::{Joined, Left, Machine, Resumed, Stats};
 pub use notice::{Notice, NoticeKind, Presence, PresenceBody, room_notices};
-pub use state::{OccupantState, RoomState};
+pub use state::{OccupantState, RoomRef, RoomState};

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::ids::{Meta, OccupantKey, Person, ResumeToken, RoomId, SessionId};
 use crate::notice::{Notice, NoticeKind, Presence, PresenceBody, room_notices};
-use crate::state::{OccupantState, RoomState};
+use crate::state::{OccupantState, RoomRef, RoomState};
 
 /// The answer to a join or take over: where the session stands now.
 #[derive(Debug, Clone, PartialEq)]
@@ -370,8 +370,11 @@ impl Machine {
                 })
             }
         };
+        let old_version = r.state.version;
         self.clock += 1;
-        self.scratch.clone_from(&r.state);
+        if occupant_pos.is_some() {
+            self.scratch.clone_from(&r.state);
+        }
         match occupant_pos {
             Some(pos) => r.state.occupants[pos].sessions.push(session),
             None => {
@@ -386,9 +389,18 @@ impl Machine {
         r.state.version = self.clock;
         let position = occupant_pos.unwrap_or(r.state.occupants.len() - 1) as u32;
         let reply = joined(&r.id, &r.state, position);
+        let old = match occupant_pos {
+            // A new occupant at the back: the old line is the new one without its last entry, so
+            // nothing needs copying (a busy room's joins stay O(1) to describe).
+            None => RoomRef {
+                version: old_version,
+                occupants: &r.state.occupants[..r.state.occupants.len() - 1],
+            },
+            Some(_) => (&self.scratch).into(),
+        };
         room_notices(
             &r.id,
-            &self.scratch,
+            old,
             &r.state,
             &r.watchers,
             self.config.presence_occupants,
@@ -758,6 +770,35 @@ impl Machine {
             debug_assert!(false, "reverse index points at a room without the occupant");
             return;
         };
+        let n = r.state.occupants.len();
+        if r.state.occupants[pos].sessions.len() == 1 && (pos == 0 || pos == n - 1) {
+            // The occupant leaves from the front or the back: the new line is a slice of the old
+            // one, so the notices are computed before the change without copying anything.
+            let rest = if pos == 0 {
+                &r.state.occupants[1..]
+            } else {
+                &r.state.occupants[..n - 1]
+            };
+            let new = RoomRef {
+                version,
+                occupants: rest,
+            };
+            room_notices(
+                room_id,
+                &r.state,
+                new,
+                &r.watchers,
+                self.config.presence_occupants,
+                &mut self.outbox,
+            );
+            r.state.occupants.remove(pos);
+            r.state.version = version;
+            self.occupants -= 1;
+            if r.state.occupants.is_empty() && r.watchers.is_empty() {
+                self.rooms.remove(room_id);
+            }
+            return;
+        }
         self.scratch.clone_from(&r.state);
         let occ = &mut r.state.occupants[pos];
         occ.sessions.retain(|&s| s != session);

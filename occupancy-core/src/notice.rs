@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::ids::{OccupantKey, Person, RoomId, SessionId};
-use crate::state::{OccupantState, RoomState};
+use crate::state::{OccupantState, RoomRef, RoomState};
 
 /// A notice for one session about one room.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,6 +90,11 @@ pub struct PresenceBody {
 impl PresenceBody {
     /// The summary of a room state.
     pub fn of(state: &RoomState, presence_occupants: usize) -> Self {
+        Self::of_ref(state.into(), presence_occupants)
+    }
+
+    /// The summary of a borrowed room state.
+    pub fn of_ref(state: RoomRef<'_>, presence_occupants: usize) -> Self {
         PresenceBody {
             version: state.version,
             holder: state.holder().map(OccupantState::person),
@@ -128,14 +133,15 @@ fn same_person(a: &OccupantState, b: &OccupantState) -> bool {
 ///
 /// Sessions that left get nothing (their leave reply says so). Every watcher gets `Presence` on
 /// every change (once: a watcher that also stands in the line gets only its member presence). Nothing is produced when the version did not change.
-pub fn room_notices(
+pub fn room_notices<'o, 'n>(
     room: &RoomId,
-    old: &RoomState,
-    new: &RoomState,
+    old: impl Into<RoomRef<'o>>,
+    new: impl Into<RoomRef<'n>>,
     watchers: &[SessionId],
     presence_occupants: usize,
     out: &mut Vec<Notice>,
 ) {
+    let (old, new) = (old.into(), new.into());
     if old.version == new.version {
         return;
     }
@@ -147,7 +153,7 @@ pub fn room_notices(
         || old
             .occupants
             .iter()
-            .zip(&new.occupants)
+            .zip(new.occupants)
             .take(k)
             .any(|(a, b)| !same_person(a, b));
     let waiting_changed = old.waiting() != new.waiting();
@@ -155,7 +161,7 @@ pub fn room_notices(
     let mut body: Option<Arc<PresenceBody>> = None;
     let mut presence = |session: SessionId, position: Option<u32>, out: &mut Vec<Notice>| {
         let body = body
-            .get_or_insert_with(|| Arc::new(PresenceBody::of(new, presence_occupants)))
+            .get_or_insert_with(|| Arc::new(PresenceBody::of_ref(new, presence_occupants)))
             .clone();
         out.push(Notice {
             session,
@@ -169,7 +175,7 @@ pub fn room_notices(
     let prefix = old
         .occupants
         .iter()
-        .zip(&new.occupants)
+        .zip(new.occupants)
         .take_while(|(a, b)| same_occupant(a, b))
         .count();
     for (i, occ) in new.occupants.iter().enumerate().take(prefix) {
@@ -196,6 +202,9 @@ pub fn room_notices(
             {
                 return Some((j, o));
             }
+        }
+        if rest_old.is_empty() {
+            return None;
         }
         let map = index.get_or_insert_with(|| {
             rest_old
