@@ -98,6 +98,9 @@ impl Endpoint {
         let resume = query_param(&parts, "resume");
         let s = &self.inner.settings;
         let inner = self.inner.clone();
+        // 8 KiB buffers (they grow for larger frames): about 17 KiB per idle connection,
+        // against about 138 KiB with tungstenite's 128 KiB defaults (measured with 2,000
+        // connections to the documents example).
         ws.max_message_size(s.close_frame_bytes)
             .max_frame_size(s.close_frame_bytes)
             .read_buffer_size(8 * 1024)

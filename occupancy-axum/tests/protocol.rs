@@ -531,3 +531,20 @@ async fn oversized_frames_close_with_1009() {
         .collect();
     assert_eq!(errors.len(), 2, "{:?}", c.buf);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_just_under_the_default_limit_is_processed() {
+    // 16 KiB is the default limit, twice the connection's 8 KiB read buffer.
+    let hub = Hub::new();
+    let addr = serve(endpoint(&hub).build().unwrap()).await;
+    let mut c = Client::connect(addr, "").await;
+    let mut req = json!({"op": "join", "room": "padded", "pad": ""});
+    let len = req.to_string().len();
+    req["pad"] = json!("x".repeat(16 * 1024 - len - 16));
+    let j = c.request(req).await;
+    assert_eq!(j["ev"], "joined", "{j}");
+    let mut req = json!({"op": "ping", "pad": "x".repeat(16 * 1024)});
+    req["ref"] = json!("big");
+    c.send_text(req.to_string()).await;
+    assert_eq!(c.reply(json!("big")).await["code"], "frame_too_large");
+}
