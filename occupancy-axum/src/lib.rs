@@ -173,6 +173,10 @@
 //! (1009 for oversized frames) and a reason. A rejected request changes nothing, and other
 //! connections never notice.
 //!
+//! Each connection's WebSocket read and write buffers are 8 KiB (they grow for a larger frame):
+//! about 17 KiB of server memory per idle connection, against about 138 KiB with tungstenite's
+//! 128 KiB defaults (2,000 connections to the `documents` example, half of them in a room).
+//!
 //! ## Close codes
 //!
 //! | code | meaning |
