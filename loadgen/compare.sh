@@ -5,6 +5,7 @@
 #
 #   loadgen/compare.sh                 # from anywhere; about 15-20 minutes on 2 cores
 #   REPEAT=1 ROOMS=0,1000 CLIENTS=1001 MAX_IDLE=1000 loadgen/compare.sh   # a quick look
+#   SERVERS="socketio article" loadgen/compare.sh    # re-measure some; the table uses all in $OUT
 #
 # Outputs: $OUT/{axum,socketio,article}.json (default docs/loadgen), $OUT/table.md and
 # $SVG (default docs/handover-vs-rooms.svg). Servers run on CPU 0 and loadgen on CPU 1
@@ -24,6 +25,9 @@ ITERATIONS=${ITERATIONS:-1000}
 PORT_AXUM=${PORT_AXUM:-3300}
 PORT_SIO=${PORT_SIO:-9300}
 PORT_ARTICLE=${PORT_ARTICLE:-9400}
+# Which servers to (re)measure; the report uses every result in $OUT.
+SERVERS=${SERVERS:-axum socketio article}
+want() { [[ " $SERVERS " == *" $1 "* ]]; }
 
 # Every connection is a file descriptor, in loadgen and in the server.
 ulimit -n "$(ulimit -Hn)"
@@ -60,20 +64,26 @@ loadgen="$loadgen_cpu $root/target/release/loadgen run --repeat $REPEAT --rooms 
     --max-idle-conns $MAX_IDLE --clients $CLIENTS --iterations $ITERATIONS"
 
 started=$(date +%s)
+if want axum; then
 echo "== axum example (protocol v1)" >&2
 $loadgen --name axum --proto v1 --url "ws://127.0.0.1:$PORT_AXUM/occupancy" \
     --spawn "$server_cpu env PORT=$PORT_AXUM RUST_LOG=warn $root/target/release/examples/documents" \
     --out "$OUT/axum.json"
+fi
 
+if want socketio; then
 echo "== socketio example (the article's events)" >&2
 $loadgen --name socketio --proto sio --url "ws://127.0.0.1:$PORT_SIO" \
     --spawn "$server_cpu env PORT=$PORT_SIO RUST_LOG=warn $root/target/release/examples/socketio_documents" \
     --out "$OUT/socketio.json"
+fi
 
+if want article; then
 echo "== the article's Node server" >&2
 $loadgen --name article --proto sio --url "ws://127.0.0.1:$PORT_ARTICLE" \
     --spawn "$server_cpu env PORT=$PORT_ARTICLE node $article_dir/index.js" \
     --out "$OUT/article.json"
+fi
 
 "$root/target/release/loadgen" report --baseline article --md "$OUT/table.md" --svg "$SVG" \
     "$OUT/axum.json" "$OUT/socketio.json" "$OUT/article.json"
