@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tracing::{Instrument, debug, warn};
 
 use crate::backend::{Backend, NoticeSink};
@@ -18,6 +18,7 @@ use crate::ids::{Meta, Person, ResumeToken, RoomId, SessionId};
 use crate::machine::{Joined, Left, Resumed, Stats};
 use crate::memory::MemoryBackend;
 use crate::notice::{Notice, NoticeKind, PresenceBody};
+use crate::queue;
 use crate::state::RoomState;
 
 /// Default size of each session's notice buffer.
@@ -127,7 +128,7 @@ struct Slot {
     token: ResumeToken,
     principal: Option<Arc<str>>,
     /// `None` while in grace (notices are dropped) or after the connection overflowed.
-    tx: Option<mpsc::Sender<Notice>>,
+    tx: Option<queue::Sender>,
     conn: Arc<Conn>,
     grace_until: Option<Instant>,
 }
@@ -223,22 +224,23 @@ impl NoticeSink for Registry {
                 if let NoticeKind::Released { version } = n.kind {
                     debug!(session = %n.session, room = %n.room, version, "released");
                 }
+                let session = n.session;
                 match tx.try_send(n) {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(n)) => {
+                    Err(queue::TrySendError::Full) => {
                         slot.tx = None;
                         let reason = Error::SlowConsumer {
                             capacity: self.capacity,
                         };
                         if slot.conn.close(Some(reason)) {
                             kicked.push(Cmd::Kick {
-                                id: n.session,
+                                id: session,
                                 conn: slot.conn.clone(),
                             });
                         }
                     }
                     // The application dropped the receiver but keeps the session: stop sending.
-                    Err(mpsc::error::TrySendError::Closed(_)) => slot.tx = None,
+                    Err(queue::TrySendError::Closed) => slot.tx = None,
                 }
             }
         }
@@ -393,7 +395,9 @@ impl HubBuilder {
     }
 
     /// Size of each session's notice buffer (default 256, at least 1). A session whose buffer
-    /// overflows is closed as a slow consumer.
+    /// overflows is closed as a slow consumer. A presence still queued is replaced by the same
+    /// room's next presence (it is only out of date), so a busy room cannot overflow a reader
+    /// that is merely behind; `occupied`, `released` and `displaced` are never merged.
     pub fn notice_buffer(mut self, n: usize) -> Self {
         self.notice_buffer = n;
         self
@@ -498,7 +502,7 @@ impl Hub {
             let id = SessionId(random_u64()?);
             let token = random_token()?;
             let conn = Arc::new(Conn::default());
-            let (tx, rx) = mpsc::channel(hub.registry.capacity);
+            let (tx, rx) = queue::channel(hub.registry.capacity);
             {
                 let mut st = hub.registry.lock();
                 if st.slots.contains_key(&id) || st.tokens.contains_key(&token) {
@@ -560,7 +564,7 @@ impl Hub {
         };
         let new_token = random_token()?;
         let conn = Arc::new(Conn::default());
-        let (tx, rx) = mpsc::channel(hub.registry.capacity);
+        let (tx, rx) = queue::channel(hub.registry.capacity);
         // Install the new channel first, so the presence notices the resume produces reach it.
         let old = {
             let mut st = hub.registry.lock();
@@ -670,7 +674,7 @@ impl Hub {
         token: ResumeToken,
         principal: Option<Arc<str>>,
         conn: Arc<Conn>,
-        rx: mpsc::Receiver<Notice>,
+        rx: queue::Receiver,
     ) -> (Session, Notices) {
         let session = Session {
             inner: Arc::new(SessionInner {
@@ -1029,7 +1033,7 @@ impl Session {
 /// replaced by a resume; [`Notices::close_reason`] says why when it was not the application's
 /// own doing.
 pub struct Notices {
-    rx: mpsc::Receiver<Notice>,
+    rx: queue::Receiver,
     conn: Arc<Conn>,
 }
 
@@ -1057,7 +1061,7 @@ impl Notices {
         if self.conn.is_closed() {
             return None;
         }
-        self.rx.try_recv().ok()
+        self.rx.try_recv()
     }
 
     /// How many notices are waiting.
@@ -1067,7 +1071,7 @@ impl Notices {
 
     /// True when no notice is waiting.
     pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
+        self.rx.len() == 0
     }
 
     /// Why the connection was closed by the Hub: [`Error::SlowConsumer`] after an overflow,

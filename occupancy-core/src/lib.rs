@@ -46,6 +46,7 @@ mod machine;
 mod memory;
 mod notice;
 pub mod protocol;
+mod queue;
 mod state;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -146,6 +146,9 @@ async fn slow_consumer_is_bounded_and_closed() {
     let mut joiners = Vec::new();
     while slow.is_live() {
         assert!(slow_n.len() <= 8, "the buffer is bounded");
+        // One more room each round: presences of one room replace each other in the queue, so
+        // only notices about many rooms (or non-presence ones) can fill it.
+        let _ = slow.join(&format!("side-{}", joiners.len()), None).await;
         let (s, mut n) = hub.connect(None, Meta::empty()).await.unwrap();
         s.join(ROOM, None).await.unwrap();
         while let Some(x) = next_n.try_recv() {
@@ -175,6 +178,39 @@ async fn slow_consumer_is_bounded_and_closed() {
     assert_eq!(released, 1);
     invariants(&backend);
     assert_eq!(hub.live_connections(), 1 + joiners.len());
+}
+
+/// A reader that is merely behind in a busy room is not a slow consumer: a join burst sends the
+/// front occupants one presence per join, and each queued presence is replaced by the next one of
+/// the same room, so the queue holds the latest state instead of overflowing (a burst of joins
+/// used to kick the front of the line, and each kick moved everyone and kicked more).
+#[tokio::test(start_paused = true)]
+async fn a_join_burst_does_not_overflow_the_front_of_the_line() {
+    let backend = MemoryBackend::new();
+    let hub = Hub::builder()
+        .backend(backend.clone())
+        .notice_buffer(4)
+        .build()
+        .unwrap();
+    let (holder, mut holder_n) = hub.connect(None, Meta::empty()).await.unwrap();
+    holder.join(ROOM, None).await.unwrap();
+    let mut crowd = Vec::new();
+    for _ in 0..50 {
+        let (s, n) = hub.connect(None, Meta::empty()).await.unwrap();
+        s.join(ROOM, None).await.unwrap();
+        crowd.push((s, n));
+    }
+    assert!(holder.is_live(), "the holder was not kicked");
+    assert_eq!(holder_n.close_reason(), None);
+    // What is queued is the room as it is now: one presence, the latest version.
+    let queued: Vec<_> = std::iter::from_fn(|| holder_n.try_recv()).collect();
+    let version = hub.version(ROOM).await.unwrap();
+    assert!(
+        matches!(&queued[..], [n] if n.version() == version && matches!(&n.kind, NoticeKind::Presence(p) if p.body.waiting == 50)),
+        "{queued:?}"
+    );
+    assert_eq!(hub.live_connections(), 51);
+    invariants(&backend);
 }
 
 /// A receiver dropped by the application does not kill the session: its notices are dropped.

@@ -1,0 +1,228 @@
+//! A session's notice queue: a bounded single-producer, single-consumer queue that keeps only
+//! the latest *presence* per room.
+//!
+//! A presence notice says "this is the room now"; an older one still waiting to be read is only
+//! out of date, and clients drop stale versions anyway. So a new presence for a room replaces the
+//! one still queued for that room — it moves to the back, which keeps each room's notices in
+//! version order. That bounds what a burst can queue: a join burst into a busy room used to send
+//! every front occupant one presence per join, overflow their buffers and cascade into slow-
+//! consumer kicks (each kick moved the line and told everyone). `occupied`, `released` and
+//! `displaced` are never dropped or merged; they count against the capacity like before.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::notice::{Notice, NoticeKind};
+
+struct State {
+    buf: VecDeque<Notice>,
+    sender_gone: bool,
+    receiver_gone: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    notify: Notify,
+    capacity: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Why a notice could not be queued.
+pub(crate) enum TrySendError {
+    /// The queue holds `capacity` notices already (after merging presences).
+    Full,
+    /// The receiver is gone.
+    Closed,
+}
+
+/// The producing end (held by the Hub's registry).
+pub(crate) struct Sender(Arc<Shared>);
+
+/// The consuming end (inside [`Notices`](crate::Notices)).
+pub(crate) struct Receiver(Arc<Shared>);
+
+/// A queue of at most `capacity` notices.
+pub(crate) fn channel(capacity: usize) -> (Sender, Receiver) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            buf: VecDeque::new(),
+            sender_gone: false,
+            receiver_gone: false,
+        }),
+        notify: Notify::new(),
+        capacity,
+    });
+    (Sender(shared.clone()), Receiver(shared))
+}
+
+impl Sender {
+    /// Queues `n`, replacing a queued presence of the same room if `n` is a presence.
+    pub(crate) fn try_send(&self, n: Notice) -> Result<(), TrySendError> {
+        let mut st = self.0.lock();
+        if st.receiver_gone {
+            return Err(TrySendError::Closed);
+        }
+        if matches!(n.kind, NoticeKind::Presence(_))
+            && let Some(i) = st
+                .buf
+                .iter()
+                .rposition(|q| q.room == n.room && matches!(q.kind, NoticeKind::Presence(_)))
+        {
+            st.buf.remove(i);
+        }
+        if st.buf.len() >= self.0.capacity {
+            return Err(TrySendError::Full);
+        }
+        st.buf.push_back(n);
+        drop(st);
+        // A single consumer: notify_one stores a permit if it is not waiting right now.
+        self.0.notify.notify_one();
+        Ok(())
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.0.lock().sender_gone = true;
+        self.0.notify.notify_one();
+    }
+}
+
+impl Receiver {
+    /// The next notice; `None` once the queue is empty and the sender is gone.
+    pub(crate) async fn recv(&mut self) -> Option<Notice> {
+        loop {
+            {
+                let mut st = self.0.lock();
+                if let Some(n) = st.buf.pop_front() {
+                    return Some(n);
+                }
+                if st.sender_gone {
+                    return None;
+                }
+            }
+            self.0.notify.notified().await;
+        }
+    }
+
+    /// The next notice if one is queued.
+    pub(crate) fn try_recv(&mut self) -> Option<Notice> {
+        self.0.lock().buf.pop_front()
+    }
+
+    /// How many notices are queued.
+    pub(crate) fn len(&self) -> usize {
+        self.0.lock().buf.len()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.receiver_gone = true;
+        st.buf.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{RoomId, SessionId};
+    use crate::notice::{Presence, PresenceBody};
+
+    fn presence(room: &str, version: u64) -> Notice {
+        Notice {
+            session: SessionId(1),
+            room: RoomId::parse(room, 64).unwrap(),
+            kind: NoticeKind::Presence(Presence {
+                body: Arc::new(PresenceBody {
+                    version,
+                    holder: None,
+                    waiting: 0,
+                    occupants: vec![],
+                }),
+                position: Some(1),
+            }),
+        }
+    }
+
+    fn released(room: &str, version: u64) -> Notice {
+        Notice {
+            session: SessionId(1),
+            room: RoomId::parse(room, 64).unwrap(),
+            kind: NoticeKind::Released { version },
+        }
+    }
+
+    fn drain(rx: &mut Receiver) -> Vec<(String, u64, bool)> {
+        std::iter::from_fn(|| rx.try_recv())
+            .map(|n| {
+                let p = matches!(n.kind, NoticeKind::Presence(_));
+                (n.room.to_string(), n.version(), p)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_newer_presence_replaces_the_queued_one_and_keeps_version_order() {
+        let (tx, mut rx) = channel(3);
+        for v in 1..=100 {
+            assert!(
+                tx.try_send(presence("a", v)).is_ok(),
+                "presences never fill it"
+            );
+        }
+        assert!(tx.try_send(released("a", 101)).is_ok());
+        assert!(tx.try_send(presence("b", 5)).is_ok());
+        assert!(tx.try_send(presence("a", 102)).is_ok());
+        assert_eq!(
+            drain(&mut rx),
+            vec![
+                ("a".into(), 101, false),
+                ("b".into(), 5, true),
+                ("a".into(), 102, true)
+            ]
+        );
+    }
+
+    #[test]
+    fn other_notices_count_against_the_capacity() {
+        let (tx, rx) = channel(2);
+        assert!(tx.try_send(released("a", 1)).is_ok());
+        assert!(tx.try_send(released("b", 2)).is_ok());
+        assert!(matches!(
+            tx.try_send(released("c", 3)),
+            Err(TrySendError::Full)
+        ));
+        assert_eq!(rx.len(), 2);
+        drop(rx);
+        assert!(matches!(
+            tx.try_send(released("c", 3)),
+            Err(TrySendError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn recv_waits_and_ends_when_the_sender_is_gone() {
+        let (tx, mut rx) = channel(4);
+        let reader = tokio::spawn(async move {
+            let mut got = vec![];
+            while let Some(n) = rx.recv().await {
+                got.push(n.version());
+            }
+            got
+        });
+        tokio::task::yield_now().await;
+        assert!(tx.try_send(released("a", 1)).is_ok());
+        assert!(tx.try_send(released("a", 2)).is_ok());
+        drop(tx);
+        assert_eq!(reader.await.unwrap(), vec![1, 2]);
+    }
+}
