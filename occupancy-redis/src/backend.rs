@@ -451,19 +451,40 @@ impl Inner {
     }
 
     /// Runs a session operation; if Redis says the session is unknown while this node has it
-    /// live, Redis lost its data: restore, then try once more.
+    /// live, Redis lost its data: restore, then try once more. If another node owns the session
+    /// (see [`Inner::replaced`]), fails with [`Error::UnknownSession`].
     async fn run_session_op(
         &self,
         id: SessionId,
         script: &redis::Script,
         rest: Args,
     ) -> Result<Reply, Error> {
-        match self.run(script, rest.clone()).await {
+        let r = match self.run(script, rest.clone()).await {
             Err(Error::UnknownSession) if self.live(id).is_ok() => {
                 self.recover_now().await?;
                 self.run(script, rest).await
             }
             r => r,
+        };
+        match r {
+            Err(Error::SessionReplaced) => {
+                self.replaced(id);
+                Err(Error::UnknownSession)
+            }
+            r => r,
+        }
+    }
+
+    /// A script refused to act on a session because another node owns it: a resume there
+    /// replaced this node's connection, and this node acted before it processed the `s` message
+    /// that says so (or lost it). Ends the local session as that message would have, so the Hub
+    /// closes the stale connection with [`Error::SessionReplaced`]. The caller then fails with
+    /// [`Error::UnknownSession`], as every call on a replaced connection's handle does.
+    fn replaced(&self, id: SessionId) {
+        let forgotten = self.lock().forget(id).is_some();
+        if forgotten && let Some(sink) = self.sink.get() {
+            debug!(session = %id, "session owned by another node: ending the stale connection");
+            sink.session_ended(id, Some(Error::SessionReplaced));
         }
     }
 
@@ -912,7 +933,10 @@ impl Backend for RedisBackend {
             .run_session_op(
                 session,
                 &inner.scripts.disconnect,
-                args().a(session_hex(session)).a(ms.to_string()),
+                args()
+                    .a(session_hex(session))
+                    .a(&inner.node)
+                    .a(ms.to_string()),
             )
             .await;
         let mut local = inner.lock();
@@ -934,12 +958,19 @@ impl Backend for RedisBackend {
     async fn close(&self, session: SessionId) -> Result<(), Error> {
         let inner = &self.inner;
         let r = inner
-            .run(&inner.scripts.close, args().a(session_hex(session)))
+            .run(
+                &inner.scripts.close,
+                args().a(session_hex(session)).a(&inner.node),
+            )
             .await;
         match r {
             Ok(_) => {
                 inner.lock().forget(session);
                 Ok(())
+            }
+            Err(Error::SessionReplaced) => {
+                inner.replaced(session);
+                Err(Error::UnknownSession)
             }
             Err(Error::UnknownSession) => {
                 let known = inner.lock().forget(session).is_some();
@@ -1147,6 +1178,7 @@ impl Backend for RedisBackend {
                 &inner.scripts.join,
                 args()
                     .a(session_hex(session))
+                    .a(&inner.node)
                     .a(room)
                     .a(&meta_json)
                     .a(config.limits.max_rooms_per_session.to_string())
@@ -1186,7 +1218,7 @@ impl Backend for RedisBackend {
             .run_session_op(
                 session,
                 &inner.scripts.leave,
-                args().a(session_hex(session)).a(room),
+                args().a(session_hex(session)).a(&inner.node).a(room),
             )
             .await?;
         let was_member = reply.wm == Some(1);
@@ -1215,7 +1247,7 @@ impl Backend for RedisBackend {
             .run_session_op(
                 session,
                 &inner.scripts.takeover,
-                args().a(session_hex(session)).a(room),
+                args().a(session_hex(session)).a(&inner.node).a(room),
             )
             .await?;
         let (joined, d) = inner.joined_from(&room_id, &reply)?;
@@ -1235,7 +1267,11 @@ impl Backend for RedisBackend {
             .run_session_op(
                 session,
                 &inner.scripts.watch,
-                args().a(session_hex(session)).a(room).a(max.to_string()),
+                args()
+                    .a(session_hex(session))
+                    .a(&inner.node)
+                    .a(room)
+                    .a(max.to_string()),
             )
             .await
             .and_then(|reply| decode_room(reply.r.as_deref().ok_or_else(|| bad("no state"))?));
@@ -1278,7 +1314,7 @@ impl Backend for RedisBackend {
             .run_session_op(
                 session,
                 &inner.scripts.unwatch,
-                args().a(session_hex(session)).a(room),
+                args().a(session_hex(session)).a(&inner.node).a(room),
             )
             .await?;
         let mut local = inner.lock();

@@ -37,6 +37,15 @@
 //!   the expiry script (which does nothing if the session was resumed elsewhere meanwhile). The
 //!   session record also holds the deadline in Redis time, so a resume on another node after the
 //!   deadline is refused.
+//! - **One owner per session.** The session record names the node that serves it (`n`); a
+//!   resume on another node moves it there and publishes `s`, on which the old node ends the
+//!   replaced connection. Until that message is processed, the old connection could still act, so
+//!   every script that acts on a session (disconnect, close, join, leave, take over, watch,
+//!   unwatch, expiry) takes the calling node and refuses when another node owns the session; the
+//!   old node then ends its stale connection with
+//!   [`Error::SessionReplaced`](occupancy_core::Error::SessionReplaced) and the call fails with
+//!   [`Error::UnknownSession`](occupancy_core::Error::UnknownSession). The new node's session is
+//!   untouched.
 //! - **Node leases.** Each node renews its entry in a sorted set (`{prefix}:nodes`, score = lease
 //!   end in Redis ms) every third of the lease (default lease 10 s). A renewal also returns the
 //!   nodes whose lease has ended, and the survivor sweeps them: one script per dead node closes

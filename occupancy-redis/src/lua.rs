@@ -7,6 +7,12 @@
 //! with one JSON string: `e` (an error code) when refused, `c` (the rooms it changed, as
 //! `[room, state]` pairs, in the order it changed them), `r` (the state of the room it was about
 //! after the call) and fields of its own.
+//!
+//! A session belongs to one node at a time (its record's `n`; a resume on another node moves it).
+//! Every script that acts on an existing session takes the calling node and refuses with
+//! `not_owner` when another node owns it: the caller's connection is a stale one that a resume
+//! elsewhere replaced (its node has not processed the `s` message yet), and must not close,
+//! disconnect or change the session the new node now serves.
 
 /// Helpers shared by every script.
 const PRELUDE: &str = r#"
@@ -102,10 +108,19 @@ local function load_sess(sid)
   s.g = tonumber(s.g or '0')
   return s
 end
-local function live(sid)
+-- The session if it exists and `node` owns it, else nil and the refusal to return.
+local function owned(sid, node)
   local s = load_sess(sid)
-  if s and s.g == 0 then return s end
-  return nil
+  if not s then return nil, err('unknown_session') end
+  if s.n ~= node then return nil, err('not_owner') end
+  return s
+end
+-- The same, and live (not in grace).
+local function live(sid, node)
+  local s, e = owned(sid, node)
+  if not s then return nil, e end
+  if s.g > 0 then return nil, err('unknown_session') end
+  return s
 end
 local function save_lists(sid, s)
   redis.call('HSET', skey(sid), 'j', cjson.encode(s.j), 'w', cjson.encode(s.w))
@@ -166,11 +181,11 @@ stat('sessions', 1)
 return reply({}, nil)
 "#;
 
-/// `disconnect(sid, grace_ms)`: grace 0 closes at once.
+/// `disconnect(sid, node, grace_ms)`: grace 0 closes at once.
 pub(crate) const DISCONNECT: &str = r#"
-local sid, rem = ARGV[3], tonumber(ARGV[4])
-local s = load_sess(sid)
-if not s then return err('unknown_session') end
+local sid, node, rem = ARGV[3], ARGV[4], tonumber(ARGV[5])
+local s, e = owned(sid, node)
+if not s then return e end
 if s.g > 0 then return reply({}, nil) end
 if rem <= 0 then
   close_session(sid, s, false)
@@ -181,11 +196,11 @@ end
 return reply({}, nil)
 "#;
 
-/// `close(sid)`.
+/// `close(sid, node)`.
 pub(crate) const CLOSE: &str = r#"
-local sid = ARGV[3]
-local s = load_sess(sid)
-if not s then return err('unknown_session') end
+local sid, node = ARGV[3], ARGV[4]
+local s, e = owned(sid, node)
+if not s then return e end
 close_session(sid, s, false)
 return reply({}, nil)
 "#;
@@ -202,12 +217,12 @@ end
 return reply({n = 0}, nil)
 "#;
 
-/// `join(sid, room, meta, max_rooms, max_occupants)`.
+/// `join(sid, node, room, meta, max_rooms, max_occupants)`.
 pub(crate) const JOIN: &str = r#"
-local sid, room, meta = ARGV[3], ARGV[4], ARGV[5]
-local max_rooms, max_occ = tonumber(ARGV[6]), tonumber(ARGV[7])
-local s = live(sid)
-if not s then return err('unknown_session') end
+local sid, node, room, meta = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local max_rooms, max_occ = tonumber(ARGV[7]), tonumber(ARGV[8])
+local s, e = live(sid, node)
+if not s then return e end
 local key = okey(sid, s)
 local st, was = load_room(room)
 local pos = nil
@@ -231,11 +246,11 @@ save_lists(sid, s)
 return reply({p = pos - 1}, room)
 "#;
 
-/// `leave(sid, room)`.
+/// `leave(sid, node, room)`.
 pub(crate) const LEAVE: &str = r#"
-local sid, room = ARGV[3], ARGV[4]
-local s = live(sid)
-if not s then return err('unknown_session') end
+local sid, node, room = ARGV[3], ARGV[4], ARGV[5]
+local s, e = live(sid, node)
+if not s then return e end
 local i = find(s.j, room)
 if not i then return reply({wm = 0}, nil) end
 table.remove(s.j, i)
@@ -244,11 +259,11 @@ remove_from_line(room, sid, okey(sid, s))
 return reply({wm = 1}, room)
 "#;
 
-/// `takeover(sid, room)`.
+/// `takeover(sid, node, room)`.
 pub(crate) const TAKEOVER: &str = r#"
-local sid, room = ARGV[3], ARGV[4]
-local s = live(sid)
-if not s then return err('unknown_session') end
+local sid, node, room = ARGV[3], ARGV[4], ARGV[5]
+local s, e = live(sid, node)
+if not s then return e end
 local key = okey(sid, s)
 local st, was = load_room(room)
 if not st then return err('not_in_room') end
@@ -265,11 +280,11 @@ end
 return reply({p = 0}, room)
 "#;
 
-/// `watch(sid, room, max_rooms)`.
+/// `watch(sid, node, room, max_rooms)`.
 pub(crate) const WATCH: &str = r#"
-local sid, room, max_rooms = ARGV[3], ARGV[4], tonumber(ARGV[5])
-local s = live(sid)
-if not s then return err('unknown_session') end
+local sid, node, room, max_rooms = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local s, e = live(sid, node)
+if not s then return e end
 if find(s.w, room) then return reply({}, room) end
 if #s.j + #s.w >= max_rooms then return err('too_many_rooms') end
 local st, was = load_room(room)
@@ -281,11 +296,11 @@ save_lists(sid, s)
 return reply({}, room)
 "#;
 
-/// `unwatch(sid, room)`.
+/// `unwatch(sid, node, room)`.
 pub(crate) const UNWATCH: &str = r#"
-local sid, room = ARGV[3], ARGV[4]
-local s = live(sid)
-if not s then return err('unknown_session') end
+local sid, node, room = ARGV[3], ARGV[4], ARGV[5]
+local s, e = live(sid, node)
+if not s then return e end
 local i = find(s.w, room)
 if not i then return reply({wm = 0}, nil) end
 table.remove(s.w, i)

@@ -171,6 +171,8 @@ pub(crate) fn code_error(code: &str, limits: &occupancy_core::Limits) -> Error {
         "unknown_session" => Error::UnknownSession,
         "session_exists" => Error::SessionExists,
         "resume_invalid" => Error::ResumeInvalid,
+        // Another node owns the session: the caller's connection was replaced by a resume there.
+        "not_owner" => Error::SessionReplaced,
         "not_in_room" => Error::NotInRoom,
         "too_many_rooms" => Error::TooManyRooms {
             limit: limits.max_rooms_per_session,
