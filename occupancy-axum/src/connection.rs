@@ -78,17 +78,10 @@ pub(crate) async fn run(
     if let Some(token) = resume {
         match token.parse::<ResumeToken>() {
             Err(e) => resume_error = Some(e),
-            Ok(token) => match ep.hub.resume(token).await {
-                Ok((session, notices, _)) => {
-                    if session.principal() == identity.principal.as_deref() {
-                        started = Some((session, notices, true));
-                    } else {
-                        // Someone else's token: end that session rather than hand it over.
-                        tracing::info!(session = %session.id(), "resume refused: another principal");
-                        session.close().await;
-                        resume_error = Some(Error::ResumeInvalid);
-                    }
-                }
+            // Only a session of the same principal: someone else's token is refused by the Hub
+            // and changes nothing.
+            Ok(token) => match ep.hub.resume_as(token, identity.principal.as_deref()).await {
+                Ok((session, notices, _)) => started = Some((session, notices, true)),
                 Err(Error::ResumeInvalid) => resume_error = Some(Error::ResumeInvalid),
                 Err(e) => {
                     // Not the token's fault (the backend is down): keep it usable for a retry.

@@ -213,12 +213,25 @@ async fn resume_keeps_the_place_and_a_token_is_single_use() {
     assert_eq!(u16::from(close.code), 4000);
     newer.alive().await;
 
-    // Someone else's token: refused, and that session is ended rather than handed over.
+    // Someone else's token: refused, and nothing changes — Ann keeps her connection and place,
+    // Bob is not released, and the token still works for Ann.
     let stolen = newer.token();
     let mut eve = Client::connect(addr, &format!("?user=eve&resume={stolen}")).await;
     assert_eq!(eve.hello["resumed"], false);
+    assert_ne!(eve.session(), session);
     assert_eq!(eve.read().await.unwrap()["code"], "resume_invalid");
-    bob.next("released", "d").await;
+    newer.alive().await;
+    assert_eq!(
+        newer.request(json!({"op":"join","room":"d"})).await["holding"],
+        true
+    );
+    bob.alive().await;
+    assert!(
+        bob.buf.iter().all(|e| e["ev"] != "released"),
+        "{:?}",
+        bob.buf
+    );
+    assert_eq!(newer.token(), stolen);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

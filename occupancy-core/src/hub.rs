@@ -547,6 +547,26 @@ impl Hub {
     /// [`Error::SessionReplaced`] and its [`Session`] handles fail with
     /// [`Error::UnknownSession`].
     pub async fn resume(&self, token: ResumeToken) -> Result<(Session, Notices, Resumed), Error> {
+        self.resume_checked(token, None).await
+    }
+
+    /// [`Hub::resume`] for a connection whose identity is known: the token only resumes a session
+    /// of the same `principal` (`None` = anonymous). A token presented by someone else — a leaked
+    /// or stolen one — is refused with [`Error::ResumeInvalid`] and changes nothing: the session
+    /// keeps its places, its connection and its token. Adapters use this one.
+    pub async fn resume_as(
+        &self,
+        token: ResumeToken,
+        principal: Option<&str>,
+    ) -> Result<(Session, Notices, Resumed), Error> {
+        self.resume_checked(token, Some(principal)).await
+    }
+
+    async fn resume_checked(
+        &self,
+        token: ResumeToken,
+        expected: Option<Option<&str>>,
+    ) -> Result<(Session, Notices, Resumed), Error> {
         let hub = &self.inner;
         let _lifecycle = hub.lifecycle.lock().await;
         let local = {
@@ -562,6 +582,12 @@ impl Hub {
                 None => return Err(Error::ResumeInvalid),
             },
         };
+        if let Some(expected) = expected
+            && principal.as_deref() != expected
+        {
+            debug!(session = %id, "resume refused: the token belongs to another principal");
+            return Err(Error::ResumeInvalid);
+        }
         let new_token = random_token()?;
         let conn = Arc::new(Conn::default());
         let (tx, rx) = queue::channel(hub.registry.capacity);

@@ -446,3 +446,35 @@ async fn backend_arc() {
     a.join(ROOM, None).await.unwrap();
     assert_eq!(backend.stats().await.unwrap().occupants, 1);
 }
+
+/// A token only resumes a session of the same principal: presented by someone else (leaked,
+/// stolen) it is refused and changes nothing — the session keeps its place, its connection and
+/// its token.
+#[tokio::test(start_paused = true)]
+async fn resume_as_refuses_another_principal_and_changes_nothing() {
+    let backend = MemoryBackend::new();
+    let hub = Hub::builder().backend(backend.clone()).build().unwrap();
+    let (ann, mut ann_n) = hub
+        .connect(Some("ann".into()), Meta::empty())
+        .await
+        .unwrap();
+    ann.join(ROOM, None).await.unwrap();
+    let token = ann.resume_token();
+    assert_eq!(
+        hub.resume_as(token, Some("eve")).await.err(),
+        Some(Error::ResumeInvalid)
+    );
+    assert_eq!(
+        hub.resume_as(token, None).await.err(),
+        Some(Error::ResumeInvalid),
+        "anonymous is another principal too"
+    );
+    assert!(ann.is_live());
+    assert_eq!(ann_n.close_reason(), None);
+    assert!(ann.join(ROOM, None).await.unwrap().holding);
+    // The rightful owner still can.
+    let (again, _n, r) = hub.resume_as(token, Some("ann")).await.unwrap();
+    assert_eq!((again.id(), r.was_live), (ann.id(), true));
+    assert_eq!(ann_n.recv().await, None);
+    invariants(&backend);
+}

@@ -94,7 +94,11 @@ async fn connecting(
         .and_then(Value::as_str)
         .and_then(|t| t.parse::<ResumeToken>().ok());
     let resumed = match token {
-        Some(token) => match shared.hub.resume(token).await {
+        Some(token) => match shared
+            .hub
+            .resume_as(token, identity.principal.as_deref())
+            .await
+        {
             Ok((session, notices, _)) => Some((session, notices)),
             Err(Error::ResumeInvalid) => None,
             Err(e) => return Err(refuse(e)),

@@ -54,8 +54,9 @@
 //! Each socket is one Hub [`Session`]. Its principal and metadata come from the Socket.IO auth
 //! payload through the [`Identify`] hook (default [`Anonymous`]: no principal, metadata from
 //! `auth.meta`). A client that reconnects with `auth: { resume: <token from hello> }` within the
-//! grace period gets its places back (the token is a bearer secret, single use: the resumed session
-//! keeps the principal it had; the hook still runs and may refuse the connection). A transport drop
+//! grace period gets its places back (the token is single use, and only resumes a session of the
+//! principal the hook names for the new handshake — someone else's token is refused by the Hub,
+//! changes nothing, and the socket starts a new session). A transport drop
 //! starts the grace period; an explicit `socket.disconnect()` by the client, or by the server
 //! (`SocketRef::disconnect`), leaves at once. [`Occupancy::on_socket`] is the place for the
 //! application's own per-socket handlers: it runs before the client is told it is connected.
