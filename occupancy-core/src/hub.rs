@@ -15,6 +15,7 @@ use crate::backend::{Backend, NoticeSink};
 use crate::config::{Config, Limits};
 use crate::error::Error;
 use crate::ids::{Meta, Person, ResumeToken, RoomId, SessionId};
+use crate::machine::IdHash;
 use crate::machine::{Joined, Left, Resumed, Stats};
 use crate::memory::MemoryBackend;
 use crate::notice::{Notice, NoticeKind, PresenceBody};
@@ -135,8 +136,10 @@ struct Slot {
 
 #[derive(Default)]
 struct RegState {
-    slots: HashMap<SessionId, Slot>,
-    tokens: HashMap<ResumeToken, SessionId>,
+    // Ids and tokens are the Hub's own random numbers: the fast hasher is safe for them, and a
+    // hand-over in a busy room looks up every waiting session here.
+    slots: HashMap<SessionId, Slot, IdHash>,
+    tokens: HashMap<ResumeToken, SessionId, IdHash>,
     /// Grace deadlines of this Hub's sessions, so their slots are forgotten when grace ends.
     grace: BTreeSet<(Instant, SessionId)>,
 }

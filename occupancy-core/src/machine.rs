@@ -856,7 +856,7 @@ fn joined(room: &RoomId, state: &RoomState, position: u32) -> Joined {
 /// Hasher for ids the server makes itself (random session ids, random tokens): nobody outside can
 /// choose them, so a fast multiplicative mix is safe and much cheaper than SipHash.
 #[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -878,4 +878,4 @@ impl Hasher for IdHasher {
     }
 }
 
-type IdHash = BuildHasherDefault<IdHasher>;
+pub(crate) type IdHash = BuildHasherDefault<IdHasher>;
