@@ -18,6 +18,8 @@
 //! # }
 //! ```
 
+pub mod fuzz;
+
 use std::future::Future;
 use std::time::Duration;
 
