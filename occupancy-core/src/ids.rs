@@ -234,6 +234,18 @@ impl Meta {
         }
     }
 
+    /// Checks the encoded size against a limit (`Limits::max_meta_bytes`): the one place the
+    /// metadata limit is applied, by the state machine, the Redis backend and the adapters.
+    pub fn check(&self, max_bytes: usize) -> Result<(), Error> {
+        if self.encoded_len() > max_bytes {
+            return Err(Error::MetaTooLarge {
+                len: self.encoded_len(),
+                limit: max_bytes,
+            });
+        }
+        Ok(())
+    }
+
     /// The size of the JSON encoding in bytes (2 for `{}`).
     pub fn encoded_len(&self) -> usize {
         if self.map.is_none() {

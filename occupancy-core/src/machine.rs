@@ -169,7 +169,7 @@ impl Machine {
         if self.sessions.contains_key(&id) || self.tokens.contains_key(&token) {
             return Err(Error::SessionExists);
         }
-        self.check_meta(&meta)?;
+        meta.check(self.config.limits.max_meta_bytes)?;
         self.tokens.insert(token, id);
         self.sessions.insert(
             id,
@@ -321,12 +321,7 @@ impl Machine {
         };
         let key = entry.key(session);
         let meta = meta.unwrap_or_else(|| entry.meta.clone());
-        if meta.encoded_len() > limits.max_meta_bytes {
-            return Err(Error::MetaTooLarge {
-                len: meta.encoded_len(),
-                limit: limits.max_meta_bytes,
-            });
-        }
+        meta.check(limits.max_meta_bytes)?;
 
         // Already in the line (this session, or another session of the same occupant)?
         let mut existing = self.rooms.get_mut(room);
@@ -731,17 +726,6 @@ impl Machine {
     fn tick(&mut self) -> u64 {
         self.clock += 1;
         self.clock
-    }
-
-    fn check_meta(&self, meta: &Meta) -> Result<(), Error> {
-        let limit = self.config.limits.max_meta_bytes;
-        if meta.encoded_len() > limit {
-            return Err(Error::MetaTooLarge {
-                len: meta.encoded_len(),
-                limit,
-            });
-        }
-        Ok(())
     }
 
     fn live_session(&self, session: SessionId) -> Result<&SessionEntry, Error> {

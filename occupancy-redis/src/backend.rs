@@ -875,13 +875,7 @@ impl Backend for RedisBackend {
         token: ResumeToken,
     ) -> Result<(), Error> {
         let inner = &self.inner;
-        let limit = inner.config()?.limits.max_meta_bytes;
-        if meta.encoded_len() > limit {
-            return Err(Error::MetaTooLarge {
-                len: meta.encoded_len(),
-                limit,
-            });
-        }
+        meta.check(inner.config()?.limits.max_meta_bytes)?;
         if inner.lock().sessions.contains_key(&session) {
             return Err(Error::SessionExists);
         }
@@ -1163,13 +1157,7 @@ impl Backend for RedisBackend {
             }
             None => (default_meta, default_json),
         };
-        let limit = config.limits.max_meta_bytes;
-        if meta.encoded_len() > limit {
-            return Err(Error::MetaTooLarge {
-                len: meta.encoded_len(),
-                limit,
-            });
-        }
+        meta.check(config.limits.max_meta_bytes)?;
         let room_id = RoomId::parse(room, usize::MAX)?;
         inner.pending(&room_id, 1);
         let r = inner

@@ -387,13 +387,7 @@ impl Shared {
         if let Err(e) = RoomId::check(&req.room, limits.max_room_id_len) {
             return Body::Refused(Box::new(Event::error(req.r#ref, &e)));
         }
-        if let Some(meta) = &req.meta
-            && meta.encoded_len() > limits.max_meta_bytes
-        {
-            let e = Error::MetaTooLarge {
-                len: meta.encoded_len(),
-                limit: limits.max_meta_bytes,
-            };
+        if let Some(Err(e)) = req.meta.as_ref().map(|m| m.check(limits.max_meta_bytes)) {
             return Body::Refused(Box::new(Event::error(req.r#ref, &e)));
         }
         Body::Request(req)
