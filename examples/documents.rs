@@ -12,13 +12,15 @@
 //! page: it keeps its place (the resume token lives in sessionStorage).
 //!
 //! As a demo, the principal comes from `?user=` and the display name from `?name=` in the
-//! query; real applications take them from their session cookie or token.
+//! query; real applications take them from their session cookie or token. `GET /stats` shows
+//! the Hub's counters; `OCCUPANCY_CHECK_INVARIANTS=1` makes the state machine check its
+//! invariants after every operation (slow: for soak runs, see `loadgen soak`).
 
 mod support;
 
 use std::net::SocketAddr;
 
-use occupancy::Hub;
+use occupancy::{Config, Hub};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -32,7 +34,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(p) => p.parse().map_err(|e| format!("PORT={p:?}: {e}"))?,
         Err(_) => 3000,
     };
-    let hub = Hub::new();
+    let check_invariants = std::env::var("OCCUPANCY_CHECK_INVARIANTS").is_ok_and(|v| v == "1");
+    let hub = Hub::builder()
+        .config(Config {
+            check_invariants,
+            ..Config::default()
+        })
+        .build()?;
+    if check_invariants {
+        tracing::info!("checking the state machine's invariants after every operation");
+    }
     let app = support::app(hub);
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;

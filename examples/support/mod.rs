@@ -65,11 +65,50 @@ pub fn demo_identity(parts: &Parts) -> Result<Identity, Rejection> {
     })
 }
 
-/// The whole demo app on `hub`: the pages plus the WebSocket endpoint at [`WS_PATH`].
+/// Where the demo serves the Hub's counters as JSON.
+pub const STATS_PATH: &str = "/stats";
+
+/// `GET /stats`: the Hub's counters (rooms, sessions, occupants, watchers, live connections and,
+/// with `Config::check_invariants`, the invariant checks run and failed) as JSON. The soak run
+/// (`loadgen soak`) reads it. A demo convenience: a real application would put counters like
+/// these behind its own metrics endpoint and access control.
+pub fn stats(hub: Hub) -> Router {
+    Router::new().route(
+        STATS_PATH,
+        get(move || {
+            let hub = hub.clone();
+            async move {
+                match hub.stats().await {
+                    Ok(s) => (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        serde_json::json!({
+                        "rooms": s.rooms,
+                        "sessions": s.sessions,
+                        "sessions_in_grace": s.sessions_in_grace,
+                        "occupants": s.occupants,
+                        "watchers": s.watchers,
+                        "invariant_checks": s.invariant_checks,
+                        "invariant_violations": s.invariant_violations,
+                        "live_connections": hub.live_connections(),
+                        })
+                        .to_string(),
+                    )
+                        .into_response(),
+                    Err(e) => {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
+                    }
+                }
+            }
+        }),
+    )
+}
+
+/// The whole demo app on `hub`: the pages, the WebSocket endpoint at [`WS_PATH`] and the
+/// counters at [`STATS_PATH`].
 pub fn app(hub: Hub) -> Router {
-    let endpoint = Endpoint::builder(hub)
+    let endpoint = Endpoint::builder(hub.clone())
         .identify(demo_identity)
         .build()
         .expect("valid settings");
-    pages().merge(endpoint.router(WS_PATH))
+    pages().merge(endpoint.router(WS_PATH)).merge(stats(hub))
 }

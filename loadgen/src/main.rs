@@ -15,6 +15,7 @@ mod client;
 mod report;
 mod scenario;
 mod server;
+mod soak;
 mod stats;
 
 use std::time::{Duration, Instant};
@@ -51,6 +52,20 @@ loadgen run [options]        drive one server, write a JSON result
   --out FILE                 the JSON result (default: stdout)
 loadgen report [--md FILE] [--svg FILE] [--baseline NAME] RESULT.json...
                              the comparison table (markdown) and the hand-over-vs-R plot
+loadgen soak [options]       churn soak of a protocol v1 server with GET /stats (the documents
+                             example; start it with OCCUPANCY_CHECK_INVARIANTS=1); exit code 1
+                             when any check failed (see loadgen/src/soak.rs)
+  --url ws://IP:PORT/PATH    the endpoint (default ws://127.0.0.1:3000/occupancy)
+  --stats-url URL            the counters (default http://IP:PORT/stats of --url)
+  --spawn CMD | --pid PID    start the server (killed at the end) / its pid, for RSS
+  --server-log FILE          the spawned server's output (default: discarded)
+  --clients N                clients at once (default 5000)
+  --rooms N                  ordinary rooms; 10% of joins go to 5 hot rooms (default 500)
+  --secs S                   how long the churn runs (default 600)
+  --think-ms MS              mean time between two actions of a client (default 4000)
+  --grace-ms MS              the server's grace (default 5000, the Hub's default)
+  --sources N                loopback source addresses 127.0.0.2.. (default 4)
+  --out FILE                 the JSON result (default: stdout)
 ";
 
 /// One repetition.
@@ -292,6 +307,94 @@ async fn run(mut a: Args) -> Result<(), String> {
     Ok(())
 }
 
+async fn soak_main(mut a: Args) -> Result<(), String> {
+    let url = a
+        .take("--url")
+        .unwrap_or_else(|| "ws://127.0.0.1:3000/occupancy".into());
+    let host = url
+        .strip_prefix("ws://")
+        .and_then(|r| r.split('/').next())
+        .ok_or_else(|| format!("{url}: only ws:// URLs"))?
+        .to_string();
+    let stats_url = a
+        .take("--stats-url")
+        .unwrap_or_else(|| format!("http://{host}/stats"));
+    let spawn = a.take("--spawn");
+    let log = a.take("--server-log");
+    let mut pid = a
+        .take("--pid")
+        .map(|p| p.parse::<u32>())
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let settings = soak::SoakSettings {
+        url,
+        stats_url,
+        clients: a.num("--clients", 5000),
+        rooms: a.num("--rooms", 500),
+        secs: a.num("--secs", 600.0),
+        think_ms: a.num("--think-ms", 4000),
+        grace_ms: a.num("--grace-ms", 5000),
+        sources: a.num("--sources", 4),
+        pid: None,
+    };
+    let out = a.take("--out");
+    if let Some(extra) = a.0.first() {
+        return Err(format!("unknown argument {extra}\n\n{HELP}"));
+    }
+    let nofile = server::raise_nofile();
+    if (nofile as usize) < settings.clients + 100 {
+        return Err(format!(
+            "the open-file limit is {nofile}: too low for {} clients",
+            settings.clients
+        ));
+    }
+    let spawned = match &spawn {
+        Some(cmd) => {
+            let addr = host.parse().map_err(|e| format!("{host}: {e}"))?;
+            let s = server::Spawned::start(cmd, addr, log.as_deref()).await?;
+            pid = Some(s.pid);
+            // Let it finish starting before the baseline RSS.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Some(s)
+        }
+        None => None,
+    };
+    let report = soak::soak(soak::SoakSettings { pid, ..settings }).await;
+    if let Some(s) = spawned {
+        s.stop().await;
+    }
+    let report = report?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    match out {
+        Some(path) => std::fs::write(&path, json).map_err(|e| format!("{path}: {e}"))?,
+        None => println!("{json}"),
+    }
+    let mib = |b: Option<u64>| {
+        b.map_or("?".to_string(), |b| {
+            format!("{:.1} MiB", b as f64 / 1048576.0)
+        })
+    };
+    eprintln!(
+        "soak: {} requests ({:.0}/s), {} notices, {} resumes ({} in grace, {} refused after it), {} abrupt drops; RSS {} → peak {} → end {}",
+        report.counters.requests,
+        report.requests_per_sec,
+        report.counters.notices,
+        report.counters.resumes,
+        report.counters.resumed_in_grace,
+        report.counters.refused_after_grace,
+        report.counters.abrupt_drops,
+        mib(report.rss_baseline),
+        mib(report.rss_peak),
+        mib(report.rss_end),
+    );
+    if report.failures.is_empty() {
+        eprintln!("soak: PASSED (every check)");
+        Ok(())
+    } else {
+        Err(format!("soak FAILED:\n  {}", report.failures.join("\n  ")))
+    }
+}
+
 fn main() {
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.is_empty() || argv.iter().any(|a| a == "--help" || a == "-h") {
@@ -306,6 +409,11 @@ fn main() {
             .map_err(|e| e.to_string())
             .and_then(|rt| rt.block_on(run(Args(argv)))),
         "report" => report::main(Args(argv)),
+        "soak" => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| rt.block_on(soak_main(Args(argv)))),
         other => Err(format!("unknown command {other}\n\n{HELP}")),
     };
     if let Err(e) = res {

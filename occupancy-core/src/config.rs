@@ -40,6 +40,12 @@ pub struct Config {
     pub grace: Duration,
     /// How many occupants (from the front) a presence notice lists (default 8).
     pub presence_occupants: usize,
+    /// A debugging aid (default off): run [`Machine::check_invariants`](crate::Machine) after
+    /// every operation of the in-memory backend and count the results in
+    /// [`Stats::invariant_checks`](crate::Stats) / [`Stats::invariant_violations`](crate::Stats)
+    /// (each violation is also logged at `error` level). It costs O(all state) per operation:
+    /// for tests and soak runs, never for production. The Redis backend ignores it.
+    pub check_invariants: bool,
 }
 
 impl Default for Config {
@@ -48,6 +54,7 @@ impl Default for Config {
             limits: Limits::default(),
             grace: Duration::from_secs(5),
             presence_occupants: 8,
+            check_invariants: false,
         }
     }
 }

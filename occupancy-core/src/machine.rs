@@ -73,6 +73,11 @@ pub struct Stats {
     pub occupants: usize,
     /// Watches, summed over rooms.
     pub watchers: usize,
+    /// Invariant checks run since the start (only with
+    /// [`Config::check_invariants`](crate::Config::check_invariants); zero otherwise).
+    pub invariant_checks: u64,
+    /// Of those, how many found a broken invariant (always zero unless there is a bug).
+    pub invariant_violations: u64,
 }
 
 #[derive(Debug)]
@@ -124,6 +129,9 @@ pub struct Machine {
     occupants: usize,
     watches: usize,
     outbox: Vec<Notice>,
+    /// Counters of [`Machine::run_enabled_checks`].
+    invariant_checks: u64,
+    invariant_violations: u64,
 }
 
 impl Default for Machine {
@@ -147,6 +155,8 @@ impl Machine {
             occupants: 0,
             watches: 0,
             outbox: Vec::new(),
+            invariant_checks: 0,
+            invariant_violations: 0,
         })
     }
 
@@ -630,6 +640,22 @@ impl Machine {
             sessions_in_grace: self.timers.len(),
             occupants: self.occupants,
             watchers: self.watches,
+            invariant_checks: self.invariant_checks,
+            invariant_violations: self.invariant_violations,
+        }
+    }
+
+    /// When [`Config::check_invariants`] is set, runs [`Machine::check_invariants`] and counts
+    /// the result in [`Stats`] (a violation is also logged at `error` level); otherwise does
+    /// nothing. The in-memory backend calls it after every operation. O(all state) when enabled.
+    pub fn run_enabled_checks(&mut self) {
+        if !self.config.check_invariants {
+            return;
+        }
+        self.invariant_checks += 1;
+        if let Err(violation) = self.check_invariants() {
+            self.invariant_violations += 1;
+            tracing::error!(%violation, "occupancy: a state machine invariant is broken (a bug: please report it)");
         }
     }
 

@@ -64,6 +64,7 @@ impl MemoryBackend {
     fn run<R>(&self, f: impl FnOnce(&mut Machine) -> R) -> R {
         let mut m = self.lock();
         let r = f(&mut m);
+        m.run_enabled_checks();
         if m.has_notices() {
             match self.inner.sink.get() {
                 Some(sink) => sink.deliver(&mut m.drain_notices()),

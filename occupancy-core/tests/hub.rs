@@ -478,3 +478,42 @@ async fn resume_as_refuses_another_principal_and_changes_nothing() {
     assert_eq!(ann_n.recv().await, None);
     invariants(&backend);
 }
+
+// ----- the debugging check of the soak runs ----------------------------------------------------
+
+/// `Config::check_invariants` makes the memory backend check the machine after every operation
+/// and count it in `Stats` (the soak run reads these); off by default, it counts nothing.
+#[tokio::test]
+async fn enabled_invariant_checks_run_after_every_operation() {
+    async fn ops(hub: &Hub) {
+        let (a, _na) = hub.connect(None, Meta::empty()).await.unwrap();
+        let (b, _nb) = hub.connect(None, Meta::empty()).await.unwrap();
+        a.join(ROOM, None).await.unwrap();
+        b.join(ROOM, None).await.unwrap();
+        // A refused operation is checked too: it must have changed nothing.
+        assert!(b.join("", None).await.is_err());
+        b.takeover(ROOM).await.unwrap();
+        a.leave(ROOM).await.unwrap();
+        b.close().await;
+        a.close().await;
+    }
+
+    let hub = Hub::builder()
+        .config(Config {
+            check_invariants: true,
+            ..Config::default()
+        })
+        .build()
+        .unwrap();
+    ops(&hub).await;
+    let stats = hub.stats().await.unwrap();
+    // connect ×2, join ×2, the refused join, take over, leave, close ×2.
+    assert_eq!(stats.invariant_checks, 9, "{stats:?}");
+    assert_eq!(stats.invariant_violations, 0);
+    assert_eq!((stats.sessions, stats.rooms, stats.occupants), (0, 0, 0));
+
+    let hub = Hub::new();
+    ops(&hub).await;
+    let stats = hub.stats().await.unwrap();
+    assert_eq!((stats.invariant_checks, stats.invariant_violations), (0, 0));
+}

@@ -187,6 +187,7 @@ impl Harness {
             },
             grace: Duration::from_secs(GRACE),
             presence_occupants: 3,
+            ..Config::default()
         };
         Harness {
             m: Machine::new(config).unwrap(),

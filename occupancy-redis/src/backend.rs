@@ -1343,6 +1343,7 @@ impl Backend for RedisBackend {
             sessions_in_grace: get("grace"),
             occupants: get("occupants"),
             watchers: get("watchers"),
+            ..Stats::default()
         })
     }
 

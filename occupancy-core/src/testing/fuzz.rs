@@ -375,6 +375,7 @@ pub fn machine_ops(data: &[u8]) {
         },
         grace: Duration::from_secs(GRACE_SECS),
         presence_occupants: 2,
+        ..Config::default()
     };
     let mut d = Driver {
         m: Machine::new(config).expect("valid config"),
