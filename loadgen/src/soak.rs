@@ -200,8 +200,13 @@ pub struct SoakReport {
 /// What the coordinator tells the clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// Random actions.
     Churn,
+    /// Stop acting, reconnect, wait for every reply, say ready.
+    Settle,
+    /// Compare places with the server.
     Audit,
+    /// Leave.
     Finish,
 }
 
@@ -288,6 +293,13 @@ struct Client {
     next_ref: u64,
     user: Option<String>,
     progress: Arc<AtomicU64>,
+    /// The last frames sent and received, printed with the first failures (diagnostics).
+    history: std::collections::VecDeque<String>,
+    /// This connection resumed a session: a `released` may come before the presence notices
+    /// that tell the rooms again.
+    resumed: bool,
+    /// How many failures this client printed.
+    printed: u32,
 }
 
 fn room_of(v: &Value) -> Option<&str> {
@@ -295,6 +307,31 @@ fn room_of(v: &Value) -> Option<&str> {
 }
 
 impl Client {
+    fn remember(&mut self, line: String) {
+        if self.history.len() == 16 {
+            self.history.pop_front();
+        }
+        self.history.push_back(line);
+    }
+
+    /// Prints the client's recent frames with the first failures it sees.
+    fn report(&mut self, what: &str) {
+        static PRINTED: AtomicU64 = AtomicU64::new(0);
+        if self.printed < 2 && PRINTED.fetch_add(1, Ordering::Relaxed) < 8 {
+            self.printed += 1;
+            eprintln!(
+                "  client {} ({}): {what}; its last frames:\n    {}",
+                self.id,
+                self.user.as_deref().unwrap_or("anonymous"),
+                self.history
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n    ")
+            );
+        }
+    }
+
     fn pick_room(&mut self) -> String {
         if self.rng.below(10) == 0 {
             format!("doc-hot-{}", self.rng.below(5))
@@ -319,11 +356,13 @@ impl Client {
             .insert(r, (op, room.to_string(), Instant::now()));
         self.c.requests += 1;
         self.progress.fetch_add(1, Ordering::Relaxed);
+        self.remember(format!("> {text}"));
         ws.send(Message::text(text)).await.map_err(|_| ())
     }
 
     /// Handles one server message; returns the reply's ref when it answered a request.
     fn on_text(&mut self, text: &str) -> Option<u64> {
+        self.remember(format!("< {text}"));
         let Ok(v) = serde_json::from_str::<Value>(text) else {
             self.c.wrong_replies += 1;
             return None;
@@ -337,12 +376,15 @@ impl Client {
                 let room = room_of(&v)?.to_string();
                 let version = version.unwrap_or(0);
                 let seen = self.view.notice_versions.entry(room.clone()).or_insert(0);
-                if version < *seen {
-                    self.c.notice_version_regressions += 1;
-                }
+                let regressed = version < *seen;
                 *seen = (*seen).max(version);
+                if regressed {
+                    self.c.notice_version_regressions += 1;
+                    self.report("a notice version went back");
+                }
                 if self.view.left.contains(&room) && !self.view.watching.contains(&room) {
                     self.c.notices_after_left += 1;
+                    self.report("a notice after `left`");
                     return None;
                 }
                 let member = self.view.rooms.get_mut(&room);
@@ -374,8 +416,12 @@ impl Client {
                             self.view.pending.values().any(|(op, r, _)| {
                                 matches!(op, Op::Join | Op::Takeover) && *r == room
                             });
-                        if !joining {
+                        if self.resumed {
+                            // Released before the resume's presence told this room again.
+                            self.view.rooms.insert(room, (version, 0));
+                        } else if !joining {
                             self.c.stray_released += 1;
+                            self.report("`released` for a room it is not in");
                         }
                     }
                     _ => {}
@@ -402,6 +448,7 @@ impl Client {
                         .errors
                         .entry(format!("{code} ({})", op.name()))
                         .or_default() += 1;
+                    self.report(&format!("error {code} for {} {room}", op.name()));
                     return r;
                 }
                 if ev != op.reply() {
@@ -477,8 +524,9 @@ impl Client {
                 if dice.is_multiple_of(2) {
                     reset_on_close(ws);
                 }
-                // Up to 1.6 × the grace: some resumes come too late, on purpose.
-                let delay = self.rng.below(self.s.grace_ms * 16 / 10);
+                // Up to 1.6 × the grace + 2.5 s: some resumes come too late, on purpose (past
+                // the 2 s allowed for the server to notice the drop).
+                let delay = self.rng.below(self.s.grace_ms * 16 / 10 + 2500);
                 return Err(Some(Some(Duration::from_millis(delay))));
             }
             86..88 => {
@@ -561,13 +609,25 @@ impl Client {
         None
     }
 
-    /// Waits for every reply, then lets notices settle, then asks the server for each room's
-    /// place (an idempotent `join` only answers) and compares.
+    /// Reads until every request is answered (at most 20 s).
+    async fn settle(&mut self, ws: &mut Ws) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && !self.view.pending.is_empty() {
+            match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    self.on_text(t.as_str());
+                }
+                Ok(Some(Ok(_))) | Err(_) => {}
+                Ok(Some(Err(_)) | None) => break,
+            }
+        }
+    }
+
+    /// Once everyone is settled and no session is in grace: reads what is left, then asks the
+    /// server for each room's place (an idempotent `join` only answers) and compares.
     async fn audit(&mut self, ws: &mut Ws) -> Audit {
-        // Quiet for longer than the grace: the sessions left behind by clean reconnects (a
-        // clean close still gets the grace, as a page reload must) are gone by then.
-        let quiet = Duration::from_millis(self.s.grace_ms) + Duration::from_millis(1500);
-        let deadline = Instant::now() + quiet + Duration::from_secs(20);
+        let quiet = Duration::from_secs(1);
+        let deadline = Instant::now() + Duration::from_secs(20);
         let mut last = Instant::now();
         while Instant::now() < deadline && (!self.view.pending.is_empty() || last.elapsed() < quiet)
         {
@@ -679,6 +739,7 @@ async fn open(target: &Target, id: u32, url: &str) -> Result<Ws, String> {
 async fn client(
     mut cl: Client,
     mut phase: watch::Receiver<Phase>,
+    ready: tokio::sync::mpsc::UnboundedSender<()>,
     audits: tokio::sync::mpsc::UnboundedSender<Audit>,
 ) -> Counters {
     let think = cl.s.think_ms.max(1);
@@ -686,28 +747,38 @@ async fn client(
     let mut resume = false;
     // When the last abrupt drop happened and how long the client waited.
     let mut dropped: Option<(Instant, Duration)> = None;
-    let mut audited = false;
+    let (mut settled, mut audited) = (false, false);
     loop {
+        let to_start = dropped.map_or(Duration::ZERO, |(at, _)| at.elapsed());
         let Some((mut ws, resumed)) = cl.connect(resume).await else {
             // Could not connect at all: counted; give up on this client.
+            if !settled {
+                let _ = ready.send(());
+            }
             if !audited {
                 let _ = audits.send(Audit::default());
             }
             return cl.c;
         };
+        cl.resumed = resumed;
         if resume {
             cl.c.resumes += 1;
-            let waited = dropped.map_or(Duration::ZERO, |(at, _)| at.elapsed());
-            let margin = Duration::from_millis(500);
-            if waited + margin < grace {
+            let to_hello = dropped.map_or(Duration::ZERO, |(at, _)| at.elapsed());
+            // The server starts the grace when it sees the connection end (at or after the drop)
+            // and decides during the handshake (between `to_start` and `to_hello`): a resume
+            // must work when even `to_hello` is inside the grace; it must fail when `to_start`
+            // is past it by more than the server could lag in noticing the drop (2 s).
+            if to_hello + Duration::from_millis(300) < grace {
                 if resumed {
                     cl.c.resumed_in_grace += 1;
                 } else {
                     cl.c.lost_resumes += 1;
+                    cl.report("resume refused within the grace");
                 }
-            } else if waited > grace + Duration::from_secs(1) {
+            } else if to_start > grace + Duration::from_secs(2) {
                 if resumed {
                     cl.c.stale_resumes += 1;
+                    cl.report("resume accepted after the grace");
                 } else {
                     cl.c.refused_after_grace += 1;
                 }
@@ -731,6 +802,12 @@ async fn client(
         // Why the inner loop ended: Some(delay) = reconnect with resume after it; None = fresh.
         let again: Option<Duration> = loop {
             let p = *phase.borrow();
+            if p != Phase::Churn && !settled {
+                cl.settle(&mut ws).await;
+                settled = true;
+                let _ = ready.send(());
+                continue;
+            }
             if p == Phase::Audit && !audited {
                 let a = cl.audit(&mut ws).await;
                 audited = true;
@@ -858,6 +935,7 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
     }
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Churn);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
     let (audit_tx, mut audit_rx) = tokio::sync::mpsc::unbounded_channel();
     let progress = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(s.clients);
@@ -875,14 +953,23 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
             // Most clients are users (resume checks the principal); some are anonymous.
             user: (i % 10 != 0).then(|| format!("soak-{i}")),
             progress: progress.clone(),
+            history: Default::default(),
+            resumed: false,
+            printed: 0,
         };
-        tasks.push(tokio::spawn(client(cl, phase_rx.clone(), audit_tx.clone())));
+        tasks.push(tokio::spawn(client(
+            cl,
+            phase_rx.clone(),
+            ready_tx.clone(),
+            audit_tx.clone(),
+        )));
         if i % 200 == 199 {
             // Do not open thousands of connections in the same millisecond.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     drop(audit_tx);
+    drop(ready_tx);
 
     let churn_start = Instant::now();
     let churn = Duration::from_secs_f64(s.secs);
@@ -910,7 +997,28 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
     let requests = progress.load(Ordering::Relaxed);
     let requests_per_sec = requests as f64 / churn_start.elapsed().as_secs_f64();
 
-    eprintln!("soak: audit (everyone reconnects, settles, and checks its places)");
+    eprintln!("soak: settle (everyone stops, reconnects, and gets its replies)");
+    phase_tx.send_replace(Phase::Settle);
+    let mut settled = 0;
+    while settled < s.clients {
+        match tokio::time::timeout(Duration::from_secs(120), ready_rx.recv()).await {
+            Ok(Some(())) => settled += 1,
+            _ => break,
+        }
+    }
+    // Sessions left behind (a clean close still gets the grace, as a page reload must) end.
+    let wait_grace = Instant::now();
+    loop {
+        let st = get_json(&s.stats_url).await?;
+        if num(&st, "sessions_in_grace") == 0 || wait_grace.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!(
+        "soak: audit ({settled} clients settled; {:.1} s for the grace to end; each checks its places)",
+        wait_grace.elapsed().as_secs_f64()
+    );
     phase_tx.send_replace(Phase::Audit);
     let mut places: HashMap<String, Vec<u64>> = HashMap::new();
     let mut rooms: HashSet<String> = HashSet::new();
@@ -1002,7 +1110,9 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
         ));
     }
     if audit_gaps > 0 {
-        failures.push(format!("{audit_gaps} rooms whose places are not 0, 1, 2, …"));
+        failures.push(format!(
+            "{audit_gaps} rooms whose places are not 0, 1, 2, …"
+        ));
     }
     for k in [
         "rooms",
