@@ -449,7 +449,12 @@ impl Worker {
                         break End::Kicked;
                     }
                 },
-                cmd = self.inbox.next() => self.handle(&s, cmd).await,
+                cmd = self.inbox.next() => {
+                    if let Err(e) = self.handle(&s, cmd).await {
+                        debug!(socket = %s.id, "cannot deliver a notice ({e}); disconnecting");
+                        break End::Kicked;
+                    }
+                }
             }
         };
         self.inbox.close();
@@ -495,7 +500,11 @@ impl Worker {
         Ok(())
     }
 
-    async fn handle(&mut self, s: &SocketRef, cmd: Cmd) {
+    /// Runs one request and answers it. Notices already queued go out before the answer: they
+    /// were produced before the request was answered (another session's change that happened
+    /// first, or this request's own), so a client never hears about a room after the `left`
+    /// that answered its leave.
+    async fn handle(&mut self, s: &SocketRef, cmd: Cmd) -> Result<(), SendError> {
         let ev = match cmd.body {
             Body::Refused(ev) => *ev,
             Body::Request(req) => {
@@ -507,7 +516,11 @@ impl Worker {
                 self.exec(req).await
             }
         };
+        while let Some(n) = self.notices.try_recv() {
+            self.forward(s, &n)?;
+        }
         answer(&self.shared.names, s, cmd.reply, &ev);
+        Ok(())
     }
 
     async fn exec(&self, req: Request) -> Event {
