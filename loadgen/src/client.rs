@@ -89,6 +89,8 @@ pub enum Kind {
     Left,
     /// v1 `error`.
     Error,
+    /// v1 `pong` (reply to the no-op `ping`).
+    Pong,
     /// The connection ended.
     Closed,
 }
@@ -125,6 +127,12 @@ impl Conn {
             Proto::Sio => format!(r#"42["join_document_room","{room}"]"#),
         };
         let _ = self.tx.send(Cmd::Text(text));
+    }
+
+    /// The no-op round trip (v1 `ping` → `pong`): the transport's cost without any room work.
+    pub fn ping(&self) {
+        debug_assert_eq!(self.proto, Proto::V1);
+        let _ = self.tx.send(Cmd::Text(r#"{"op":"ping"}"#.into()));
     }
 
     /// Leaves `room` (v1 only: the article has no leave).
@@ -167,6 +175,7 @@ pub fn classify(proto: Proto, text: &str) -> Option<Kind> {
                 "presence" => Kind::Presence,
                 "left" => Kind::Left,
                 "error" => Kind::Error,
+                "pong" => Kind::Pong,
                 _ => return None,
             })
         }

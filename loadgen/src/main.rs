@@ -90,6 +90,9 @@ pub struct Medians {
     pub idle_conn_bytes: Option<f64>,
     /// Joins per second into one room.
     pub joins_per_sec: Option<f64>,
+    /// No-op round trips per second on the same connections (v1).
+    #[serde(default)]
+    pub pings_per_sec: Option<f64>,
     /// Hot room: holder leaves → `released`, µs.
     pub hot_released_us: Option<f64>,
     /// Hot room: holder leaves → last `presence`, µs (v1).
@@ -136,6 +139,7 @@ fn medians(runs: &[Run]) -> Medians {
         handover,
         idle_conn_bytes: m(&|r| r.idle_conn_bytes.map(|x| x.1)),
         joins_per_sec: m(&|r| r.crowd.as_ref().map(|c| c.joins_per_sec)),
+        pings_per_sec: m(&|r| r.crowd.as_ref().and_then(|c| c.pings_per_sec)),
         hot_released_us: m(&|r| r.crowd.as_ref().and_then(|c| median(&c.hot_released_us))),
         hot_last_presence_us: m(&|r| {
             r.crowd

@@ -182,6 +182,12 @@ pub fn table(reports: &[Report], baseline: &str) -> String {
             false,
         );
         row(
+            format!("ceiling: no-op `ping` round trips, same {c} clients at once (per s; v1 only)"),
+            &|r| r.median.pings_per_sec,
+            &|x| format!("{x:.0}"),
+            false,
+        );
+        row(
             format!(
                 "hot room ({} waiting): holder leaves → `released` (faster ×)",
                 c - 1

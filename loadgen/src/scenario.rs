@@ -72,6 +72,10 @@ pub struct Crowd {
     pub join_secs: f64,
     /// `clients / join_secs`.
     pub joins_per_sec: f64,
+    /// v1 only, measured the same way just before the joins, on the same connections: every
+    /// client sends the no-op `ping` at once; `clients` / time to the last `pong`. The ceiling of
+    /// this server + tool + machine for one request per connection, with no room work.
+    pub pings_per_sec: Option<f64>,
     /// Connections the server closed during the join burst (e.g. slow consumers).
     pub kicked_in_burst: usize,
     /// Joins never confirmed (no reply / `is_occupied` within 60 s of the last event).
@@ -392,6 +396,35 @@ pub async fn crowd(h: &mut Hub) -> Result<Crowd, String> {
     // This phase's connections (and those it opens later) have ids from `lo` on.
     let ours = |e: &Event| e.conn >= lo;
     let proto = h.target.proto;
+    let pings_per_sec = if proto == Proto::V1 {
+        let t0 = Instant::now();
+        for c in &conns {
+            c.ping();
+        }
+        let mut last = t0;
+        let mut ponged = 0;
+        while ponged < conns.len() {
+            let Some(e) = h
+                .wait(Duration::from_secs(30), |e| ours(e) && e.kind == Kind::Pong)
+                .await
+            else {
+                return Err(format!(
+                    "{} of {} pings unanswered",
+                    conns.len() - ponged,
+                    conns.len()
+                ));
+            };
+            last = e.at;
+            ponged += 1;
+        }
+        let rate = conns.len() as f64 / (last - t0).as_secs_f64();
+        eprintln!("  no-op round trips (ping): {rate:.0}/s");
+        h.settle().await;
+        h.drain();
+        Some(rate)
+    } else {
+        None
+    };
     let t0 = Instant::now();
     for c in &conns {
         c.join("hot");
@@ -503,6 +536,7 @@ pub async fn crowd(h: &mut Hub) -> Result<Crowd, String> {
         clients: conns.len(),
         join_secs,
         joins_per_sec: conns.len() as f64 / join_secs,
+        pings_per_sec,
         hot_waiting: conns.len() - closed.len() - 1,
         kicked_in_burst: closed.len(),
         unconfirmed_joins: unconfirmed,
