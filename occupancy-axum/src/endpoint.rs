@@ -98,13 +98,17 @@ impl Endpoint {
         let resume = query_param(&parts, "resume");
         let s = &self.inner.settings;
         let inner = self.inner.clone();
-        // 8 KiB buffers (they grow for larger frames): about 17 KiB per idle connection,
-        // against about 138 KiB with tungstenite's 128 KiB defaults (measured with 2,000
-        // connections to the documents example).
+        // The read buffer is allocated for the connection's whole life (tungstenite reads in
+        // chunks of its size; a larger frame grows it), so it was most of an idle connection's
+        // memory. RSS per idle connection holding one room, 5,000 connections to the documents
+        // example (`loadgen/src/bin/idle_conns.rs`): 14.1 KiB with an 8 KiB read buffer, 6.7 KiB
+        // with 512 bytes. A bare axum WebSocket with the same buffers (`loadgen/src/bin/bare_ws.rs`)
+        // takes 1.8 KiB of that; the rest is ours: the connection task (3.5 KiB, its future),
+        // the Hub's session (0.7 KiB) and the room (0.9 KiB) (`loadgen/src/bin/heap_census.rs`).
         ws.max_message_size(s.close_frame_bytes)
             .max_frame_size(s.close_frame_bytes)
-            .read_buffer_size(8 * 1024)
-            .write_buffer_size(8 * 1024)
+            .read_buffer_size(s.read_buffer_bytes)
+            .write_buffer_size(s.write_buffer_bytes)
             .on_upgrade(move |socket| connection::run(socket, inner, identity, resume))
     }
 }
@@ -219,6 +223,14 @@ impl EndpointBuilder {
         self
     }
 
+    /// The socket's read and write buffer sizes (see [`Settings::read_buffer_bytes`] and
+    /// [`Settings::write_buffer_bytes`]).
+    pub fn buffers(mut self, read_bytes: usize, write_bytes: usize) -> Self {
+        self.settings.read_buffer_bytes = read_bytes;
+        self.settings.write_buffer_bytes = write_bytes;
+        self
+    }
+
     /// Violations tolerated in a burst before the connection is closed.
     pub fn max_violations(mut self, n: u32) -> Self {
         self.settings.max_violations = n;
@@ -236,5 +248,111 @@ impl EndpointBuilder {
                 identify: self.identify,
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{Value, json};
+    use tokio_tungstenite::tungstenite::Message;
+
+    use super::*;
+
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    async fn serve(endpoint: Endpoint) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = endpoint.router::<()>("/ws");
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    }
+
+    /// The next reply or `hello` (notices skipped) as JSON, or the close code.
+    async fn next(ws: &mut Ws) -> Result<Value, u16> {
+        loop {
+            let v = next_frame(ws).await?;
+            if !matches!(v["ev"].as_str(), Some("presence" | "occupied" | "released")) {
+                return Ok(v);
+            }
+        }
+    }
+
+    async fn next_frame(ws: &mut Ws) -> Result<Value, u16> {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+                .await
+                .expect("a frame within 20 s");
+            match msg {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Close(c))) => return Err(c.map_or(1005, |c| c.code.into())),
+                Some(Ok(_)) => {}
+                other => panic!("connection ended without a close frame: {other:?}"),
+            }
+        }
+    }
+
+    async fn send(ws: &mut Ws, v: &Value) {
+        ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    /// A request padded to exactly `len` bytes.
+    fn padded(op: &str, r: &str, len: usize) -> Value {
+        let mut v = json!({"op": op, "room": "big", "ref": r, "pad": ""});
+        let pad = len - v.to_string().len();
+        v["pad"] = json!("x".repeat(pad));
+        assert_eq!(v.to_string().len(), len);
+        v
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_far_larger_than_the_read_buffer_work_with_the_default_settings() {
+        let s = Settings::default();
+        assert!(s.read_buffer_bytes * 16 <= s.max_frame_bytes);
+        let addr = serve(Endpoint::new(Hub::new())).await;
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut ws).await.unwrap()["ev"], "hello");
+
+        // A burst of small frames, sent at once: they straddle the read chunks.
+        for i in 0..30 {
+            let room = format!("room-{i}-{}", "r".repeat(i * 5));
+            send(&mut ws, &json!({"op": "join", "room": room, "ref": i})).await;
+        }
+        for i in 0..30 {
+            let j = next(&mut ws).await.unwrap();
+            assert_eq!(
+                (j["ev"].as_str(), j["ref"].as_i64()),
+                (Some("joined"), Some(i))
+            );
+        }
+
+        // Exactly the largest accepted frame: processed.
+        send(&mut ws, &padded("join", "max", s.max_frame_bytes)).await;
+        let j = next(&mut ws).await.unwrap();
+        assert_eq!(
+            (j["ev"].as_str(), j["ref"].as_str()),
+            (Some("joined"), Some("max"))
+        );
+
+        // Just under the close limit: read whole, refused, the connection stays.
+        send(&mut ws, &padded("join", "big", s.close_frame_bytes - 8)).await;
+        let e = next(&mut ws).await.unwrap();
+        assert_eq!(
+            (e["code"].as_str(), e["ref"].as_str()),
+            (Some("frame_too_large"), Some("big"))
+        );
+        send(&mut ws, &json!({"op": "ping", "ref": "after"})).await;
+        assert_eq!(next(&mut ws).await.unwrap()["ev"], "pong");
+
+        // Over the close limit: closed with 1009.
+        send(&mut ws, &padded("join", "huge", s.close_frame_bytes + 1)).await;
+        assert_eq!(next(&mut ws).await, Err(1009));
     }
 }

@@ -32,6 +32,16 @@ pub struct Settings {
     /// burst before the connection is closed with 1008 (or 1009 for oversized frames); one is
     /// forgiven per second (default 10).
     pub max_violations: u32,
+    /// Bytes read from the socket at a time: the read buffer each connection keeps for its whole
+    /// life, idle or not (default 512). A larger frame still arrives whole: the buffer grows to
+    /// hold it (and keeps that size). Protocol v1 frames are a few hundred bytes and a connection
+    /// sends at most `messages_per_second`, so a bigger buffer saves no work; it is most of the
+    /// memory of an idle connection (8 KiB here made 14 KiB per connection).
+    pub read_buffer_bytes: usize,
+    /// Frames to send are collected up to this many bytes before they are written (default
+    /// 8 KiB): a batch of notices goes out in one write. Costs nothing while idle (the buffer
+    /// holds what is waiting, and keeps the largest batch's capacity).
+    pub write_buffer_bytes: usize,
 }
 
 impl Default for Settings {
@@ -44,6 +54,8 @@ impl Default for Settings {
             messages_per_second: 20,
             message_burst: 40,
             max_violations: 10,
+            read_buffer_bytes: 512,
+            write_buffer_bytes: 8 * 1024,
         }
     }
 }
@@ -73,6 +85,12 @@ impl Settings {
         if self.max_violations == 0 {
             return bad("max_violations must be at least 1");
         }
+        if !(64..=1 << 20).contains(&self.read_buffer_bytes) {
+            return bad("read_buffer_bytes must be between 64 bytes and 1 MiB");
+        }
+        if self.write_buffer_bytes > 1 << 20 {
+            return bad("write_buffer_bytes must be at most 1 MiB");
+        }
         Ok(())
     }
 }
@@ -90,13 +108,15 @@ mod tests {
 
     #[test]
     fn nonsense_is_refused() {
-        let cases: [fn(&mut Settings); 6] = [
+        let cases: [fn(&mut Settings); 8] = [
             |s| s.ping_interval = Duration::ZERO,
             |s| s.liveness_timeout = s.ping_interval,
             |s| s.max_frame_bytes = 10,
             |s| s.close_frame_bytes = s.max_frame_bytes - 1,
             |s| s.messages_per_second = 0,
             |s| s.max_violations = 0,
+            |s| s.read_buffer_bytes = 0,
+            |s| s.write_buffer_bytes = 64 << 20,
         ];
         for f in cases {
             let mut s = Settings::default();
