@@ -1,7 +1,7 @@
 //! One WebSocket connection: the session it speaks for, `hello`, then a loop that turns frames
 //! into Hub calls and notices into frames, sends WebSocket pings, drops a peer that stops
-//! answering, and enforces the frame size, the message rate and the violation limit. No room
-//! logic lives here.
+//! answering, and carries out what the frame gate (`frames.rs`: frame size, message rate,
+//! violation limit, dispatch) decides for each frame. No room logic lives here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,12 +10,12 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use tokio::time::{Instant, MissedTickBehavior, sleep, timeout};
 
-use occupancy_core::protocol::{Event, OpKind, PROTOCOL_VERSION, Ref, Request};
-use occupancy_core::{Error, Notices, ResumeToken, RoomId, Session};
+use occupancy_core::protocol::{Event, PROTOCOL_VERSION};
+use occupancy_core::{Error, Notices, ResumeToken, Session};
 
 use crate::endpoint::Inner;
+use crate::frames::{Frame, Gate, Outcome, dispatch};
 use crate::identity::Identity;
-use crate::rate::TokenBucket;
 use crate::settings::Settings;
 
 /// Close codes this adapter uses (besides 1000 and 1001).
@@ -52,8 +52,7 @@ struct Stop(Exit);
 struct Conn {
     socket: WebSocket,
     settings: Settings,
-    rate: TokenBucket,
-    strikes: TokenBucket,
+    gate: Gate,
 }
 
 /// Runs one upgraded connection to its end.
@@ -67,8 +66,7 @@ pub(crate) async fn run(
     let s = ep.settings.clone();
     let mut conn = Conn {
         socket,
-        rate: TokenBucket::new(f64::from(s.messages_per_second), s.message_burst, now),
-        strikes: TokenBucket::new(1.0, s.max_violations, now),
+        gate: Gate::new(&s, now),
         settings: s,
     };
 
@@ -222,75 +220,27 @@ impl Conn {
         self.flush().await
     }
 
+    /// Carries out the gate's decision for one frame (see `frames.rs`).
     async fn on_message(&mut self, session: &Session, msg: Message) -> Result<(), Stop> {
-        let text = match msg {
-            Message::Text(text) => text,
-            Message::Binary(_) => {
-                return self
-                    .violation(
-                        Event::Error {
-                            r#ref: None,
-                            code: "bad_message",
-                            message:
-                                "binary frames are not part of the protocol; send JSON text frames"
-                                    .into(),
-                        },
-                        close_code::POLICY,
-                    )
-                    .await;
+        let frame = match &msg {
+            Message::Text(text) => Frame::Text(text.as_str()),
+            Message::Binary(_) => Frame::Binary,
+            Message::Ping(_) => Frame::Ping,
+            Message::Pong(_) => Frame::Pong,
+            Message::Close(_) => Frame::Close,
+        };
+        let reply = match self.gate.on_frame(frame, std::time::Instant::now()) {
+            Outcome::Ignore => return Ok(()),
+            Outcome::Gone => return Err(Stop(Exit::Gone)),
+            Outcome::Close { code, reason } => {
+                self.close(code, reason).await;
+                return Err(Stop(Exit::Gone));
             }
-            // Pings are answered by the WebSocket layer; pongs only prove liveness.
-            Message::Ping(_) | Message::Pong(_) => return Ok(()),
-            Message::Close(_) => return Err(Stop(Exit::Gone)),
+            Outcome::Reply(event) => event,
+            Outcome::Dispatch(req) => dispatch(session, req).await,
         };
-        let now = std::time::Instant::now();
-        if text.len() > self.settings.max_frame_bytes {
-            let message = format!(
-                "frame of {} bytes is over the limit of {} bytes",
-                text.len(),
-                self.settings.max_frame_bytes
-            );
-            return self
-                .violation(
-                    Event::Error {
-                        r#ref: ref_of(&text),
-                        code: "frame_too_large",
-                        message,
-                    },
-                    close_code::TOO_BIG,
-                )
-                .await;
-        }
-        if !self.rate.try_take(now) {
-            let err = Error::RateLimited {
-                per_second: self.settings.messages_per_second,
-            };
-            return self
-                .violation(Event::error(ref_of(&text), &err), close_code::POLICY)
-                .await;
-        }
-        let req = match Request::parse(&text) {
-            Ok(req) => req,
-            Err(e) => return self.violation(e.to_event(), close_code::POLICY).await,
-        };
-        let reply = dispatch(session, req).await;
         self.feed(&reply).await?;
         self.flush().await
-    }
-
-    /// Answers a violation with its error, or closes the connection once the peer keeps
-    /// violating past the limit.
-    async fn violation(&mut self, event: Event, code: u16) -> Result<(), Stop> {
-        if self.strikes.try_take(std::time::Instant::now()) {
-            self.feed(&event).await?;
-            return self.flush().await;
-        }
-        let reason = match code {
-            close_code::TOO_BIG => "too many frames over the size limit",
-            _ => "too many bad or rate-limited messages",
-        };
-        self.close(code, reason).await;
-        Err(Stop(Exit::Gone))
     }
 
     async fn feed(&mut self, event: &Event) -> Result<(), Stop> {
@@ -336,47 +286,6 @@ impl Conn {
     }
 }
 
-/// Runs one request against the session and returns its reply.
-async fn dispatch(session: &Session, req: Request) -> Event {
-    let r = req.r#ref;
-    let room = req.room.as_str();
-    let result = match req.op {
-        OpKind::Join => session
-            .join(room, req.meta)
-            .await
-            .map(|j| Event::joined(r.clone(), &j)),
-        OpKind::Takeover => session
-            .takeover(room)
-            .await
-            .map(|j| Event::joined(r.clone(), &j)),
-        OpKind::Leave => session
-            .leave(room)
-            .await
-            .map(|l| Event::left(r.clone(), &l)),
-        OpKind::Watch => match session.watch(room).await {
-            Ok(p) => RoomId::parse(room, usize::MAX).map(|id| Event::watching(r.clone(), id, &p)),
-            Err(e) => Err(e),
-        },
-        OpKind::Unwatch => match session.unwatch(room).await {
-            Ok(was) => {
-                RoomId::parse(room, usize::MAX).map(|id| Event::unwatched(r.clone(), id, was))
-            }
-            Err(e) => Err(e),
-        },
-        OpKind::Ping => Ok(Event::Pong { r#ref: r.clone() }),
-    };
-    result.unwrap_or_else(|e| Event::error(r, &e))
-}
-
-/// The `ref` of a request that is refused before it is looked at (too large, over the rate),
-/// so the client can still match the error to its request.
-fn ref_of(text: &str) -> Option<Ref> {
-    match Request::parse(text) {
-        Ok(req) => req.r#ref,
-        Err(e) => e.r#ref,
-    }
-}
-
 /// WebSocket close reasons are limited to 123 bytes.
 fn truncate_reason(reason: &str) -> String {
     let mut end = reason.len().min(123);
@@ -397,18 +306,5 @@ mod tests {
         assert!(r.len() <= 123);
         assert!(long.starts_with(&r));
         assert_eq!(truncate_reason("short"), "short");
-    }
-
-    #[test]
-    fn the_ref_of_a_refused_request_is_still_read() {
-        assert_eq!(
-            ref_of(r#"{"op":"join","room":"r","ref":5}"#),
-            Some(Ref::Int(5))
-        );
-        assert_eq!(
-            ref_of(r#"{"op":"nope","ref":"a"}"#),
-            Some(Ref::Str("a".into()))
-        );
-        assert_eq!(ref_of("not json"), None);
     }
 }

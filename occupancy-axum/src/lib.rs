@@ -200,6 +200,7 @@
 
 mod connection;
 mod endpoint;
+mod frames;
 mod identity;
 mod listener;
 mod origin;
