@@ -76,6 +76,11 @@ pub struct Crowd {
     /// client sends the no-op `ping` at once; `clients` / time to the last `pong`. The ceiling of
     /// this server + tool + machine for one request per connection, with no room work.
     pub pings_per_sec: Option<f64>,
+    /// The server's CPU use during the ping burst and during the join burst (1.0 = one core
+    /// busy the whole time): near 1 the server is the bottleneck, well below it the tool is.
+    pub server_cpu_pings: Option<f64>,
+    /// See `server_cpu_pings`.
+    pub server_cpu_joins: Option<f64>,
     /// Connections the server closed during the join burst (e.g. slow consumers).
     pub kicked_in_burst: usize,
     /// Joins never confirmed (no reply / `is_occupied` within 60 s of the last event).
@@ -396,7 +401,16 @@ pub async fn crowd(h: &mut Hub) -> Result<Crowd, String> {
     // This phase's connections (and those it opens later) have ids from `lo` on.
     let ours = |e: &Event| e.conn >= lo;
     let proto = h.target.proto;
+    let ticks = |h: &Hub| h.pid.and_then(server::cpu_ticks);
+    // CPU share of the server between two tick readings over `secs`.
+    let share = |a: Option<u64>, b: Option<u64>, secs: f64| {
+        // SAFETY: sysconf only reads a constant.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Some((b? - a?) as f64 / hz / secs)
+    };
+    let mut server_cpu_pings = None;
     let pings_per_sec = if proto == Proto::V1 {
+        let cpu0 = ticks(h);
         let t0 = Instant::now();
         for c in &conns {
             c.ping();
@@ -418,13 +432,18 @@ pub async fn crowd(h: &mut Hub) -> Result<Crowd, String> {
             ponged += 1;
         }
         let rate = conns.len() as f64 / (last - t0).as_secs_f64();
-        eprintln!("  no-op round trips (ping): {rate:.0}/s");
+        server_cpu_pings = share(cpu0, ticks(h), t0.elapsed().as_secs_f64());
+        eprintln!(
+            "  no-op round trips (ping): {rate:.0}/s (server CPU {:.0}%)",
+            server_cpu_pings.unwrap_or(f64::NAN) * 100.0
+        );
         h.settle().await;
         h.drain();
         Some(rate)
     } else {
         None
     };
+    let cpu0 = ticks(h);
     let t0 = Instant::now();
     for c in &conns {
         c.join("hot");
@@ -489,6 +508,7 @@ pub async fn crowd(h: &mut Hub) -> Result<Crowd, String> {
         last = e.at;
         told.insert(e.conn);
     }
+    let server_cpu_joins = share(cpu0, ticks(h), t0.elapsed().as_secs_f64());
     // Late closes of the burst (kicked slow consumers) still count.
     h.settle().await;
     while let Ok(e) = h.rx.try_recv() {
@@ -537,16 +557,19 @@ pub async fn crowd(h: &mut Hub) -> Result<Crowd, String> {
         join_secs,
         joins_per_sec: conns.len() as f64 / join_secs,
         pings_per_sec,
+        server_cpu_pings,
+        server_cpu_joins,
         hot_waiting: conns.len() - closed.len() - 1,
         kicked_in_burst: closed.len(),
         unconfirmed_joins: unconfirmed,
         ..Crowd::default()
     };
     eprintln!(
-        "  join throughput: {} joins in {:.3} s = {:.0} joins/s",
+        "  join throughput: {} joins in {:.3} s = {:.0} joins/s (server CPU {:.0}%)",
         conns.len(),
         join_secs,
-        out.joins_per_sec
+        out.joins_per_sec,
+        server_cpu_joins.unwrap_or(f64::NAN) * 100.0
     );
 
     // The hot room: the holder leaves; one `released`, everyone's place moves.

@@ -169,7 +169,7 @@ impl Conn {
                     }
                     Some(Ok(msg)) => {
                         deadline.as_mut().reset(Instant::now() + s.liveness_timeout);
-                        self.on_message(session, msg).await
+                        self.on_message(session, msg, &mut notices).await
                     }
                 },
                 notice = notices.recv() => match notice {
@@ -221,7 +221,12 @@ impl Conn {
     }
 
     /// Carries out the gate's decision for one frame (see `frames.rs`).
-    async fn on_message(&mut self, session: &Session, msg: Message) -> Result<(), Stop> {
+    async fn on_message(
+        &mut self,
+        session: &Session,
+        msg: Message,
+        notices: &mut Notices,
+    ) -> Result<(), Stop> {
         let frame = match &msg {
             Message::Text(text) => Frame::Text(text.as_str()),
             Message::Binary(_) => Frame::Binary,
@@ -237,7 +242,17 @@ impl Conn {
                 return Err(Stop(Exit::Gone));
             }
             Outcome::Reply(event) => event,
-            Outcome::Dispatch(req) => dispatch(session, req).await,
+            Outcome::Dispatch(req) => {
+                let reply = dispatch(session, req).await;
+                // Notices already queued were produced before this reply (another session's
+                // change that came first, or this request's own): they go out first, so a client
+                // never hears about a room after the `left` that answered its leave (the churn
+                // soak caught exactly that).
+                while let Some(n) = notices.try_recv() {
+                    self.feed(&Event::from_notice(&n)).await?;
+                }
+                reply
+            }
         };
         self.feed(&reply).await?;
         self.flush().await
