@@ -101,10 +101,11 @@ impl Endpoint {
         // The read buffer is allocated for the connection's whole life (tungstenite reads in
         // chunks of its size; a larger frame grows it), so it was most of an idle connection's
         // memory. RSS per idle connection holding one room, 5,000 connections to the documents
-        // example (`loadgen/src/bin/idle_conns.rs`): 14.1 KiB with an 8 KiB read buffer, 6.7 KiB
+        // example (`loadgen/src/bin/idle_conns.rs`): 14.1 KiB with an 8 KiB read buffer, 6.9 KiB
         // with 512 bytes. A bare axum WebSocket with the same buffers (`loadgen/src/bin/bare_ws.rs`)
-        // takes 1.8 KiB of that; the rest is ours: the connection task (3.5 KiB, its future),
-        // the Hub's session (0.7 KiB) and the room (0.9 KiB) (`loadgen/src/bin/heap_census.rs`).
+        // takes 1.8 KiB of that; the rest is ours: the connection task (3.8 KiB, its future, where
+        // the bare one's is 0.6), the Hub's session (0.7 KiB) and the room (0.9 KiB)
+        // (`loadgen/src/bin/heap_census.rs`). The write buffer costs nothing while idle.
         ws.max_message_size(s.close_frame_bytes)
             .max_frame_size(s.close_frame_bytes)
             .read_buffer_size(s.read_buffer_bytes)
