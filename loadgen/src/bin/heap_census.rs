@@ -12,8 +12,9 @@
 //!
 //! `TRACE_SIZE=8193-16384` prints the stacks of a few allocations of that size (the 500th on).
 //!
-//! `bare_ws`/`endpoint` use occupancy-axum's buffer settings, `bare_sio`/`occupancy_sio` the
-//! `socketio_documents` example's (see `bare_ws.rs`, `bare_sio.rs`).
+//! `bare_ws`/`endpoint` use occupancy-axum's buffer settings (`READ_BUFFER` to change the read
+//! buffer), `bare_sio`/`occupancy_sio` the `socketio_documents` example's (`WS_READ_BUFFER`,
+//! `MAX_BUFFER` to change socketioxide's; `ORIGIN_LAYER=1` to serve behind `OriginLayer`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
@@ -167,7 +168,15 @@ async fn serve(mode: &str, port: u16) -> std::io::Result<()> {
                     .attach(&io)
                     .expect("attach");
             }
-            axum::Router::new().layer(layer)
+            let app = axum::Router::new().layer(layer);
+            // ORIGIN_LAYER=1: behind occupancy-socketio's OriginLayer, which hands socketioxide
+            // its own copy of the request head (without it, each session keeps hyper's read
+            // buffer).
+            if std::env::var("ORIGIN_LAYER").is_ok_and(|v| v == "1") {
+                app.layer(occupancy_socketio::OriginLayer::any())
+            } else {
+                app
+            }
         }
         m => panic!("MODE={m}: bare_ws, endpoint, bare_sio or occupancy_sio"),
     };
