@@ -206,6 +206,8 @@ mod listener;
 mod origin;
 mod rate;
 mod settings;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use connection::close_code;
 pub use endpoint::{Endpoint, EndpointBuilder, handler};
