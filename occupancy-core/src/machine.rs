@@ -664,6 +664,8 @@ impl Machine {
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut occupants = 0;
         let mut watches = 0;
+        // (room, session) pairs found from the rooms' side.
+        let (mut held_joins, mut held_watches) = (0usize, 0usize);
         for (id, room) in &self.rooms {
             if room.state.occupants.is_empty() && room.watchers.is_empty() {
                 return Err(format!("room {id:?} is empty but still stored"));
@@ -695,6 +697,7 @@ impl Machine {
                     if e.joined.iter().filter(|r| *r == id).count() != 1 {
                         return Err(format!("session {s:?} does not list room {id:?} once"));
                     }
+                    held_joins += 1;
                 }
             }
             for w in &room.watchers {
@@ -705,12 +708,14 @@ impl Machine {
                 if e.watching.iter().filter(|r| *r == id).count() != 1 {
                     return Err(format!("watcher {w:?} does not list room {id:?} once"));
                 }
+                held_watches += 1;
             }
         }
         if occupants != self.occupants || watches != self.watches {
             return Err("occupant or watch counter is off".into());
         }
         let mut in_grace = 0;
+        let (mut listed_joins, mut listed_watches) = (0, 0);
         for (s, e) in &self.sessions {
             if self.tokens.get(&e.token) != Some(s) {
                 return Err(format!("session {s:?}: token index disagrees"));
@@ -721,25 +726,22 @@ impl Machine {
                     return Err(format!("session {s:?}: in grace without a timer"));
                 }
             }
-            for r in &e.joined {
-                let room = self
-                    .rooms
-                    .get(r)
-                    .ok_or_else(|| format!("session {s:?} lists missing room {r:?}"))?;
-                let pos = room.state.position_of(&e.key(*s));
-                if !pos.is_some_and(|p| room.state.occupants[p].sessions.contains(s)) {
-                    return Err(format!("session {s:?} lists room {r:?} it is not in"));
-                }
-            }
-            for r in &e.watching {
-                if !self
-                    .rooms
-                    .get(r)
-                    .is_some_and(|room| room.watchers.contains(s))
-                {
-                    return Err(format!("session {s:?} watches {r:?} but is not listed"));
-                }
-            }
+            // The other direction (each room a session lists really holds it) by counting:
+            // the rooms' side found every (room, session) pair listed exactly once, so equal
+            // totals leave no room for a listed pair the rooms do not hold. A lookup per pair
+            // would scan long lines and make this check quadratic in a busy room.
+            listed_joins += e.joined.len();
+            listed_watches += e.watching.len();
+        }
+        if listed_joins != held_joins {
+            return Err(format!(
+                "sessions list {listed_joins} room memberships, the rooms hold {held_joins}"
+            ));
+        }
+        if listed_watches != held_watches {
+            return Err(format!(
+                "sessions list {listed_watches} watches, the rooms hold {held_watches}"
+            ));
         }
         if in_grace != self.timers.len() || self.tokens.len() != self.sessions.len() {
             return Err("timer or token index has leftovers".into());
@@ -889,3 +891,48 @@ impl Hasher for IdHasher {
 }
 
 pub(crate) type IdHash = BuildHasherDefault<IdHasher>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine_with_one_member() -> (Machine, SessionId) {
+        let mut m = Machine::default();
+        let s = SessionId(1);
+        m.connect(s, Some("ann"), Meta::empty(), ResumeToken(1))
+            .unwrap();
+        m.join(s, "doc", None).unwrap();
+        m.check_invariants().unwrap();
+        (m, s)
+    }
+
+    /// The check counts (room, session) pairs from both sides instead of looking each one up;
+    /// corrupting either side must still be caught.
+    #[test]
+    fn invariant_check_catches_a_session_listing_a_room_it_is_not_in() {
+        let (mut m, s) = machine_with_one_member();
+        let other = RoomId::parse("other", 256).unwrap();
+        m.sessions.get_mut(&s).unwrap().joined.push(other.clone());
+        assert_eq!(
+            m.check_invariants(),
+            Err("sessions list 2 room memberships, the rooms hold 1".into())
+        );
+
+        let (mut m, s) = machine_with_one_member();
+        m.sessions.get_mut(&s).unwrap().watching.push(other);
+        assert_eq!(
+            m.check_invariants(),
+            Err("sessions list 1 watches, the rooms hold 0".into())
+        );
+
+        let (mut m, s) = machine_with_one_member();
+        let doc = RoomId::parse("doc", 256).unwrap();
+        m.rooms.get_mut(&doc).unwrap().state.occupants[0]
+            .sessions
+            .push(s);
+        assert_eq!(
+            m.check_invariants(),
+            Err("sessions list 1 room memberships, the rooms hold 2".into())
+        );
+    }
+}
