@@ -14,7 +14,7 @@ use occupancy_core::protocol::{Event, PROTOCOL_VERSION};
 use occupancy_core::{Error, Notices, ResumeToken, Session};
 
 use crate::endpoint::Inner;
-use crate::frames::{Frame, Gate, Outcome, dispatch};
+use crate::frames::{Frame, Gate, Outcome};
 use crate::identity::Identity;
 use crate::settings::Settings;
 
@@ -243,7 +243,7 @@ impl Conn {
             }
             Outcome::Reply(event) => event,
             Outcome::Dispatch(req) => {
-                let reply = dispatch(session, req).await;
+                let reply = session.execute(req).await;
                 // Notices already queued were produced before this reply (another session's
                 // change that came first, or this request's own): they go out first, so a client
                 // never hears about a room after the `left` that answered its leave (the churn

@@ -1,6 +1,6 @@
 //! What one frame from a client leads to, without a socket: the per-connection gate (frame kind,
-//! size limit, message rate, violation count) and the dispatch of a well-formed request to the
-//! [`Session`]. The connection loop (`connection.rs`) feeds every received frame through
+//! size limit, message rate, violation count) that lets a well-formed request through to
+//! [`Session::execute`](occupancy_core::Session::execute). The connection loop (`connection.rs`) feeds every received frame through
 //! [`Gate::on_frame`] and carries out the [`Outcome`]; the `axum_frames` fuzz target
 //! (`testing::fuzz::frames`, feature `testing`) drives the same code with generated frames and a
 //! fake clock, so what is fuzzed is what runs in production.
@@ -15,7 +15,7 @@
 //!   violation, answered `rate_limited`;
 //! - text that does not parse: a violation, answered with the parse error (`bad_message`,
 //!   `unknown_op`, `meta_invalid`);
-//! - otherwise the request is dispatched ([`dispatch`]) and answered with exactly one reply.
+//! - otherwise the request is run (`Session::execute`) and answered with exactly one reply.
 //!
 //! Every violation takes a strike token (`max_violations` in a burst, one back per second); a
 //! violation with none left closes the connection with 1008 (1009 for an oversized frame)
@@ -24,8 +24,8 @@
 
 use std::time::Instant;
 
-use occupancy_core::protocol::{Event, OpKind, Ref, Request};
-use occupancy_core::{Error, RoomId, Session};
+use occupancy_core::Error;
+use occupancy_core::protocol::{Event, Ref, Request};
 
 use crate::connection::close_code;
 use crate::rate::TokenBucket;
@@ -56,7 +56,8 @@ pub(crate) enum Outcome {
     Gone,
     /// Send this event (the error answering a violation); the connection stays open.
     Reply(Event),
-    /// Run this request against the session with [`dispatch`] and send its reply.
+    /// Run this request with [`Session::execute`](occupancy_core::Session::execute) and send its
+    /// reply.
     Dispatch(Request),
     /// Too many violations: close the connection with this code and reason, then stop as
     /// [`Outcome::Gone`].
@@ -168,39 +169,6 @@ impl Gate {
         };
         Outcome::Close { code, reason }
     }
-}
-
-/// Runs one request against the session and returns its reply (always exactly one event, with
-/// the request's `ref`).
-pub(crate) async fn dispatch(session: &Session, req: Request) -> Event {
-    let r = req.r#ref;
-    let room = req.room.as_str();
-    let result = match req.op {
-        OpKind::Join => session
-            .join(room, req.meta)
-            .await
-            .map(|j| Event::joined(r.clone(), &j)),
-        OpKind::Takeover => session
-            .takeover(room)
-            .await
-            .map(|j| Event::joined(r.clone(), &j)),
-        OpKind::Leave => session
-            .leave(room)
-            .await
-            .map(|l| Event::left(r.clone(), &l)),
-        OpKind::Watch => match session.watch(room).await {
-            Ok(p) => RoomId::parse(room, usize::MAX).map(|id| Event::watching(r.clone(), id, &p)),
-            Err(e) => Err(e),
-        },
-        OpKind::Unwatch => match session.unwatch(room).await {
-            Ok(was) => {
-                RoomId::parse(room, usize::MAX).map(|id| Event::unwatched(r.clone(), id, was))
-            }
-            Err(e) => Err(e),
-        },
-        OpKind::Ping => Ok(Event::Pong { r#ref: r.clone() }),
-    };
-    result.unwrap_or_else(|e| Event::error(r, &e))
 }
 
 /// The `ref` of a request that is refused before it is looked at (too large, over the rate),

@@ -19,6 +19,7 @@ use crate::machine::IdHash;
 use crate::machine::{Joined, Left, Resumed, Stats};
 use crate::memory::MemoryBackend;
 use crate::notice::{Notice, NoticeKind, PresenceBody};
+use crate::protocol::{Event, OpKind, Request};
 use crate::queue;
 use crate::state::RoomState;
 
@@ -1036,6 +1037,47 @@ impl Session {
         let hub = self.hub()?;
         let r = hub.backend.unwatch(self.inner.id, room).await;
         self.finish(hub, "unwatch", room, r).await
+    }
+
+    /// Runs one protocol v1 request and returns its reply: `joined` (join, take over), `left`
+    /// (leave, unwatch), `watching`, `pong`, or `error` with the request's `ref`. What an adapter
+    /// does with a request it has parsed ([`Request::parse`] for text frames,
+    /// [`Request::from_payload`] for Socket.IO payloads); both adapters use it.
+    pub async fn execute(&self, req: Request) -> Event {
+        let Request {
+            r#ref,
+            op,
+            room,
+            meta,
+        } = req;
+        // The room id was checked by the operation itself when it succeeded.
+        let id = |room: &str| RoomId::parse(room, usize::MAX);
+        let result = match op {
+            OpKind::Join => self
+                .join(&room, meta)
+                .await
+                .map(|j| Event::joined(r#ref.clone(), &j)),
+            OpKind::Takeover => self
+                .takeover(&room)
+                .await
+                .map(|j| Event::joined(r#ref.clone(), &j)),
+            OpKind::Leave => self
+                .leave(&room)
+                .await
+                .map(|l| Event::left(r#ref.clone(), &l)),
+            OpKind::Watch => match self.watch(&room).await {
+                Ok(p) => id(&room).map(|id| Event::watching(r#ref.clone(), id, &p)),
+                Err(e) => Err(e),
+            },
+            OpKind::Unwatch => match self.unwatch(&room).await {
+                Ok(was) => id(&room).map(|id| Event::unwatched(r#ref.clone(), id, was)),
+                Err(e) => Err(e),
+            },
+            OpKind::Ping => Ok(Event::Pong {
+                r#ref: r#ref.clone(),
+            }),
+        };
+        result.unwrap_or_else(|e| Event::error(r#ref, &e))
     }
 
     /// Ends this connection: the session's grace starts now (its places are kept until it ends

@@ -513,7 +513,7 @@ impl Worker {
                 } else {
                     self.rich = true;
                 }
-                self.exec(req).await
+                self.session.execute(req).await
             }
         };
         while let Some(n) = self.notices.try_recv() {
@@ -521,43 +521,6 @@ impl Worker {
         }
         answer(&self.shared.names, s, cmd.reply, &ev);
         Ok(())
-    }
-
-    async fn exec(&self, req: Request) -> Event {
-        let Request {
-            r#ref, room, meta, ..
-        } = req;
-        let session = &self.session;
-        let max_len = self.shared.hub.config().limits.max_room_id_len;
-        let result =
-            match req.op {
-                OpKind::Join => session
-                    .join(&room, meta)
-                    .await
-                    .map(|j| Event::joined(r#ref.clone(), &j)),
-                OpKind::Leave => session
-                    .leave(&room)
-                    .await
-                    .map(|l| Event::left(r#ref.clone(), &l)),
-                OpKind::Takeover => session
-                    .takeover(&room)
-                    .await
-                    .map(|j| Event::joined(r#ref.clone(), &j)),
-                OpKind::Watch => match session.watch(&room).await {
-                    Ok(p) => RoomId::parse(&room, max_len)
-                        .map(|id| Event::watching(r#ref.clone(), id, &p)),
-                    Err(e) => Err(e),
-                },
-                OpKind::Unwatch => match session.unwatch(&room).await {
-                    Ok(was) => RoomId::parse(&room, max_len)
-                        .map(|id| Event::unwatched(r#ref.clone(), id, was)),
-                    Err(e) => Err(e),
-                },
-                OpKind::Ping => Ok(Event::Pong {
-                    r#ref: r#ref.clone(),
-                }),
-            };
-        result.unwrap_or_else(|e| Event::error(r#ref, &e))
     }
 }
 

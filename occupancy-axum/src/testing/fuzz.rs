@@ -38,7 +38,7 @@ use occupancy_core::protocol::{ERROR_CODES, Event, OpKind, Ref, Request};
 use occupancy_core::{Hub, Limits, Meta, NoticeKind, Notices, RoomId, Session, Stats};
 
 use crate::connection::close_code;
-use crate::frames::{Frame, Gate, Outcome, dispatch};
+use crate::frames::{Frame, Gate, Outcome};
 use crate::settings::Settings;
 
 /// The fake clock's step: 1/64 s, exact in binary floating point.
@@ -490,7 +490,7 @@ impl Driver {
             }
             (Outcome::Dispatch(req), Expect::Dispatch(want)) => {
                 assert_eq!(req, want, "dispatched request for {frame:?}");
-                let reply = dispatch(&self.me, req.clone()).await;
+                let reply = self.me.execute(req.clone()).await;
                 self.check_reply(&req, &reply);
             }
             (outcome, expected) => {
