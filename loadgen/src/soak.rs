@@ -465,7 +465,13 @@ impl Client {
                     }
                     Op::Leave => {
                         self.view.rooms.remove(&room);
-                        self.view.left.insert(room);
+                        // Unless it already asked to come back (its notices are then expected).
+                        let back = self.view.pending.values().any(|(op, r, _)| {
+                            matches!(op, Op::Join | Op::Takeover | Op::Watch) && *r == room
+                        });
+                        if !back {
+                            self.view.left.insert(room);
+                        }
                     }
                     Op::Watch => {
                         self.view.watching.insert(room);
@@ -484,7 +490,22 @@ impl Client {
     /// after `delay` (`None`: a clean close, start a new session).
     async fn act(&mut self, ws: &mut Ws) -> Result<(), Option<Option<Duration>>> {
         let dice = self.rng.below(100);
-        let joined: Vec<String> = self.view.rooms.keys().cloned().collect();
+        // Rooms it stands in, less those it is leaving (a take over sent before the leave's
+        // reply would rightly be refused).
+        let leaving: HashSet<&String> = self
+            .view
+            .pending
+            .values()
+            .filter(|(op, _, _)| *op == Op::Leave)
+            .map(|(_, room, _)| room)
+            .collect();
+        let joined: Vec<String> = self
+            .view
+            .rooms
+            .keys()
+            .filter(|r| !leaving.contains(r))
+            .cloned()
+            .collect();
         let any_joined = |rng: &mut Rng| joined[rng.below(joined.len() as u64) as usize].clone();
         let r = match dice {
             0..35 if joined.len() < 4 => {
@@ -892,9 +913,13 @@ async fn get_json(url: &str) -> Result<Value, String> {
         .strip_prefix("http://")
         .ok_or_else(|| format!("{url}: only http:// URLs"))?;
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut tcp = tokio::net::TcpStream::connect(host)
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
+    let mut tcp = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(host),
+    )
+    .await
+    .map_err(|_| format!("{url}: connect timed out"))?
+    .map_err(|e| format!("{url}: {e}"))?;
     let req = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     tcp.write_all(req.as_bytes())
         .await
