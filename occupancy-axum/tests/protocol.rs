@@ -534,7 +534,7 @@ async fn oversized_frames_close_with_1009() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_just_under_the_default_limit_is_processed() {
-    // 16 KiB is the default limit, twice the connection's 8 KiB read buffer.
+    // 16 KiB is the default limit, many times the connection's 512-byte read buffer.
     let hub = Hub::new();
     let addr = serve(endpoint(&hub).build().unwrap()).await;
     let mut c = Client::connect(addr, "").await;
