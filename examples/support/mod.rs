@@ -103,12 +103,44 @@ pub fn stats(hub: Hub) -> Router {
     )
 }
 
+/// `GET /rooms/{id}`: everyone in a room's line, holder first, as a JSON list of public ids
+/// (the soak names the occupant no client claims when an audit finds a gap). A demo convenience,
+/// like [`stats`].
+pub fn room_list(hub: Hub) -> Router {
+    Router::new().route(
+        "/rooms/{id}",
+        get(
+            move |axum::extract::Path(id): axum::extract::Path<String>| {
+                let hub = hub.clone();
+                async move {
+                    match hub.occupants(&id).await {
+                        Ok(people) => (
+                            [(header::CONTENT_TYPE, "application/json")],
+                            serde_json::Value::from(
+                                people.iter().map(|p| p.id.to_string()).collect::<Vec<_>>(),
+                            )
+                            .to_string(),
+                        )
+                            .into_response(),
+                        Err(e) => {
+                            (axum::http::StatusCode::BAD_REQUEST, e.to_string()).into_response()
+                        }
+                    }
+                }
+            },
+        ),
+    )
+}
+
 /// The whole demo app on `hub`: the pages, the WebSocket endpoint at [`WS_PATH`] and the
-/// counters at [`STATS_PATH`].
+/// counters at [`STATS_PATH`] and `/rooms/{id}`.
 pub fn app(hub: Hub) -> Router {
     let endpoint = Endpoint::builder(hub.clone())
         .identify(demo_identity)
         .build()
         .expect("valid settings");
-    pages().merge(endpoint.router(WS_PATH)).merge(stats(hub))
+    pages()
+        .merge(endpoint.router(WS_PATH))
+        .merge(stats(hub.clone()))
+        .merge(room_list(hub))
 }

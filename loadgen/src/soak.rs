@@ -215,6 +215,10 @@ enum Phase {
 struct Audit {
     /// (room, position) per room it stands in, from the server's reply.
     places: Vec<(String, u64)>,
+    /// Its public id as the server shows it (`soak-N`; `None` when anonymous).
+    user: Option<String>,
+    /// Its last frames (printed when the server has it somewhere it does not know about).
+    history: Vec<String>,
     /// Rooms it watches.
     watched: Vec<String>,
 }
@@ -663,7 +667,24 @@ impl Client {
         }
         self.c.reply_timeouts += self.view.pending.len() as u64;
         self.view.pending.clear();
+        // Spread the audit's joins over a few seconds per thousand clients: with the invariant
+        // check after every operation, thousands of joins at once would stall the server longer
+        // than its liveness timeout.
+        let spread = (self.s.clients as u64 * 6).max(1000);
+        let pause = Duration::from_millis(self.rng.below(spread));
+        let until = Instant::now() + pause;
+        while Instant::now() < until {
+            match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    self.on_text(t.as_str());
+                }
+                Ok(Some(Ok(_))) | Err(_) => {}
+                Ok(Some(Err(_)) | None) => break,
+            }
+        }
         let mut audit = Audit {
+            user: self.user.clone(),
+            history: self.history.iter().cloned().collect(),
             watched: self.view.watching.iter().cloned().collect(),
             ..Audit::default()
         };
@@ -853,12 +874,12 @@ async fn client(
                     Some(Ok(Message::Text(t))) => { cl.on_text(t.as_str()); }
                     Some(Ok(Message::Close(frame))) => {
                         let code = frame.map_or("none".to_string(), |f| u16::from(f.code).to_string());
-                        *cl.c.server_closes.entry(code).or_default() += 1;
+                        *cl.c.server_closes.entry(format!("{code} ({p:?})")).or_default() += 1;
                         break Some(Duration::ZERO);
                     }
                     Some(Ok(_)) => {}
                     Some(Err(_)) | None => {
-                        *cl.c.server_closes.entry("none".into()).or_default() += 1;
+                        *cl.c.server_closes.entry(format!("none ({p:?})")).or_default() += 1;
                         break Some(Duration::ZERO);
                     }
                 },
@@ -874,7 +895,7 @@ async fn client(
                         Err(Some(Some(delay))) => break Some(delay),
                         Err(Some(None)) => break None,
                         Err(None) => {
-                            *cl.c.server_closes.entry("none".into()).or_default() += 1;
+                            *cl.c.server_closes.entry(format!("none ({p:?})")).or_default() += 1;
                             break Some(Duration::ZERO);
                         }
                     }
@@ -1046,6 +1067,8 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
     );
     phase_tx.send_replace(Phase::Audit);
     let mut places: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut claimed: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut histories: HashMap<String, Vec<String>> = HashMap::new();
     let mut rooms: HashSet<String> = HashSet::new();
     let (mut memberships, mut watches) = (0u64, 0u64);
     let mut answered = 0;
@@ -1054,10 +1077,16 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
             Ok(Some(a)) => {
                 answered += 1;
                 watches += a.watched.len() as u64;
+                if let Some(u) = &a.user {
+                    histories.insert(u.clone(), a.history.clone());
+                }
                 rooms.extend(a.watched);
                 for (room, position) in a.places {
                     memberships += 1;
                     rooms.insert(room.clone());
+                    if let Some(u) = &a.user {
+                        claimed.entry(room.clone()).or_default().insert(u.clone());
+                    }
                     places.entry(room).or_default().push(position);
                 }
             }
@@ -1084,6 +1113,25 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
             audit_gaps += 1;
             if audit_gaps <= 5 {
                 eprintln!("soak: audit: {room}: the clients' places are {p:?}");
+                // Who the server has there that no client (with a user id) claims.
+                let base = s.stats_url.trim_end_matches("/stats");
+                if let Ok(Value::Array(ids)) = get_json(&format!("{base}/rooms/{room}")).await {
+                    let mine = claimed.get(room.as_str());
+                    let unclaimed: Vec<(usize, &str)> = ids
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, v)| Some((i, v.as_str()?)))
+                        .filter(|(_, id)| !mine.is_some_and(|m| m.contains(*id)))
+                        .collect();
+                    eprintln!(
+                        "soak: audit: {room}: unclaimed on the server (place, id): {unclaimed:?}"
+                    );
+                    for (_, id) in &unclaimed {
+                        if let Some(h) = histories.get(*id) {
+                            eprintln!("  {id}'s last frames:\n    {}", h.join("\n    "));
+                        }
+                    }
+                }
             }
         }
     }
