@@ -289,6 +289,11 @@ impl Machine {
             });
         }
         for room_id in &entry.watching {
+            // A member who also watches was told above, as a member (as on every change): a
+            // second, place-less presence would replace the first in the session's queue.
+            if entry.joined.contains(room_id) {
+                continue;
+            }
             let room = &self.rooms[room_id];
             self.outbox.push(Notice {
                 session,

@@ -410,7 +410,8 @@ pub async fn grace_expiry_releases_next<B: Backend>(backend: B) {
 }
 
 /// A page reload keeps your place (article bug 5): resume within the grace gives the same session,
-/// every room and place back, a presence notice per room, and a new single-use token.
+/// every room and place back, a presence notice per room (one only, with the place, for a room
+/// the session both stands in and watches), and a new single-use token.
 pub async fn resume_restores_place<B: Backend>(backend: B) {
     let hub = hub(backend, |b| b.grace(Duration::from_secs(60)));
     let (a, an) = user(&hub, "alice").await;
@@ -419,6 +420,9 @@ pub async fn resume_restores_place<B: Backend>(backend: B) {
     b.join("second", None).await.unwrap();
     a.join("second", None).await.unwrap();
     a.watch("watched").await.unwrap();
+    // Watching a room you stand in: the resume must still tell your place there (found by the
+    // churn soak: a second, place-less presence replaced it in the queue).
+    a.watch("second").await.unwrap();
     let (id, token) = (a.id(), a.resume_token());
     drop((a, an));
     eventually("the dropped session is in grace", || async {
@@ -438,17 +442,29 @@ pub async fn resume_restores_place<B: Backend>(backend: B) {
         .map(|j| (j.room.as_str(), j.position))
         .collect();
     assert_eq!(places, vec![(ROOM, 0), ("second", 1)]);
-    assert_eq!(resumed.watching.len(), 1);
+    assert_eq!(resumed.watching.len(), 2);
     let mut rooms = Vec::new();
     for _ in 0..3 {
         let n = expect(&mut an, "presence after resume", |n| {
             matches!(n.kind, NoticeKind::Presence(_))
         })
         .await;
-        rooms.push(n.room.to_string());
+        let NoticeKind::Presence(p) = &n.kind else {
+            unreachable!()
+        };
+        rooms.push((n.room.to_string(), p.position));
     }
     rooms.sort();
-    assert_eq!(rooms, vec![ROOM, "second", "watched"]);
+    assert_eq!(
+        rooms,
+        vec![
+            (ROOM.to_string(), Some(0)),
+            ("second".to_string(), Some(1)),
+            ("watched".to_string(), None)
+        ]
+    );
+    let extra = settled(&mut an).await;
+    assert!(extra.is_empty(), "one presence per room: {extra:?}");
     assert_eq!(hub.resume(token).await.err(), Some(Error::ResumeInvalid));
     assert_eq!(a.join(ROOM, None).await.unwrap().position, 0);
     assert_eq!(hub.stats().await.unwrap().sessions_in_grace, 0);

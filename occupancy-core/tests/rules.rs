@@ -377,6 +377,35 @@ fn bug5_a_reload_within_the_grace_keeps_the_place() {
     assert_eq!(w.m.position(a, DOC), Some(0), "resumed: no expiry any more");
 }
 
+/// Found by the churn soak: a session that stands in a room *and* watches it was sent two
+/// presence notices for it on resume, the member's (with its place) then the watcher's (without),
+/// and the Hub's queue keeps only a room's latest presence, so the client never learnt its place
+/// back. Like every other change, a resume now tells such a session once, as a member.
+#[test]
+fn a_resumed_member_who_also_watches_is_told_its_place_once() {
+    let mut w = World::new();
+    let (a, b) = (w.anon(1), w.anon(2));
+    w.m.join(a, DOC, None).unwrap();
+    w.m.join(b, DOC, None).unwrap();
+    w.m.watch(b, DOC).unwrap();
+    w.m.watch(b, "other").unwrap();
+    let token = w.m.resume_token(b).unwrap();
+    w.m.disconnect(b, w.now).unwrap();
+    w.notices();
+    let new = w.token();
+    w.m.resume(token, new, w.now).unwrap();
+    let n = w.notices();
+    let told: Vec<(&str, Option<u32>)> = n
+        .iter()
+        .map(|n| match &n.kind {
+            NoticeKind::Presence(p) => (n.room.as_str(), p.position),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(told, vec![(DOC, Some(1)), ("other", None)]);
+    assert!(n.iter().all(|n| n.session == b));
+}
+
 #[test]
 fn grace_running_out_releases_the_next_and_the_token_dies() {
     let mut w = World::new();

@@ -1104,6 +1104,11 @@ impl Backend for RedisBackend {
                 if !t.watchers.contains(&id) {
                     t.watchers.push(id);
                 }
+                // A member who also watches was told above, as a member: a second, place-less
+                // presence would replace the first in the session's queue.
+                if joined.iter().any(|(r, _)| r == room) {
+                    continue;
+                }
                 let state = d.as_ref().map(|d| d.state.clone()).unwrap_or_default();
                 notices.push(Notice {
                     session: id,
