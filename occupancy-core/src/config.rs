@@ -40,11 +40,13 @@ pub struct Config {
     pub grace: Duration,
     /// How many occupants (from the front) a presence notice lists (default 8).
     pub presence_occupants: usize,
-    /// A debugging aid (default off): run [`Machine::check_invariants`](crate::Machine) after
-    /// every operation of the in-memory backend and count the results in
-    /// [`Stats::invariant_checks`](crate::Stats) / [`Stats::invariant_violations`](crate::Stats)
-    /// (each violation is also logged at `error` level). It costs O(all state) per operation:
-    /// for tests and soak runs, never for production. The Redis backend ignores it.
+    /// A debugging aid (default off): the in-memory backend runs
+    /// [`Machine::check_invariants`](crate::Machine::check_invariants) after every operation
+    /// and counts the results in [`Stats::invariant_checks`](crate::Stats::invariant_checks) and
+    /// [`Stats::invariant_violations`](crate::Stats::invariant_violations) (a violation is also
+    /// logged at `error` level). It costs O(all state) per operation, under the backend's lock
+    /// (about 2 ms with 5,000 sessions): for tests and soak runs, never for production. The
+    /// Redis backend ignores it.
     pub check_invariants: bool,
 }
 
