@@ -833,11 +833,41 @@ async fn client(
         } else {
             // Requests in flight when the connection dropped are lost with it: which of them the
             // server ran is unknown, so the rooms are learnt again from the presence notices a
-            // resume sends for each of them.
+            // resume sends for each of them. Watches cannot all be learnt that way (a member who
+            // also watches is told once, as a member), so the client asserts what it meant, as a
+            // real client does: watch again what it watched or was about to, unwatch what it was
+            // about to stop watching (both idempotent).
+            let mut watch: HashSet<String> = cl.view.watching.clone();
+            let mut unwatch = Vec::new();
+            for (op, room, _) in cl.view.pending.values() {
+                match op {
+                    Op::Watch => {
+                        watch.insert(room.clone());
+                    }
+                    Op::Unwatch => {
+                        watch.remove(room);
+                        unwatch.push(room.clone());
+                    }
+                    _ => {}
+                }
+            }
             cl.view.pending.clear();
             cl.view.rooms.clear();
             cl.view.watching.clear();
             cl.view.left.clear();
+            let mut failed = false;
+            for room in watch {
+                failed |= cl.send(&mut ws, Op::Watch, &room).await.is_err();
+            }
+            for room in unwatch {
+                failed |= cl.send(&mut ws, Op::Unwatch, &room).await.is_err();
+            }
+            if failed {
+                *cl.c
+                    .server_closes
+                    .entry("send failed (resume)".into())
+                    .or_default() += 1;
+            }
         }
         let mut next =
             tokio::time::Instant::now() + Duration::from_millis(cl.rng.below(think * 2).max(1));
