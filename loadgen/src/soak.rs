@@ -556,11 +556,7 @@ impl Client {
             }
             86..88 => {
                 self.c.clean_reconnects += 1;
-                let _ = ws.close(None).await;
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    while let Some(Ok(_)) = ws.next().await {}
-                })
-                .await;
+                close_cleanly(ws).await;
                 return Err(Some(None));
             }
             _ => self.send(ws, Op::Ping, "").await,
@@ -634,28 +630,16 @@ impl Client {
         None
     }
 
-    /// Reads until every request is answered (at most 20 s).
-    async fn settle(&mut self, ws: &mut Ws) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline && !self.view.pending.is_empty() {
-            match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    self.on_text(t.as_str());
-                }
-                Ok(Some(Ok(_))) | Err(_) => {}
-                Ok(Some(Err(_)) | None) => break,
-            }
-        }
-    }
-
-    /// Once everyone is settled and no session is in grace: reads what is left, then asks the
-    /// server for each room's place (an idempotent `join` only answers) and compares.
-    async fn audit(&mut self, ws: &mut Ws) -> Audit {
-        let quiet = Duration::from_secs(1);
-        let deadline = Instant::now() + Duration::from_secs(20);
+    /// Reads and handles frames until `deadline`, while `more(self, when the last text frame
+    /// came)` holds, or until the connection ends.
+    async fn read_while(
+        &mut self,
+        ws: &mut Ws,
+        deadline: Instant,
+        more: impl Fn(&Self, Instant) -> bool,
+    ) {
         let mut last = Instant::now();
-        while Instant::now() < deadline && (!self.view.pending.is_empty() || last.elapsed() < quiet)
-        {
+        while Instant::now() < deadline && more(self, last) {
             match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
                 Ok(Some(Ok(Message::Text(t)))) => {
                     self.on_text(t.as_str());
@@ -665,6 +649,24 @@ impl Client {
                 Ok(Some(Err(_)) | None) => break,
             }
         }
+    }
+
+    /// Reads until every request is answered (at most 20 s).
+    async fn settle(&mut self, ws: &mut Ws) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        self.read_while(ws, deadline, |c, _| !c.view.pending.is_empty())
+            .await;
+    }
+
+    /// Once everyone is settled and no session is in grace: reads what is left, then asks the
+    /// server for each room's place (an idempotent `join` only answers) and compares.
+    async fn audit(&mut self, ws: &mut Ws) -> Audit {
+        let quiet = Duration::from_secs(1);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        self.read_while(ws, deadline, |c, last| {
+            !c.view.pending.is_empty() || last.elapsed() < quiet
+        })
+        .await;
         self.c.reply_timeouts += self.view.pending.len() as u64;
         self.view.pending.clear();
         // Spread the audit's joins over a few seconds per thousand clients: with the invariant
@@ -672,16 +674,8 @@ impl Client {
         // than its liveness timeout.
         let spread = (self.s.clients as u64 * 6).max(1000);
         let pause = Duration::from_millis(self.rng.below(spread));
-        let until = Instant::now() + pause;
-        while Instant::now() < until {
-            match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    self.on_text(t.as_str());
-                }
-                Ok(Some(Ok(_))) | Err(_) => {}
-                Ok(Some(Err(_)) | None) => break,
-            }
-        }
+        self.read_while(ws, Instant::now() + pause, |_, _| true)
+            .await;
         let mut audit = Audit {
             user: self.user.clone(),
             history: self.history.iter().cloned().collect(),
@@ -733,6 +727,16 @@ impl Client {
         }
         audit
     }
+}
+
+/// Says goodbye with a close frame and reads until the server's (at most 2 s), so the server
+/// sees a clean end.
+async fn close_cleanly(ws: &mut Ws) {
+    let _ = ws.close(None).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
 }
 
 /// Makes the socket send a TCP reset instead of a FIN when it is dropped.
@@ -891,11 +895,7 @@ async fn client(
                 if cl.id.is_multiple_of(2) {
                     reset_on_close(&ws);
                 } else {
-                    let _ = ws.close(None).await;
-                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                        while let Some(Ok(_)) = ws.next().await {}
-                    })
-                    .await;
+                    close_cleanly(&mut ws).await;
                 }
                 return cl.c;
             }
