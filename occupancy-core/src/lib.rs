@@ -38,10 +38,12 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod change;
 mod config;
 mod error;
 mod hub;
 mod ids;
+mod line;
 mod machine;
 mod memory;
 mod notice;

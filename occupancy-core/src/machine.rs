@@ -6,21 +6,27 @@
 //! are exposed as [`Machine::poll_timeout`] / [`Machine::handle_timeout`], so a driver decides how
 //! time passes — a tokio task in production, a plain loop in tests.
 //!
-//! Cost model: every call touches only the rooms of the session it names. `disconnect` walks the
-//! session's own room list (a reverse index), never the map of all rooms; the maps are hash maps,
-//! so removing a room is O(1) (an `IndexMap::shift_remove` here would be O(all rooms)). Work inside
-//! one room is linear in that room's line, which the notices need anyway.
+//! Cost model (DESIGN.md "Cost rules"): every call touches only the rooms of the session it
+//! names — `disconnect` walks the session's own room list (a reverse index), never the map of all
+//! rooms, and the maps are hash maps, so forgetting a room is O(1) (an `IndexMap::shift_remove`
+//! here would be O(all rooms)). Inside a room, work is proportional to the change: a place is
+//! found through the line's index ([`Line`]), the machine describes the edit it made
+//! ([`Change`]) instead of diffing the room, and only the people whose view changed are told.
+//! Batches ([`Machine::close_many`], a `handle_timeout` ending many graces) merge their removals
+//! per room, so n sessions leaving one room cost O(n), not O(n²).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::change::Change;
 use crate::config::Config;
 use crate::error::Error;
 use crate::ids::{Meta, OccupantKey, Person, ResumeToken, RoomId, SessionId};
-use crate::notice::{Notice, NoticeKind, Presence, PresenceBody, room_notices};
-use crate::state::{OccupantState, RoomRef, RoomState};
+use crate::line::Line;
+use crate::notice::{Notice, NoticeKind, Presence, PresenceBody};
+use crate::state::{OccupantState, RoomState};
 
 /// The answer to a join or take over: where the session stands now.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,11 +112,44 @@ impl SessionEntry {
 struct Room {
     /// The room's id (the map's key, kept here too so a lookup by `&str` yields it).
     id: RoomId,
-    state: RoomState,
+    /// Bumped on every change of the line (see [`RoomState::version`]).
+    version: u64,
+    line: Line,
+    watchers: Vec<SessionId>,
+}
+
+impl Room {
+    fn is_empty(&self) -> bool {
+        self.line.is_empty() && self.watchers.is_empty()
+    }
+}
+
+/// What a batch removes from one room: members (occupant key and session) and watchers.
+#[derive(Default)]
+struct Removals {
+    members: Vec<(OccupantKey, SessionId)>,
     watchers: Vec<SessionId>,
 }
 
 /// The state machine. See the [crate docs](crate).
+///
+/// Methods come in four groups, as in quinn-proto's `Connection`:
+/// - **reads** ([`Machine::room`], [`Machine::position`], [`Machine::stats`], ...): look, change
+///   nothing;
+/// - **mutators** ([`Machine::connect`], [`Machine::join`], [`Machine::leave`],
+///   [`Machine::takeover`], [`Machine::watch`], [`Machine::resume`], [`Machine::disconnect`],
+///   [`Machine::close`] and the batches [`Machine::disconnect_many`], [`Machine::close_many`]):
+///   the calls a driver makes for its clients; each returns its answer and leaves notices for
+///   everyone else in the outbox;
+/// - **time** ([`Machine::poll_timeout`], [`Machine::handle_timeout`]): grace deadlines;
+/// - **outbox** ([`Machine::poll_notice`], [`Machine::drain_notices`]): the notices to deliver,
+///   urgent ones of each change (`released`, `displaced`, `occupied`) before its presences.
+///
+/// Cost: every call costs what it changes (DESIGN.md "Cost rules"). A place is found in O(1)
+/// (an index per long line), a join or leave at the back tells only the first
+/// [`Config::presence_occupants`], the holder leaving tells everyone once (each place moved), and
+/// a batch of n removals from one room costs O(n + the places that moved) with each remaining
+/// member told its final place once.
 #[derive(Debug)]
 pub struct Machine {
     config: Config,
@@ -118,9 +157,6 @@ pub struct Machine {
     /// Room ids come from clients: keep the default keyed hasher (no hash flooding).
     rooms: HashMap<RoomId, Room>,
     tokens: HashMap<ResumeToken, SessionId, IdHash>,
-    /// The old state of the room being changed, for `room_notices`. Reused (`clone_from`) so a
-    /// transition does not allocate a copy of the line each time.
-    scratch: RoomState,
     /// Grace deadlines, earliest first. Exact removal on resume keeps it small.
     timers: BTreeSet<(Instant, SessionId)>,
     /// Source of room versions: one counter for all rooms, so a room that empties (and is
@@ -128,7 +164,7 @@ pub struct Machine {
     clock: u64,
     occupants: usize,
     watches: usize,
-    outbox: Vec<Notice>,
+    outbox: VecDeque<Notice>,
     /// Counters of [`Machine::run_enabled_checks`].
     invariant_checks: u64,
     invariant_violations: u64,
@@ -149,12 +185,11 @@ impl Machine {
             sessions: HashMap::default(),
             rooms: HashMap::new(),
             tokens: HashMap::default(),
-            scratch: RoomState::default(),
             timers: BTreeSet::new(),
             clock: 0,
             occupants: 0,
             watches: 0,
-            outbox: Vec::new(),
+            outbox: VecDeque::new(),
             invariant_checks: 0,
             invariant_violations: 0,
         })
@@ -165,7 +200,7 @@ impl Machine {
         &self.config
     }
 
-    // ----- sessions -------------------------------------------------------------------------
+    // ----- mutators: sessions ---------------------------------------------------------------
 
     /// Registers a new live session. `principal` is the authenticated user, if any: sessions with
     /// the same principal are one occupant. `meta` is the default public metadata for its joins.
@@ -217,31 +252,87 @@ impl Machine {
         }
     }
 
+    /// [`Machine::disconnect`] for many sessions at once (a network blip, a deploy). With zero
+    /// grace they are closed in one batch ([`Machine::close_many`]). Unknown sessions and
+    /// sessions already in grace are skipped. Returns how many sessions changed state.
+    pub fn disconnect_many(&mut self, sessions: &[SessionId], now: Instant) -> usize {
+        if self.config.grace.is_zero() {
+            return self.close_many(sessions);
+        }
+        let deadline = now + self.config.grace;
+        let mut n = 0;
+        for &s in sessions {
+            if let Some(entry) = self.sessions.get_mut(&s)
+                && entry.grace_until.is_none()
+            {
+                entry.grace_until = Some(deadline);
+                self.timers.insert((deadline, s));
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Removes a session at once, live or in grace, leaving all its rooms (no grace). Used when
     /// the grace runs out, for an explicit sign-out, or for a session that must not come back.
+    /// O(rooms of this session): the reverse index, never a scan of all rooms.
     pub fn close(&mut self, session: SessionId) -> Result<(), Error> {
-        let entry = self
-            .sessions
-            .remove(&session)
-            .ok_or(Error::UnknownSession)?;
-        self.tokens.remove(&entry.token);
-        if let Some(deadline) = entry.grace_until {
-            self.timers.remove(&(deadline, session));
-        }
+        let entry = self.forget_session(session).ok_or(Error::UnknownSession)?;
         let key = entry.key(session);
-        // O(rooms of this session): the reverse index, never a scan of all rooms.
         for room in &entry.watching {
-            self.remove_watcher(room, session);
+            self.remove_watchers(room, &[session]);
         }
         for room in &entry.joined {
-            self.remove_from_line(room, &key, session);
+            self.remove_members(room, &[(key.clone(), session)]);
         }
         Ok(())
     }
 
+    /// Closes many sessions in one batch (grace ends for many at once, a dead node's sessions).
+    /// Removals are merged per room: each room changes once (one version), and each remaining
+    /// member and watcher of a touched room is told its final place once. Cost O(n + places
+    /// that moved), never O(n²) however many leave one room. Unknown sessions and duplicates are
+    /// skipped; returns how many sessions were closed.
+    pub fn close_many(&mut self, sessions: &[SessionId]) -> usize {
+        if let [one] = sessions {
+            return usize::from(self.close(*one).is_ok());
+        }
+        let mut per_room: HashMap<RoomId, Removals> = HashMap::new();
+        let mut n = 0;
+        for &session in sessions {
+            let Some(entry) = self.forget_session(session) else {
+                continue;
+            };
+            n += 1;
+            let key = entry.key(session);
+            for room in entry.watching {
+                per_room.entry(room).or_default().watchers.push(session);
+            }
+            for room in entry.joined {
+                per_room
+                    .entry(room)
+                    .or_default()
+                    .members
+                    .push((key.clone(), session));
+            }
+        }
+        // Watches first: a session leaving a room it watches must not be told about it.
+        for (room, removals) in &per_room {
+            if !removals.watchers.is_empty() {
+                self.remove_watchers(room, &removals.watchers);
+            }
+        }
+        for (room, removals) in &per_room {
+            if !removals.members.is_empty() {
+                self.remove_members(room, &removals.members);
+            }
+        }
+        n
+    }
+
     /// Takes a session back with its resume token: within the grace it keeps every place. The
     /// token is single use: `new_token` replaces it. Afterwards the session receives a presence
-    /// notice for each of its rooms (what it missed while away).
+    /// notice for each of its rooms (what it missed while away). O(its rooms × k).
     pub fn resume(
         &mut self,
         token: ResumeToken,
@@ -271,19 +362,17 @@ impl Machine {
 
         let entry = &self.sessions[&session];
         let key = entry.key(session);
+        let k = self.config.presence_occupants;
         let mut rooms = Vec::with_capacity(entry.joined.len());
         for room_id in &entry.joined {
             let room = &self.rooms[room_id];
-            let position = room.state.position_of(&key).expect("reverse index") as u32;
-            rooms.push(joined(room_id, &room.state, position));
-            self.outbox.push(Notice {
+            let position = room.line.position(&key).expect("reverse index") as u32;
+            rooms.push(joined(room, position));
+            self.outbox.push_back(Notice {
                 session,
                 room: room_id.clone(),
                 kind: NoticeKind::Presence(Presence {
-                    body: Arc::new(PresenceBody::of(
-                        &room.state,
-                        self.config.presence_occupants,
-                    )),
+                    body: Arc::new(PresenceBody::of_line(room.version, &room.line, k)),
                     position: Some(position),
                 }),
             });
@@ -295,14 +384,11 @@ impl Machine {
                 continue;
             }
             let room = &self.rooms[room_id];
-            self.outbox.push(Notice {
+            self.outbox.push_back(Notice {
                 session,
                 room: room_id.clone(),
                 kind: NoticeKind::Presence(Presence {
-                    body: Arc::new(PresenceBody::of(
-                        &room.state,
-                        self.config.presence_occupants,
-                    )),
+                    body: Arc::new(PresenceBody::of_line(room.version, &room.line, k)),
                     position: None,
                 }),
             });
@@ -315,11 +401,12 @@ impl Machine {
         })
     }
 
-    // ----- room operations ------------------------------------------------------------------
+    // ----- mutators: rooms ------------------------------------------------------------------
 
     /// Stands `session` in the line of `room`. Idempotent: joining a room you are in returns your
     /// place and tells nobody anything. `meta` overrides the session's default metadata for this
-    /// room (used when the occupant is new to the room).
+    /// room (used when the occupant is new to the room). O(1) plus O(k) presences (the first k
+    /// see the line grow).
     pub fn join(
         &mut self,
         session: SessionId,
@@ -335,20 +422,23 @@ impl Machine {
             _ => return Err(Error::UnknownSession),
         };
         let key = entry.key(session);
-        let meta = meta.unwrap_or_else(|| entry.meta.clone());
-        meta.check(limits.max_meta_bytes)?;
 
         // Already in the line (this session, or another session of the same occupant)?
         let mut existing = self.rooms.get_mut(room);
         let mut occupant_pos = None;
         if let Some(r) = existing.as_deref_mut()
-            && let Some(pos) = r.state.position_of(&key)
+            && let Some(pos) = r.line.position(&key)
         {
-            if r.state.occupants[pos].sessions.contains(&session) {
-                return Ok(joined(&r.id, &r.state, pos as u32));
+            if r.line
+                .get(pos)
+                .is_some_and(|o| o.sessions.contains(&session))
+            {
+                return Ok(joined(r, pos as u32));
             }
             occupant_pos = Some(pos);
         }
+        let meta = meta.unwrap_or_else(|| entry.meta.clone());
+        meta.check(limits.max_meta_bytes)?;
         if entry.room_count() >= limits.max_rooms_per_session {
             return Err(Error::TooManyRooms {
                 limit: limits.max_rooms_per_session,
@@ -357,7 +447,7 @@ impl Machine {
         if occupant_pos.is_none()
             && existing
                 .as_deref()
-                .is_some_and(|r| r.state.occupants.len() >= limits.max_occupants_per_room)
+                .is_some_and(|r| r.line.len() >= limits.max_occupants_per_room)
         {
             return Err(Error::RoomFull {
                 limit: limits.max_occupants_per_room,
@@ -372,56 +462,68 @@ impl Machine {
                 let id = RoomId::parse(room, usize::MAX)?;
                 self.rooms.entry(id.clone()).or_insert(Room {
                     id,
-                    state: RoomState {
-                        version: self.clock,
-                        occupants: Vec::new(),
-                    },
+                    version: self.clock,
+                    line: Line::default(),
                     watchers: Vec::new(),
                 })
             }
         };
-        let old_version = r.state.version;
         self.clock += 1;
-        if occupant_pos.is_some() {
-            self.scratch.clone_from(&r.state);
-        }
-        match occupant_pos {
-            Some(pos) => r.state.occupants[pos].sessions.push(session),
+        r.version = self.clock;
+        let k = self.config.presence_occupants;
+        let change = match occupant_pos {
+            // Another tab of an occupant already in line: only this session is told.
+            Some(pos) => {
+                if let Some(o) = r.line.get_mut(pos) {
+                    o.sessions.push(session);
+                }
+                Change {
+                    version: r.version,
+                    new_session: Some((session, pos)),
+                    ..Change::default()
+                }
+            }
             None => {
-                r.state.occupants.push(OccupantState {
+                let n_old = r.line.len();
+                r.line.push_back(OccupantState {
                     key,
                     meta,
                     sessions: vec![session],
                 });
                 self.occupants += 1;
+                Change {
+                    version: r.version,
+                    holder_changed: n_old == 0,
+                    top_changed: n_old < k,
+                    waiting_changed: n_old >= 1,
+                    new_session: Some((session, n_old)),
+                    ..Change::default()
+                }
             }
-        }
-        r.state.version = self.clock;
-        let position = occupant_pos.unwrap_or(r.state.occupants.len() - 1) as u32;
-        let reply = joined(&r.id, &r.state, position);
-        let old = match occupant_pos {
-            // A new occupant at the back: the old line is the new one without its last entry, so
-            // nothing needs copying (a busy room's joins stay O(1) to describe).
-            None => RoomRef {
-                version: old_version,
-                occupants: &r.state.occupants[..r.state.occupants.len() - 1],
-            },
-            Some(_) => (&self.scratch).into(),
         };
-        room_notices(
+        let position = change.new_session.map_or(0, |(_, p)| p as u32);
+        let reply = joined(r, position);
+        let sessions = &self.sessions;
+        change.emit(
             &r.id,
-            old,
-            &r.state,
+            &r.line,
             &r.watchers,
-            self.config.presence_occupants,
+            |w| is_member(sessions, &r.line, w),
+            k,
             &mut self.outbox,
         );
-        entry.joined.push(r.id.clone());
+        let room_id = r.id.clone();
+        self.sessions
+            .get_mut(&session)
+            .expect("checked live")
+            .joined
+            .push(room_id);
         Ok(reply)
     }
 
     /// Takes `session` out of `room`'s line. Idempotent: leaving a room you are not in is not an
     /// error (`was_member: false`). When the holder leaves, the next in line is released.
+    /// O(1) at the back; a leave further up tells everyone behind their new place.
     pub fn leave(&mut self, session: SessionId, room: &str) -> Result<Left, Error> {
         RoomId::check(room, self.config.limits.max_room_id_len)?;
         let entry = self.live_session_mut(session)?;
@@ -434,7 +536,7 @@ impl Machine {
         // Order of a session's rooms matters only for resume replies; swap_remove would reorder.
         let room_id = entry.joined.remove(i);
         let key = entry.key(session);
-        self.remove_from_line(&room_id, &key, session);
+        self.remove_members(&room_id, &[(key, session)]);
         Ok(Left {
             room: room_id,
             was_member: true,
@@ -444,47 +546,61 @@ impl Machine {
     /// Moves the caller's occupant to the front of `room`'s line: it holds the room, and the
     /// previous holder is told it was displaced and becomes next in line. Whether this is allowed
     /// is the application's policy (the runtime's authorization hook); here it only requires the
-    /// caller to stand in the line. Taking over a room you hold changes nothing.
+    /// caller to stand in the line. Taking over a room you hold changes nothing. Everyone in the
+    /// room is told (everyone's view shows the holder).
     pub fn takeover(&mut self, session: SessionId, room: &str) -> Result<Joined, Error> {
         RoomId::check(room, self.config.limits.max_room_id_len)?;
         let entry = self.live_session(session)?;
         let key = entry.key(session);
-        let (room_id, r) = self.rooms.get_key_value(room).ok_or(Error::NotInRoom)?;
-        let pos = r.state.position_of(&key).ok_or(Error::NotInRoom)?;
-        if !r.state.occupants[pos].sessions.contains(&session) {
+        let r = self.rooms.get(room).ok_or(Error::NotInRoom)?;
+        let pos = r.line.position(&key).ok_or(Error::NotInRoom)?;
+        if !r
+            .line
+            .get(pos)
+            .is_some_and(|o| o.sessions.contains(&session))
+        {
             return Err(Error::NotInRoom);
         }
         if pos == 0 {
-            return Ok(joined(room_id, &r.state, 0));
+            return Ok(joined(r, 0));
         }
-        let room_id = room_id.clone();
         let version = self.tick();
         let r = self.rooms.get_mut(room).expect("found above");
-        self.scratch.clone_from(&r.state);
-        let occ = r.state.occupants.remove(pos);
-        r.state.occupants.insert(0, occ);
-        r.state.version = version;
-        room_notices(
-            &room_id,
-            &self.scratch,
-            &r.state,
+        r.line.move_to_front(pos);
+        r.version = version;
+        let change = Change {
+            version,
+            holder_changed: true,
+            released: true,
+            top_changed: true,
+            waiting_changed: false,
+            moved: (0, pos + 1),
+            new_session: None,
+            displaced: Some(1),
+        };
+        let sessions = &self.sessions;
+        change.emit(
+            &r.id,
+            &r.line,
             &r.watchers,
+            |w| is_member(sessions, &r.line, w),
             self.config.presence_occupants,
             &mut self.outbox,
         );
-        Ok(joined(&room_id, &r.state, 0))
+        Ok(joined(r, 0))
     }
 
     /// Watches `room` without standing in line: the session receives the room's presence notices
     /// and never holds. Counts against the rooms-per-session limit. Idempotent. Returns the room's
-    /// current presence.
+    /// current presence. O(k).
     pub fn watch(&mut self, session: SessionId, room: &str) -> Result<PresenceBody, Error> {
         let limits = &self.config.limits;
+        let k = self.config.presence_occupants;
         RoomId::check(room, limits.max_room_id_len)?;
         let entry = self.live_session(session)?;
         if entry.watching_str(room) {
             let r = &self.rooms[room];
-            return Ok(PresenceBody::of(&r.state, self.config.presence_occupants));
+            return Ok(PresenceBody::of_line(r.version, &r.line, k));
         }
         if entry.room_count() >= limits.max_rooms_per_session {
             return Err(Error::TooManyRooms {
@@ -500,15 +616,13 @@ impl Machine {
             id: room_id.clone(),
             // A room nobody stands in: its version is the current clock, which is at least the
             // last version it ever had, so a client never sees versions go backwards.
-            state: RoomState {
-                version: clock,
-                occupants: Vec::new(),
-            },
+            version: clock,
+            line: Line::default(),
             watchers: Vec::new(),
         });
         r.watchers.push(session);
         self.watches += 1;
-        let body = PresenceBody::of(&r.state, self.config.presence_occupants);
+        let body = PresenceBody::of_line(r.version, &r.line, k);
         self.sessions
             .get_mut(&session)
             .expect("checked live")
@@ -518,6 +632,7 @@ impl Machine {
     }
 
     /// Stops watching `room`. Idempotent: returns false when the session was not watching it.
+    /// O(the room's watchers).
     pub fn unwatch(&mut self, session: SessionId, room: &str) -> Result<bool, Error> {
         RoomId::check(room, self.config.limits.max_room_id_len)?;
         let entry = self.live_session_mut(session)?;
@@ -525,7 +640,7 @@ impl Machine {
             return Ok(false);
         };
         let room_id = entry.watching.swap_remove(i);
-        self.remove_watcher(&room_id, session);
+        self.remove_watchers(&room_id, &[session]);
         Ok(true)
     }
 
@@ -536,37 +651,36 @@ impl Machine {
         self.timers.first().map(|&(t, _)| t)
     }
 
-    /// Closes every session whose grace ended at or before `now`; the next in line of the rooms
-    /// they held is released. Returns how many sessions expired.
+    /// Closes every session whose grace ended at or before `now`, in one batch
+    /// ([`Machine::close_many`]): the next in line of the rooms they held is released, and each
+    /// remaining member is told its final place once. Returns how many sessions expired.
     pub fn handle_timeout(&mut self, now: Instant) -> usize {
-        let mut n = 0;
+        let mut expired = Vec::new();
         while let Some(&(deadline, session)) = self.timers.first() {
             if deadline > now {
                 break;
             }
             self.timers.pop_first();
-            // Cannot fail: a timer exists only for a known session in grace.
-            let _ = self.close(session);
-            n += 1;
+            expired.push(session);
         }
-        n
+        match expired.len() {
+            0 => 0,
+            _ => self.close_many(&expired),
+        }
     }
 
     // ----- outbox ---------------------------------------------------------------------------
 
-    /// Takes the notices produced since the last drain, in the order they were produced (which is
-    /// version order for each room).
-    pub fn drain_notices(&mut self) -> std::vec::Drain<'_, Notice> {
+    /// Takes the notices produced since the last drain, in the order they were produced: for
+    /// each room, version order; within one change, `released` / `displaced` / `occupied` before
+    /// the presences.
+    pub fn drain_notices(&mut self) -> std::collections::vec_deque::Drain<'_, Notice> {
         self.outbox.drain(..)
     }
 
-    /// Takes the oldest pending notice. (`drain_notices` is cheaper for many.)
+    /// Takes the oldest pending notice. O(1).
     pub fn poll_notice(&mut self) -> Option<Notice> {
-        if self.outbox.is_empty() {
-            None
-        } else {
-            Some(self.outbox.remove(0))
-        }
+        self.outbox.pop_front()
     }
 
     /// True when notices are waiting in the outbox.
@@ -576,32 +690,48 @@ impl Machine {
 
     // ----- reads ----------------------------------------------------------------------------
 
-    /// A room's state (`None` if nobody stands in or watches it).
-    pub fn room(&self, room: &str) -> Option<&RoomState> {
-        self.rooms.get(room).map(|r| &r.state)
+    /// A copy of a room's state (`None` if nobody stands in or watches it). O(the line): for
+    /// reads, tests and tools, not for hot paths (see [`Machine::position`], [`Machine::holder`]).
+    pub fn room(&self, room: &str) -> Option<RoomState> {
+        self.rooms.get(room).map(|r| r.line.snapshot(r.version))
+    }
+
+    /// A room's version (`None` if nobody stands in or watches it).
+    pub fn room_version(&self, room: &str) -> Option<u64> {
+        self.rooms.get(room).map(|r| r.version)
+    }
+
+    /// How many stand in `room`'s line.
+    pub fn line_len(&self, room: &str) -> usize {
+        self.rooms.get(room).map_or(0, |r| r.line.len())
     }
 
     /// Who holds `room`.
     pub fn holder(&self, room: &str) -> Option<Person> {
-        self.room(room)?.holder().map(OccupantState::person)
+        self.rooms
+            .get(room)?
+            .line
+            .front()
+            .map(OccupantState::person)
     }
 
-    /// The place of `session` in `room` (0 = holding).
+    /// The place of `session` in `room` (0 = holding). O(1).
     pub fn position(&self, session: SessionId, room: &str) -> Option<u32> {
         let entry = self.sessions.get(&session)?;
         let key = entry.key(session);
-        let state = self.room(room)?;
-        let pos = state.position_of(&key)?;
-        state.occupants[pos]
+        let line = &self.rooms.get(room)?.line;
+        let pos = line.position(&key)?;
+        line.get(pos)?
             .sessions
             .contains(&session)
             .then_some(pos as u32)
     }
 
-    /// Everyone in `room`'s line, holder first.
+    /// Everyone in `room`'s line, holder first. O(the line).
     pub fn occupants(&self, room: &str) -> Vec<Person> {
-        self.room(room)
-            .map(|s| s.occupants.iter().map(OccupantState::person).collect())
+        self.rooms
+            .get(room)
+            .map(|r| r.line.iter().map(OccupantState::person).collect())
             .unwrap_or_default()
     }
 
@@ -664,24 +794,29 @@ impl Machine {
         }
     }
 
-    /// Checks every internal invariant (reverse indexes agree, no empty leftovers, counters
-    /// right). O(everything): for tests, fuzzing and soak runs, not for production paths.
+    /// Checks every internal invariant (reverse indexes agree, every line's place index agrees
+    /// with the line, no empty leftovers, counters right). O(everything): for tests, fuzzing and
+    /// soak runs, not for production paths.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut occupants = 0;
         let mut watches = 0;
         // (room, session) pairs found from the rooms' side.
         let (mut held_joins, mut held_watches) = (0usize, 0usize);
         for (id, room) in &self.rooms {
-            if room.state.occupants.is_empty() && room.watchers.is_empty() {
+            if room.is_empty() {
                 return Err(format!("room {id:?} is empty but still stored"));
             }
-            if room.state.version > self.clock {
+            if &room.id != id {
+                return Err(format!("room {id:?} is stored under another id"));
+            }
+            if room.version > self.clock {
                 return Err(format!("room {id:?} has a version above the clock"));
             }
-            occupants += room.state.occupants.len();
+            room.line.check().map_err(|e| format!("room {id:?}: {e}"))?;
+            occupants += room.line.len();
             watches += room.watchers.len();
             let mut keys = std::collections::HashSet::new();
-            for occ in &room.state.occupants {
+            for occ in room.line.iter() {
                 if !keys.insert(&occ.key) {
                     return Err(format!("room {id:?} lists {:?} twice", occ.key));
                 }
@@ -775,83 +910,147 @@ impl Machine {
         }
     }
 
-    /// Removes one session from a room's line (the caller already removed the room from the
-    /// session's own list), emits the notices, forgets the room if it is now empty.
-    fn remove_from_line(&mut self, room_id: &RoomId, key: &OccupantKey, session: SessionId) {
+    /// Takes a session out of the session, token and timer maps (its rooms are the caller's).
+    fn forget_session(&mut self, session: SessionId) -> Option<SessionEntry> {
+        let entry = self.sessions.remove(&session)?;
+        self.tokens.remove(&entry.token);
+        if let Some(deadline) = entry.grace_until {
+            self.timers.remove(&(deadline, session));
+        }
+        Some(entry)
+    }
+
+    /// Takes sessions out of a room's line in one change (the caller already removed the room
+    /// from each session's own list, and each session stands in the line once), emits the
+    /// notices, forgets the room if it is now empty.
+    ///
+    /// One removal is O(1) at either end of the line and O(the places that moved) elsewhere; a
+    /// batch is one pass from the first emptied place to the back.
+    fn remove_members(&mut self, room_id: &RoomId, removals: &[(OccupantKey, SessionId)]) {
+        let k = self.config.presence_occupants;
         let version = self.tick();
         let Some(r) = self.rooms.get_mut(room_id) else {
             debug_assert!(false, "reverse index points at a missing room");
             return;
         };
-        let Some(pos) = r.state.position_of(key) else {
-            debug_assert!(false, "reverse index points at a room without the occupant");
-            return;
-        };
-        let n = r.state.occupants.len();
-        if r.state.occupants[pos].sessions.len() == 1 && (pos == 0 || pos == n - 1) {
-            // The occupant leaves from the front or the back: the new line is a slice of the old
-            // one, so the notices are computed before the change without copying anything.
-            let rest = if pos == 0 {
-                &r.state.occupants[1..]
+        let n_old = r.line.len();
+        let change = if let [(key, session)] = removals {
+            let Some(pos) = r.line.position(key) else {
+                debug_assert!(false, "reverse index points at a room without the occupant");
+                return;
+            };
+            let occ = r.line.get_mut(pos).expect("position is in line");
+            if occ.sessions.len() > 1 {
+                // Another tab of the occupant stays: nobody's view changes but the watchers'.
+                occ.sessions.retain(|s| s != session);
+                Change {
+                    version,
+                    ..Change::default()
+                }
             } else {
-                &r.state.occupants[..n - 1]
-            };
-            let new = RoomRef {
-                version,
-                occupants: rest,
-            };
-            room_notices(
-                room_id,
-                &r.state,
-                new,
-                &r.watchers,
-                self.config.presence_occupants,
-                &mut self.outbox,
-            );
-            r.state.occupants.remove(pos);
-            r.state.version = version;
-            self.occupants -= 1;
-            if r.state.occupants.is_empty() && r.watchers.is_empty() {
-                self.rooms.remove(room_id);
+                r.line.remove(pos);
+                self.occupants -= 1;
+                let n = n_old - 1;
+                Change {
+                    version,
+                    holder_changed: pos == 0,
+                    released: pos == 0 && n > 0,
+                    top_changed: pos < k,
+                    waiting_changed: n_old >= 2,
+                    moved: (pos, n),
+                    ..Change::default()
+                }
             }
-            return;
-        }
-        self.scratch.clone_from(&r.state);
-        let occ = &mut r.state.occupants[pos];
-        occ.sessions.retain(|&s| s != session);
-        if occ.sessions.is_empty() {
-            // O(this room's line); the notices are O(that) anyway.
-            r.state.occupants.remove(pos);
-            self.occupants -= 1;
-        }
-        r.state.version = version;
-        room_notices(
-            room_id,
-            &self.scratch,
-            &r.state,
+        } else {
+            // A batch: what the people who stay saw before, then every removal, then one pass.
+            let old_holder = r.line.front().map(|o| o.key.clone());
+            let old_top: Vec<Person> = r.line.top(k);
+            let mut first_emptied = usize::MAX;
+            for (key, session) in removals {
+                let Some(pos) = r.line.position(key) else {
+                    debug_assert!(false, "reverse index points at a room without the occupant");
+                    continue;
+                };
+                let occ = r.line.get_mut(pos).expect("position is in line");
+                occ.sessions.retain(|s| s != session);
+                if occ.sessions.is_empty() {
+                    first_emptied = first_emptied.min(pos);
+                }
+            }
+            if first_emptied != usize::MAX {
+                self.occupants -= r.line.drop_emptied(first_emptied);
+            }
+            let n = r.line.len();
+            let holder_changed = r.line.front().map(|o| &o.key) != old_holder.as_ref();
+            let top_changed = old_top.len() != n.min(k)
+                || old_top
+                    .iter()
+                    .zip(r.line.iter())
+                    .any(|(a, b)| a.id != b.key || !(a.meta.ptr_eq(&b.meta) || a.meta == b.meta));
+            Change {
+                version,
+                holder_changed,
+                released: holder_changed && old_holder.is_some() && n > 0,
+                top_changed,
+                waiting_changed: n_old.saturating_sub(1) != n.saturating_sub(1),
+                moved: (first_emptied.min(n), n),
+                ..Change::default()
+            }
+        };
+        r.version = version;
+        let sessions = &self.sessions;
+        change.emit(
+            &r.id,
+            &r.line,
             &r.watchers,
-            self.config.presence_occupants,
+            |w| is_member(sessions, &r.line, w),
+            k,
             &mut self.outbox,
         );
-        if r.state.occupants.is_empty() && r.watchers.is_empty() {
+        if r.is_empty() {
             // HashMap::remove: O(1), not a shift of every other room.
             self.rooms.remove(room_id);
         }
     }
 
-    fn remove_watcher(&mut self, room_id: &RoomId, session: SessionId) {
+    /// Removes watchers from a room (the caller already removed the room from their lists).
+    /// O(the room's watchers) for a batch; a single one is found by a scan.
+    fn remove_watchers(&mut self, room_id: &RoomId, sessions: &[SessionId]) {
         let Some(r) = self.rooms.get_mut(room_id) else {
             debug_assert!(false, "watch index points at a missing room");
             return;
         };
-        if let Some(i) = r.watchers.iter().position(|&w| w == session) {
-            r.watchers.swap_remove(i);
-            self.watches -= 1;
+        let before = r.watchers.len();
+        if let [one] = sessions {
+            if let Some(i) = r.watchers.iter().position(|w| w == one) {
+                r.watchers.swap_remove(i);
+            }
+        } else {
+            let mut gone: Vec<SessionId> = sessions.to_vec();
+            gone.sort_unstable();
+            r.watchers.retain(|w| gone.binary_search(w).is_err());
         }
-        if r.state.occupants.is_empty() && r.watchers.is_empty() {
+        self.watches -= before - r.watchers.len();
+        if r.is_empty() {
             self.rooms.remove(room_id);
         }
     }
+}
+
+/// True when watcher `w` also stands in `line` (it then gets its member presence, not a second
+/// place-less one). O(1).
+fn is_member(
+    sessions: &HashMap<SessionId, SessionEntry, IdHash>,
+    line: &Line,
+    w: SessionId,
+) -> bool {
+    let Some(entry) = sessions.get(&w) else {
+        return false;
+    };
+    let key = entry.key(w);
+    line.position(&key)
+        .and_then(|p| line.get(p))
+        .is_some_and(|o| o.sessions.contains(&w))
 }
 
 impl SessionEntry {
@@ -860,13 +1059,17 @@ impl SessionEntry {
     }
 }
 
-fn joined(room: &RoomId, state: &RoomState, position: u32) -> Joined {
+fn joined(room: &Room, position: u32) -> Joined {
     Joined {
-        room: room.clone(),
+        room: room.id.clone(),
         holding: position == 0,
         position,
-        version: state.version,
-        holder: state.occupants[0].person(),
+        version: room.version,
+        holder: room
+            .line
+            .front()
+            .map(OccupantState::person)
+            .expect("a member's room has a holder"),
     }
 }
 
@@ -932,7 +1135,12 @@ mod tests {
 
         let (mut m, s) = machine_with_one_member();
         let doc = RoomId::parse("doc", 256).unwrap();
-        m.rooms.get_mut(&doc).unwrap().state.occupants[0]
+        m.rooms
+            .get_mut(&doc)
+            .unwrap()
+            .line
+            .get_mut(0)
+            .unwrap()
             .sessions
             .push(s);
         assert_eq!(

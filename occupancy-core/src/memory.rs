@@ -153,7 +153,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn room(&self, room: &str) -> Result<Option<RoomState>, Error> {
-        Ok(self.lock().room(room).cloned())
+        Ok(self.lock().room(room))
     }
 
     async fn stats(&self) -> Result<Stats, Error> {

@@ -93,6 +93,20 @@ impl PresenceBody {
         Self::of_ref(state.into(), presence_occupants)
     }
 
+    /// The summary of a line the state machine keeps. O(k).
+    pub(crate) fn of_line(
+        version: u64,
+        line: &crate::line::Line,
+        presence_occupants: usize,
+    ) -> Self {
+        PresenceBody {
+            version,
+            holder: line.front().map(OccupantState::person),
+            waiting: line.len().saturating_sub(1) as u32,
+            occupants: line.top(presence_occupants),
+        }
+    }
+
     /// The summary of a borrowed room state.
     pub fn of_ref(state: RoomRef<'_>, presence_occupants: usize) -> Self {
         PresenceBody {

@@ -137,23 +137,24 @@ impl Model {
         }
     }
 
-    /// Closes the sessions whose grace ran out, in the machine's order (deadline, then id), and
-    /// returns the lines after each close: one expiry can hand a room to someone who expires next.
+    /// Closes the sessions whose grace ran out, all in one batch as the machine does (each room
+    /// changes once, from its line before to its line after), and returns the lines after it.
     fn expire(&mut self) -> Vec<Vec<Line>> {
-        let mut due: Vec<(u64, SessionId, usize)> = (0..SLOTS)
-            .filter_map(|slot| {
-                let s = self.slots[slot].as_ref()?;
-                let d = s.grace_until.filter(|&d| d <= self.now)?;
-                Some((d, s.id, slot))
+        let due: Vec<usize> = (0..SLOTS)
+            .filter(|&slot| {
+                self.slots[slot]
+                    .as_ref()
+                    .and_then(|s| s.grace_until)
+                    .is_some_and(|d| d <= self.now)
             })
             .collect();
-        due.sort();
-        due.into_iter()
-            .map(|(_, _, slot)| {
-                self.close(slot);
-                self.rooms.clone()
-            })
-            .collect()
+        if due.is_empty() {
+            return Vec::new();
+        }
+        for slot in due {
+            self.close(slot);
+        }
+        vec![self.rooms.clone()]
     }
 }
 

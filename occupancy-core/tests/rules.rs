@@ -583,7 +583,7 @@ fn snapshot(
     Option<occupancy_core::RoomState>,
     Option<occupancy_core::RoomState>,
 ) {
-    (m.stats(), m.room("r1").cloned(), m.room("r2").cloned())
+    (m.stats(), m.room("r1"), m.room("r2"))
 }
 
 #[test]
