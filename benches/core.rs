@@ -3,7 +3,14 @@
 //! article's server scans every room), and a hand-over in a room with 10 / 1k / 100k waiting
 //! (linear in the line: everyone's place moves and each waiting session is told).
 //!
-//! Run: `cargo bench --bench core` (add `-- --quick` for a fast pass).
+//! Crowded rooms (issue 12, DESIGN.md "Cost rules"): join+leave at the back of a line of 10 / 1k /
+//! 10k / 100k (must stay flat), a second tab joining an occupant at place 5,000, a take over in a
+//! line of 10k, and the grace of 1k / 10k dropped sessions of one room ending in one
+//! `handle_timeout` (one batch: linear in the sessions, each remaining member told once). The
+//! number of notices each produces is printed once beside the timings.
+//!
+//! Run: `cargo bench --bench core` (add `-- --quick` for a fast pass; a group by name:
+//! `cargo bench --bench core -- line`).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -85,6 +92,122 @@ fn join_leave(c: &mut Criterion) {
     g.finish();
 }
 
+fn user(m: &mut Machine, id: u64, principal: &str) -> SessionId {
+    let s = SessionId(id);
+    m.connect(s, Some(principal), Meta::empty(), ResumeToken(id as u128))
+        .unwrap();
+    s
+}
+
+/// A machine whose room "hot" has a line of `n` (sessions 0..n, anonymous).
+fn line_of(n: usize, grace: Duration) -> Machine {
+    let mut m = machine(grace);
+    for i in 0..n as u64 {
+        let s = connect(&mut m, i);
+        m.join(s, "hot", None).unwrap();
+    }
+    m.drain_notices().for_each(drop);
+    m
+}
+
+fn crowded(c: &mut Criterion) {
+    let mut g = c.benchmark_group("line");
+    for n in [10usize, 1_000, 10_000, 100_000] {
+        // One more session joins at the back and leaves again: the first k are told the count
+        // changed, nobody else (nobody's place moved).
+        let mut m = line_of(n, Duration::ZERO);
+        let s = connect(&mut m, 1 << 40);
+        let mut notices = 0;
+        g.bench_with_input(BenchmarkId::new("join+leave at the back", n), &n, |b, _| {
+            b.iter(|| {
+                m.join(s, black_box("hot"), None).unwrap();
+                m.leave(s, black_box("hot")).unwrap();
+                notices = m.drain_notices().count();
+            });
+        });
+        eprintln!("line of {n}: join+leave at the back makes {notices} notices");
+    }
+    {
+        // Users with one tab each; the user at place 5,000 opens a second tab (join) and closes
+        // it (leave): only that tab is told anything.
+        let mut m = machine(Duration::ZERO);
+        for i in 0..10_000u64 {
+            let s = user(&mut m, i, &format!("user-{i}"));
+            m.join(s, "hot", None).unwrap();
+        }
+        m.drain_notices().for_each(drop);
+        let tab = user(&mut m, 1 << 40, "user-5000");
+        let mut notices = 0;
+        g.bench_function(
+            "second tab at place 5,000 joins+leaves (line of 10k)",
+            |b| {
+                b.iter(|| {
+                    let j = m.join(tab, black_box("hot"), None).unwrap();
+                    debug_assert_eq!(j.position, 5_000);
+                    m.leave(tab, black_box("hot")).unwrap();
+                    notices = m.drain_notices().count();
+                });
+            },
+        );
+        eprintln!("second tab at place 5,000: {notices} notices per join+leave");
+    }
+    {
+        // The last in line takes the room over: everyone is told (the holder changed), the old
+        // holder is displaced. The line keeps its length.
+        let mut m = line_of(10_000, Duration::ZERO);
+        let mut notices = 0;
+        g.sample_size(30);
+        g.bench_function("take over from the back (line of 10k)", |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let last = m.room("hot").unwrap().occupants[9_999].sessions[0];
+                    let t = Instant::now();
+                    m.takeover(last, "hot").unwrap();
+                    notices = black_box(m.drain_notices().count());
+                    total += t.elapsed();
+                }
+                total
+            });
+        });
+        eprintln!("take over in a line of 10k: {notices} notices");
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("grace storm");
+    g.sample_size(10);
+    for n in [1_000usize, 10_000] {
+        // n sessions of one room drop (the holder and everyone but the last), then their grace
+        // ends in one handle_timeout. Timed: that call and its notices.
+        let grace = Duration::from_secs(5);
+        let mut notices = 0;
+        g.bench_with_input(
+            BenchmarkId::new("n dropped of n+1, grace ends in one handle_timeout", n),
+            &n,
+            |b, &n| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let mut m = line_of(n + 1, grace);
+                        let now = Instant::now();
+                        for i in 0..n as u64 {
+                            m.disconnect(SessionId(i), now).unwrap();
+                        }
+                        let t = Instant::now();
+                        let expired = m.handle_timeout(now + grace);
+                        notices = black_box(m.drain_notices().count());
+                        total += t.elapsed();
+                        assert_eq!(expired, n);
+                    }
+                    total
+                });
+            },
+        );
+        eprintln!("grace storm of {n}: {notices} notices");
+    }
+    g.finish();
+}
+
 fn disconnect(c: &mut Criterion) {
     let mut g = c.benchmark_group("disconnect holding 1 room, other rooms");
     g.sample_size(30);
@@ -125,7 +248,7 @@ fn disconnect(c: &mut Criterion) {
 fn handover(c: &mut Criterion) {
     let mut g = c.benchmark_group("hand-over, waiting");
     g.sample_size(20);
-    for waiting in [10usize, 1_000, 100_000] {
+    for waiting in [10usize, 1_000, 10_000, 100_000] {
         let mut m = machine(Duration::ZERO);
         let sessions: Vec<_> = (0..=waiting as u64).map(|i| connect(&mut m, i)).collect();
         for &s in &sessions {
@@ -153,5 +276,5 @@ fn handover(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, join_leave, disconnect, handover);
+criterion_group!(benches, join_leave, crowded, disconnect, handover);
 criterion_main!(benches);

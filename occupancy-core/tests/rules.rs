@@ -716,3 +716,109 @@ fn when_everyone_is_gone_and_the_grace_ran_out_nothing_is_left() {
     assert_eq!(w.m.poll_timeout(), None);
     w.m.check_invariants().unwrap();
 }
+
+// ----- crowded rooms (DESIGN.md "Cost rules") -------------------------------------------------
+
+/// The holder of a room with a long line leaves: the next in line hears `released` before the
+/// presence fan-out to everyone else (urgent first), and each waiter gets one presence with its
+/// new place.
+#[test]
+fn a_hand_over_in_a_long_line_is_told_first_then_each_waiter_once() {
+    let mut w = World::new();
+    let line: Vec<SessionId> = (1..=200).map(|i| w.anon(i)).collect();
+    for &s in &line {
+        w.m.join(s, DOC, None).unwrap();
+    }
+    w.notices();
+    w.m.leave(line[0], DOC).unwrap();
+    let notices = w.notices();
+    assert_eq!(notices[0].session, line[1]);
+    assert!(matches!(notices[0].kind, NoticeKind::Released { .. }));
+    assert_eq!(
+        notices.len(),
+        1 + 199,
+        "released + one presence per remaining member"
+    );
+    for (place, &s) in line[1..].iter().enumerate() {
+        let mine: Vec<_> = notices[1..].iter().filter(|n| n.session == s).collect();
+        assert_eq!(mine.len(), 1, "{s:?} is told once");
+        assert!(
+            matches!(&mine[0].kind, NoticeKind::Presence(p) if p.position == Some(place as u32)),
+            "{s:?} is told its new place {place}"
+        );
+    }
+}
+
+/// Three hundred of a room's 301 sessions drop and their grace ends at once (a network blip):
+/// one `handle_timeout` removes them together, and the one who stays hears `released` and its
+/// place once — not once per departure (which was 300 hand-overs and ~45,000 presences).
+#[test]
+fn a_grace_storm_is_one_change_for_those_who_stay() {
+    let mut w = World::new();
+    let line: Vec<SessionId> = (1..=301).map(|i| w.anon(i)).collect();
+    let watcher = w.anon(1000);
+    for &s in &line {
+        w.m.join(s, DOC, None).unwrap();
+    }
+    w.m.watch(watcher, DOC).unwrap();
+    w.notices();
+    let version = w.m.room_version(DOC).unwrap();
+    let now = w.now;
+    assert_eq!(w.m.disconnect_many(&line[..300], now), 300);
+    assert!(w.notices().is_empty(), "in grace: nothing changes yet");
+    assert_eq!(w.m.handle_timeout(now + Config::default().grace), 300);
+    let notices = w.notices();
+    let kinds: Vec<_> = notices.iter().map(|n| (n.session, &n.kind)).collect();
+    assert!(matches!(kinds[0], (s, NoticeKind::Released { .. }) if s == line[300]));
+    assert!(
+        matches!(kinds[1], (s, NoticeKind::Presence(p)) if s == line[300] && p.position == Some(0))
+    );
+    assert!(
+        matches!(kinds[2], (s, NoticeKind::Presence(p)) if s == watcher && p.position.is_none())
+    );
+    assert_eq!(notices.len(), 3);
+    assert_eq!(
+        w.m.room_version(DOC),
+        Some(version + 1),
+        "one change, one version"
+    );
+    assert_eq!(w.m.position(line[300], DOC), Some(0));
+    assert_eq!(w.m.stats().occupants, 1);
+    w.m.check_invariants().unwrap();
+}
+
+/// `close_many` with sessions standing in several rooms, some of them twice in a batch (tabs of
+/// one user), unknown sessions and duplicates: each touched room changes once, the rest are
+/// skipped.
+#[test]
+fn close_many_merges_per_room_and_skips_unknown_sessions() {
+    let mut w = World::new();
+    let ann1 = w.user(1, "ann");
+    let ann2 = w.user(2, "ann");
+    let bob = w.user(3, "bob");
+    let cid = w.user(4, "cid");
+    for s in [ann1, ann2, bob, cid] {
+        w.m.join(s, DOC, None).unwrap();
+        w.m.join(s, "other", None).unwrap();
+    }
+    w.notices();
+    assert_eq!(
+        w.m.close_many(&[ann1, SessionId(99), ann2, bob, ann1]),
+        3,
+        "unknown and duplicate sessions are skipped"
+    );
+    let notices = w.notices();
+    for room in [DOC, "other"] {
+        let cids: Vec<_> = notices
+            .iter()
+            .filter(|n| n.room.as_str() == room)
+            .map(|n| &n.kind)
+            .collect();
+        assert!(
+            matches!(cids[..], [NoticeKind::Released { .. }, NoticeKind::Presence(p)] if p.position == Some(0)),
+            "{room}: {cids:?}"
+        );
+    }
+    assert_eq!(w.m.stats().sessions, 1);
+    w.m.check_invariants().unwrap();
+}
