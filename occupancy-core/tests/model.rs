@@ -10,6 +10,13 @@
 //! taken over; every session whose place changed gets a presence with its new place; no notice
 //! goes to a session outside the room; versions strictly increase per room; the machine's internal
 //! invariants hold. At the end everyone disconnects, the grace runs out, and every map is empty.
+//!
+//! A second property runs the same checks on longer lines ([`LONG`]): 40 slots (slots 0..20 are
+//! users q0..q4, four tabs each; 20..40 anonymous), 3 rooms and up to 20 occupants per line — past
+//! the length where the machine starts indexing its lines — with `close_many` and
+//! `disconnect_many` of random slot lists (duplicates and empty slots included) and storms: many
+//! sessions disconnect, then one big advance ends all their graces in a single `handle_timeout`
+//! (one batch: each room goes from its line before to its line after in one change).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -19,18 +26,44 @@ use occupancy_core::{
 };
 use proptest::prelude::*;
 
-const ROOMS: usize = 6;
-const SLOTS: usize = 10;
 const GRACE: u64 = 5;
-const MAX_ROOMS: usize = 3;
-const MAX_OCCUPANTS: usize = 5;
+
+/// The shape of one property: how many rooms and session slots, the limits, who is who.
+#[derive(Debug, Clone, Copy)]
+struct Params {
+    rooms: usize,
+    slots: usize,
+    max_rooms: usize,
+    max_occupants: usize,
+    /// The principal of a slot (`None`: anonymous).
+    principal: fn(usize) -> Option<&'static str>,
+}
+
+/// Small rooms and tight limits: 6 rooms, 10 slots, 3 principals.
+const SMALL: Params = Params {
+    rooms: 6,
+    slots: 10,
+    max_rooms: 3,
+    max_occupants: 5,
+    principal: |slot| ["p0", "p1", "p2", "p0", "p1", "p2"].get(slot).copied(),
+};
+
+/// Long lines: 3 rooms, 40 slots, 5 principals with four tabs each, 20 occupants per room.
+const LONG: Params = Params {
+    rooms: 3,
+    slots: 40,
+    max_rooms: 3,
+    max_occupants: 20,
+    principal: |slot| {
+        ["q0", "q1", "q2", "q3", "q4"]
+            .get(slot % 5)
+            .copied()
+            .filter(|_| slot < 20)
+    },
+};
 
 fn room_name(r: usize) -> String {
     format!("room-{r}")
-}
-
-fn principal(slot: usize) -> Option<&'static str> {
-    ["p0", "p1", "p2", "p0", "p1", "p2"].get(slot).copied()
 }
 
 #[derive(Debug, Clone)]
@@ -47,11 +80,15 @@ enum Op {
     /// Resume with a token that was already used.
     ResumeStale(usize),
     Advance(u64),
+    /// `disconnect_many` of these slots' sessions (an empty slot gives an unknown id).
+    DisconnectMany(Vec<usize>),
+    /// `close_many` of these slots' sessions.
+    CloseMany(Vec<usize>),
 }
 
-fn op() -> impl Strategy<Value = Op> {
-    let s = 0..SLOTS;
-    let r = 0..ROOMS;
+fn op(p: Params) -> impl Strategy<Value = Op> {
+    let s = 0..p.slots;
+    let r = 0..p.rooms;
     prop_oneof![
         3 => s.clone().prop_map(Op::Connect),
         6 => (s.clone(), r.clone()).prop_map(|(s, r)| Op::Join(s, r)),
@@ -65,6 +102,38 @@ fn op() -> impl Strategy<Value = Op> {
         1 => s.clone().prop_map(Op::ResumeStale),
         2 => (0..=GRACE + 2).prop_map(Op::Advance),
     ]
+}
+
+/// The ops of the long-line property: [`op`] with more joins, the batch calls, and storms.
+fn long_ops() -> impl Strategy<Value = Vec<Op>> {
+    let p = LONG;
+    let slots = move || proptest::collection::vec(0..p.slots, 1..30);
+    let chunk = prop_oneof![
+        12 => op(p).prop_map(|o| vec![o]),
+        4 => (0..p.slots, 0..p.rooms).prop_map(|(s, r)| vec![Op::Join(s, r)]),
+        1 => slots().prop_map(|v| vec![Op::CloseMany(v)]),
+        1 => slots().prop_map(|v| vec![Op::DisconnectMany(v)]),
+        // A storm: many disconnect one by one (or in one call), one advance ends their graces.
+        2 => (slots(), any::<bool>(), 0..=2u64).prop_map(|(v, many, extra)| {
+            let mut ops = if many {
+                vec![Op::DisconnectMany(v)]
+            } else {
+                v.into_iter().map(Op::Disconnect).collect()
+            };
+            ops.push(Op::Advance(GRACE + extra));
+            ops
+        }),
+    ];
+    // Fill the lines first, then anything.
+    let fill = proptest::collection::vec((0..p.slots, 0..p.rooms), 60..150).prop_map(|v| {
+        v.into_iter()
+            .map(|(s, r)| Op::Join(s, r))
+            .collect::<Vec<_>>()
+    });
+    (fill, proptest::collection::vec(chunk, 1..60)).prop_map(|(mut ops, chunks)| {
+        ops.extend(chunks.into_iter().flatten());
+        ops
+    })
 }
 
 // ----- the naive model ----------------------------------------------------------------------------
@@ -83,8 +152,9 @@ struct MSession {
 type Line = Vec<(OccupantKey, Vec<SessionId>)>;
 
 /// `rooms[r]` is room r's line.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct Model {
+    p: Params,
     now: u64,
     slots: Vec<Option<MSession>>,
     rooms: Vec<Line>,
@@ -92,17 +162,18 @@ struct Model {
 }
 
 impl Model {
-    fn new() -> Self {
+    fn new(p: Params) -> Self {
         Model {
+            p,
             now: 0,
-            slots: vec![None; SLOTS],
-            rooms: vec![Vec::new(); ROOMS],
-            watchers: vec![Vec::new(); ROOMS],
+            slots: vec![None; p.slots],
+            rooms: vec![Vec::new(); p.rooms],
+            watchers: vec![Vec::new(); p.rooms],
         }
     }
 
-    fn key(slot: usize, id: SessionId) -> OccupantKey {
-        match principal(slot) {
+    fn key(&self, slot: usize, id: SessionId) -> OccupantKey {
+        match (self.p.principal)(slot) {
             Some(p) => OccupantKey::User(p.into()),
             None => OccupantKey::Anonymous(id),
         }
@@ -140,7 +211,7 @@ impl Model {
     /// Closes the sessions whose grace ran out, all in one batch as the machine does (each room
     /// changes once, from its line before to its line after), and returns the lines after it.
     fn expire(&mut self) -> Vec<Vec<Line>> {
-        let due: Vec<usize> = (0..SLOTS)
+        let due: Vec<usize> = (0..self.p.slots)
             .filter(|&slot| {
                 self.slots[slot]
                     .as_ref()
@@ -161,6 +232,7 @@ impl Model {
 // ----- the harness --------------------------------------------------------------------------------
 
 struct Harness {
+    p: Params,
     m: Machine,
     model: Model,
     t0: Instant,
@@ -179,11 +251,11 @@ enum Outcome {
 }
 
 impl Harness {
-    fn new() -> Self {
+    fn new(p: Params) -> Self {
         let config = Config {
             limits: Limits {
-                max_rooms_per_session: MAX_ROOMS,
-                max_occupants_per_room: MAX_OCCUPANTS,
+                max_rooms_per_session: p.max_rooms,
+                max_occupants_per_room: p.max_occupants,
                 ..Limits::default()
             },
             grace: Duration::from_secs(GRACE),
@@ -191,8 +263,9 @@ impl Harness {
             ..Config::default()
         };
         Harness {
+            p,
             m: Machine::new(config).unwrap(),
-            model: Model::new(),
+            model: Model::new(p),
             t0: Instant::now(),
             next_id: 1,
             next_token: 1,
@@ -225,6 +298,7 @@ impl Harness {
             | Op::Close(s) => self.id_of(s),
             _ => SessionId(0),
         };
+        let (max_rooms, max_occupants) = (self.p.max_rooms, self.p.max_occupants);
         let md = &mut self.model;
         match *op {
             Op::Connect(slot) => {
@@ -235,9 +309,12 @@ impl Harness {
                 self.next_id += 1;
                 self.next_token += 1;
                 let token = self.next_token;
-                let got = self
-                    .m
-                    .connect(id, principal(slot), Meta::empty(), ResumeToken(token));
+                let got = self.m.connect(
+                    id,
+                    (self.p.principal)(slot),
+                    Meta::empty(),
+                    ResumeToken(token),
+                );
                 md.slots[slot] = Some(MSession {
                     id,
                     token,
@@ -256,19 +333,19 @@ impl Harness {
                 let want = match md.live(slot) {
                     None => Outcome::Err(Error::UnknownSession),
                     Some(_) if md.position(r, id).is_some() => Outcome::Ok(md.position(r, id)),
-                    Some(s) if s.joined.len() + s.watching.len() >= MAX_ROOMS => {
-                        Outcome::Err(Error::TooManyRooms { limit: MAX_ROOMS })
+                    Some(s) if s.joined.len() + s.watching.len() >= max_rooms => {
+                        Outcome::Err(Error::TooManyRooms { limit: max_rooms })
                     }
                     Some(_) => {
-                        let key = Model::key(slot, id);
+                        let key = md.key(slot, id);
                         let line = &mut md.rooms[r];
                         if let Some(pos) = line.iter().position(|(k, _)| *k == key) {
                             line[pos].1.push(id);
                             md.slots[slot].as_mut().unwrap().joined.push(r);
                             Outcome::Ok(Some(pos))
-                        } else if line.len() >= MAX_OCCUPANTS {
+                        } else if line.len() >= max_occupants {
                             Outcome::Err(Error::RoomFull {
-                                limit: MAX_OCCUPANTS,
+                                limit: max_occupants,
                             })
                         } else {
                             line.push((key, vec![id]));
@@ -320,8 +397,8 @@ impl Harness {
                 let want = match md.live(slot) {
                     None => Outcome::Err(Error::UnknownSession),
                     Some(s) if s.watching.contains(&r) => Outcome::Ok(None),
-                    Some(s) if s.joined.len() + s.watching.len() >= MAX_ROOMS => {
-                        Outcome::Err(Error::TooManyRooms { limit: MAX_ROOMS })
+                    Some(s) if s.joined.len() + s.watching.len() >= max_rooms => {
+                        Outcome::Err(Error::TooManyRooms { limit: max_rooms })
                     }
                     Some(_) => {
                         md.slots[slot].as_mut().unwrap().watching.push(r);
@@ -405,6 +482,34 @@ impl Harness {
                     .map(|_| None);
                 (to_outcome(got), Outcome::Err(Error::ResumeInvalid))
             }
+            Op::DisconnectMany(ref slots) => {
+                let ids: Vec<SessionId> = slots.iter().map(|&s| self.id_of(s)).collect();
+                let got = self.m.disconnect_many(&ids, now);
+                let md = &mut self.model;
+                let mut want = 0;
+                for slot in distinct(slots) {
+                    if let Some(s) = md.slots[slot].as_mut()
+                        && s.grace_until.is_none()
+                    {
+                        s.grace_until = Some(md.now + GRACE);
+                        want += 1;
+                    }
+                }
+                (Outcome::Ok(Some(got)), Outcome::Ok(Some(want)))
+            }
+            Op::CloseMany(ref slots) => {
+                let ids: Vec<SessionId> = slots.iter().map(|&s| self.id_of(s)).collect();
+                let got = self.m.close_many(&ids);
+                let md = &mut self.model;
+                let mut want = 0;
+                for slot in distinct(slots) {
+                    if md.slots[slot].is_some() {
+                        md.close(slot);
+                        want += 1;
+                    }
+                }
+                (Outcome::Ok(Some(got)), Outcome::Ok(Some(want)))
+            }
             Op::Advance(secs) => {
                 md.now += secs;
                 self.trace = md.expire();
@@ -417,7 +522,7 @@ impl Harness {
 
     /// The room lines of the machine, in the model's shape.
     fn lines(&self) -> Vec<Line> {
-        (0..ROOMS)
+        (0..self.p.rooms)
             .map(|r| {
                 self.m
                     .room(&room_name(r))
@@ -497,7 +602,7 @@ impl Harness {
         for (r, v) in step_versions {
             self.last_version.insert(room_name(r), v);
         }
-        for r in 0..ROOMS {
+        for r in 0..self.p.rooms {
             if let Some(state) = self.m.room(&room_name(r)) {
                 let last = self.last_version.entry(room_name(r)).or_insert(0);
                 prop_assert!(state.version >= *last);
@@ -565,7 +670,7 @@ impl Harness {
     }
 
     fn finish(&mut self) -> Result<(), TestCaseError> {
-        for slot in 0..SLOTS {
+        for slot in 0..self.p.slots {
             if self.model.slots[slot].is_some() {
                 self.step(&Op::Disconnect(slot))?;
             }
@@ -576,6 +681,17 @@ impl Harness {
         self.m.check_invariants().map_err(TestCaseError::fail)?;
         Ok(())
     }
+}
+
+/// Each slot once, in order of first appearance.
+fn distinct(slots: &[usize]) -> Vec<usize> {
+    let mut seen = Vec::new();
+    for &s in slots {
+        if !seen.contains(&s) {
+            seen.push(s);
+        }
+    }
+    seen
 }
 
 fn to_outcome(r: Result<Option<usize>, Error>) -> Outcome {
@@ -596,15 +712,29 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
-    fn machine_agrees_with_the_naive_model(ops in proptest::collection::vec(op(), 1..80)) {
-        let mut h = Harness::new();
-        // Start with everyone connected, so that most ops do something.
-        for slot in 0..SLOTS {
-            h.step(&Op::Connect(slot))?;
-        }
-        for op in &ops {
-            h.step(op)?;
-        }
-        h.finish()?;
+    fn machine_agrees_with_the_naive_model(ops in proptest::collection::vec(op(SMALL), 1..80)) {
+        run(SMALL, &ops)?;
     }
+}
+
+proptest! {
+    // An eighth of the cases: each one runs about three times as many ops on four times the slots.
+    #![proptest_config(ProptestConfig { cases: (cases() / 8).max(1), ..ProptestConfig::default() })]
+
+    #[test]
+    fn machine_agrees_with_the_naive_model_on_long_lines(ops in long_ops()) {
+        run(LONG, &ops)?;
+    }
+}
+
+fn run(p: Params, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut h = Harness::new(p);
+    // Start with everyone connected, so that most ops do something.
+    for slot in 0..p.slots {
+        h.step(&Op::Connect(slot))?;
+    }
+    for op in ops {
+        h.step(op)?;
+    }
+    h.finish()
 }
