@@ -6,8 +6,9 @@
 //!
 //! - [`Machine`]: the room-queue state machine. Pure: no I/O, no clock, no locks. Every rule lives
 //!   here.
-//! - [`room_notices`]: the one pure function turning a room's (old, new) state into notices, used
-//!   by every backend.
+//! - [`room_notices`]: the rules of who is told what, as one pure function of a room's (old, new)
+//!   state: the reference the machine's per-edit notices are tested against, and what the Redis
+//!   backend uses for states arriving from other nodes.
 //! - [`Hub`]: the tokio runtime: sessions with bounded notice streams, grace timers,
 //!   authorization, slow-consumer handling.
 //! - [`Backend`]: the seam between the Hub and where the state lives; [`MemoryBackend`] keeps it

@@ -154,8 +154,9 @@ struct Removals {
 pub struct Machine {
     config: Config,
     sessions: HashMap<SessionId, SessionEntry, IdHash>,
-    /// Room ids come from clients: keep the default keyed hasher (no hash flooding).
-    rooms: HashMap<RoomId, Room>,
+    /// Room ids come from clients: a keyed hasher (foldhash, seeded at random per process), never
+    /// an unkeyed one, so nobody can choose ids that collide.
+    rooms: HashMap<RoomId, Room, foldhash::fast::RandomState>,
     tokens: HashMap<ResumeToken, SessionId, IdHash>,
     /// Grace deadlines, earliest first. Exact removal on resume keeps it small.
     timers: BTreeSet<(Instant, SessionId)>,
@@ -183,7 +184,7 @@ impl Machine {
         Ok(Machine {
             config,
             sessions: HashMap::default(),
-            rooms: HashMap::new(),
+            rooms: HashMap::default(),
             tokens: HashMap::default(),
             timers: BTreeSet::new(),
             clock: 0,
@@ -297,7 +298,7 @@ impl Machine {
         if let [one] = sessions {
             return usize::from(self.close(*one).is_ok());
         }
-        let mut per_room: HashMap<RoomId, Removals> = HashMap::new();
+        let mut per_room: HashMap<RoomId, Removals, foldhash::fast::RandomState> = HashMap::default();
         let mut n = 0;
         for &session in sessions {
             let Some(entry) = self.forget_session(session) else {

@@ -1,7 +1,8 @@
-//! Notices — what a session is told when a room changes — and [`room_notices`], the one pure
-//! function that computes them from a room's old and new state. Every backend uses it: the memory
-//! backend right after a transition, the Redis backend when a room's new state arrives over
-//! pub/sub. Because it only looks at states, a lost or late state is healed by the next one.
+//! Notices — what a session is told when a room changes — and [`room_notices`], the pure function
+//! that states the rules by comparing a room's old and new state. It is the reference: the state
+//! machine describes each edit it makes instead of diffing rooms (O(change), see `change.rs`) and
+//! the property tests hold it to this function; the Redis backend uses it when a room's new state
+//! arrives over pub/sub (it only looks at states, so a lost or late state is healed by the next).
 
 use std::collections::HashMap;
 use std::sync::Arc;
