@@ -50,6 +50,7 @@ mod memory;
 mod notice;
 pub mod protocol;
 mod queue;
+mod relay;
 mod state;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -298,7 +298,8 @@ impl Machine {
         if let [one] = sessions {
             return usize::from(self.close(*one).is_ok());
         }
-        let mut per_room: HashMap<RoomId, Removals, foldhash::fast::RandomState> = HashMap::default();
+        let mut per_room: HashMap<RoomId, Removals, foldhash::fast::RandomState> =
+            HashMap::default();
         let mut n = 0;
         for &session in sessions {
             let Some(entry) = self.forget_session(session) else {

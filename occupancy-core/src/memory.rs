@@ -1,7 +1,9 @@
 //! [`MemoryBackend`]: the [`Backend`] that keeps every room in this process — the
-//! [`Machine`] behind a `std::sync::Mutex`, never held across an `.await`. Notices are delivered
-//! to the Hub while the lock is held, so each room's notices reach every session in version order
-//! however many tasks call at once.
+//! [`Machine`] behind a `std::sync::Mutex`, never held across an `.await`, and held only for the
+//! state change: the change's notices are queued in the relay (`relay.rs`) under the lock, in
+//! state order, and delivered to the Hub after it is released. Each room's notices still reach
+//! every session in version order however many tasks call at once, and a crowded room's fan-out
+//! no longer holds up every other room.
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
@@ -14,6 +16,7 @@ use crate::error::Error;
 use crate::ids::{Meta, ResumeToken, SessionId};
 use crate::machine::{Joined, Left, Machine, Resumed, Stats};
 use crate::notice::PresenceBody;
+use crate::relay::{Relay, Touched};
 use crate::state::RoomState;
 
 /// The in-memory [`Backend`] (the default of [`Hub::builder`](crate::Hub::builder)).
@@ -30,6 +33,7 @@ pub struct MemoryBackend {
 struct Inner {
     machine: Mutex<Machine>,
     sink: OnceLock<Arc<dyn NoticeSink>>,
+    relay: Arc<Relay>,
 }
 
 impl std::fmt::Debug for MemoryBackend {
@@ -60,18 +64,26 @@ impl MemoryBackend {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `f` on the machine and delivers the notices it produced, all under the lock.
-    fn run<R>(&self, f: impl FnOnce(&mut Machine) -> R) -> R {
-        let mut m = self.lock();
-        let r = f(&mut m);
-        m.run_enabled_checks();
-        if m.has_notices() {
-            match self.inner.sink.get() {
-                Some(sink) => sink.deliver(&mut m.drain_notices()),
-                None => {
-                    m.drain_notices();
+    /// Runs `f` on the machine under the lock, queues the notices it produced in the relay
+    /// (still under the lock, so in state order), then delivers them after releasing it.
+    async fn run<R>(&self, f: impl FnOnce(&mut Machine) -> R) -> R {
+        let mut touched = Touched::default();
+        let r = {
+            let mut m = self.lock();
+            let r = f(&mut m);
+            m.run_enabled_checks();
+            if m.has_notices() {
+                match self.inner.sink.get() {
+                    Some(_) => self.inner.relay.queue(m.drain_notices(), &mut touched),
+                    None => m.drain_notices().for_each(drop),
                 }
             }
+            r
+        };
+        if !touched.is_empty()
+            && let Some(sink) = self.inner.sink.get()
+        {
+            self.inner.relay.deliver(touched, sink).await;
         }
         r
     }
@@ -108,14 +120,15 @@ impl Backend for MemoryBackend {
         token: ResumeToken,
     ) -> Result<(), Error> {
         self.run(|m| m.connect(session, principal, meta, token))
+            .await
     }
 
     async fn disconnect(&self, session: SessionId, now: Instant) -> Result<(), Error> {
-        self.run(|m| m.disconnect(session, now))
+        self.run(|m| m.disconnect(session, now)).await
     }
 
     async fn close(&self, session: SessionId) -> Result<(), Error> {
-        self.run(|m| m.close(session))
+        self.run(|m| m.close(session)).await
     }
 
     async fn resume(
@@ -124,7 +137,7 @@ impl Backend for MemoryBackend {
         new_token: ResumeToken,
         now: Instant,
     ) -> Result<Resumed, Error> {
-        self.run(|m| m.resume(token, new_token, now))
+        self.run(|m| m.resume(token, new_token, now)).await
     }
 
     async fn join(
@@ -133,23 +146,23 @@ impl Backend for MemoryBackend {
         room: &str,
         meta: Option<Meta>,
     ) -> Result<Joined, Error> {
-        self.run(|m| m.join(session, room, meta))
+        self.run(|m| m.join(session, room, meta)).await
     }
 
     async fn leave(&self, session: SessionId, room: &str) -> Result<Left, Error> {
-        self.run(|m| m.leave(session, room))
+        self.run(|m| m.leave(session, room)).await
     }
 
     async fn takeover(&self, session: SessionId, room: &str) -> Result<Joined, Error> {
-        self.run(|m| m.takeover(session, room))
+        self.run(|m| m.takeover(session, room)).await
     }
 
     async fn watch(&self, session: SessionId, room: &str) -> Result<PresenceBody, Error> {
-        self.run(|m| m.watch(session, room))
+        self.run(|m| m.watch(session, room)).await
     }
 
     async fn unwatch(&self, session: SessionId, room: &str) -> Result<bool, Error> {
-        self.run(|m| m.unwatch(session, room))
+        self.run(|m| m.unwatch(session, room)).await
     }
 
     async fn room(&self, room: &str) -> Result<Option<RoomState>, Error> {
@@ -165,7 +178,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn handle_timeout(&self, now: Instant) -> Result<usize, Error> {
-        Ok(self.run(|m| m.handle_timeout(now)))
+        Ok(self.run(|m| m.handle_timeout(now)).await)
     }
 
     async fn check_invariants(&self) -> Result<(), String> {

@@ -1,0 +1,306 @@
+//! The hand-off between the state lock and delivery: notices leave the state machine while its
+//! lock is held (in the order the changes happened) and reach the sessions after it is released.
+//!
+//! Why: delivering under the state lock made every other room wait for a crowded room's fan-out
+//! (10,000 presences after a hand-over), and on one core the new holder's connection task could
+//! not even write its `released` until that fan-out was done (DESIGN.md "Cost rules": no delivery
+//! under a state lock, urgent first).
+//!
+//! How, with nothing but two standard locks per lane:
+//! - Rooms are spread over [`LANES`] lanes by a keyed hash of the room id. Under the state lock,
+//!   a change's notices are appended to their room's lane (a `std` mutex around a queue): each
+//!   lane's queue is therefore in state order, and each room's notices are in version order.
+//! - After the state lock is released, the caller takes the lane's delivery lock (a fair tokio
+//!   mutex) and delivers everything queued in the lane — its own notices and any queued before
+//!   them — in chunks of [`CHUNK`], yielding to the runtime between chunks. When it returns, its
+//!   notices have been delivered: either an earlier holder of the delivery lock delivered them,
+//!   or it did. Deliveries of one lane never overlap, so no session sees a room's versions out
+//!   of order.
+//! - Urgent first: the machine puts a change's `released` / `displaced` / `occupied` before its
+//!   presences, so they are in the first chunk; the yield after it lets the new holder's
+//!   connection task write `released` before the presence fan-out goes on (on a single core
+//!   too). Another room waits for this fan-out only if it shares the lane (1 in [`LANES`]).
+//! - A caller whose future is dropped while it holds work to deliver hands that work to a spawned
+//!   task, so a cancelled request never strands another session's `released`.
+
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::backend::NoticeSink;
+use crate::notice::Notice;
+
+/// How many lanes rooms are spread over.
+pub(crate) const LANES: usize = 1024;
+
+/// How many notices are delivered between two yields to the runtime.
+pub(crate) const CHUNK: usize = 256;
+
+#[derive(Default)]
+struct Lane {
+    queued: Mutex<VecDeque<Notice>>,
+    delivering: tokio::sync::Mutex<()>,
+}
+
+impl Lane {
+    fn queued(&self) -> MutexGuard<'_, VecDeque<Notice>> {
+        self.queued.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The lanes of one backend. See the module docs.
+pub(crate) struct Relay {
+    lanes: Box<[Lane]>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Relay {
+            lanes: (0..LANES).map(|_| Lane::default()).collect(),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+}
+
+/// The lanes a call queued notices in (what it must deliver after the state lock is released).
+/// Almost always one; a batch touching many rooms may fill several.
+#[derive(Debug, Default)]
+pub(crate) struct Touched(Vec<u16>);
+
+impl Touched {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Relay {
+    /// Queues notices in their rooms' lanes. Call while holding the state lock, with the
+    /// notices in the order the machine produced them.
+    pub(crate) fn queue(&self, notices: impl Iterator<Item = Notice>, touched: &mut Touched) {
+        // Consecutive notices are almost always of one room: hash and lock once per run.
+        let mut current: Option<(usize, MutexGuard<'_, VecDeque<Notice>>)> = None;
+        let mut last_room: Option<crate::ids::RoomId> = None;
+        for n in notices {
+            if last_room.as_ref() != Some(&n.room) {
+                let lane = self.lane_of(n.room.as_str());
+                if current.as_ref().map(|(l, _)| *l) != Some(lane) {
+                    drop(current.take());
+                    current = Some((lane, self.lanes[lane].queued()));
+                    if !touched.0.contains(&(lane as u16)) {
+                        touched.0.push(lane as u16);
+                    }
+                }
+                last_room = Some(n.room.clone());
+            }
+            if let Some((_, q)) = current.as_mut() {
+                q.push_back(n);
+            }
+        }
+    }
+
+    /// Delivers everything queued in the touched lanes (see the module docs). Returns once the
+    /// caller's own notices have reached the sink.
+    pub(crate) async fn deliver(self: &Arc<Self>, touched: Touched, sink: &Arc<dyn NoticeSink>) {
+        let mut guard = Pending {
+            relay: self.clone(),
+            sink: sink.clone(),
+            lanes: touched.0,
+        };
+        while let Some(&lane) = guard.lanes.last() {
+            self.deliver_lane(lane as usize, sink).await;
+            guard.lanes.pop();
+        }
+    }
+
+    async fn deliver_lane(&self, lane: usize, sink: &Arc<dyn NoticeSink>) {
+        let lane = &self.lanes[lane];
+        let _delivering = lane.delivering.lock().await;
+        let mut chunk = Vec::with_capacity(CHUNK);
+        loop {
+            let more = {
+                let mut q = lane.queued();
+                let n = q.len().min(CHUNK);
+                chunk.extend(q.drain(..n));
+                !q.is_empty()
+            };
+            if chunk.is_empty() {
+                return;
+            }
+            sink.deliver(&mut chunk.drain(..));
+            if more {
+                // Let the sessions just woken (the new holder first) write before the rest.
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
+    fn lane_of(&self, room: &str) -> usize {
+        (self.hasher.hash_one(room) as usize) % LANES
+    }
+
+    /// True when nothing is queued in any lane (for tests).
+    #[cfg(test)]
+    fn is_idle(&self) -> bool {
+        self.lanes.iter().all(|l| l.queued().is_empty())
+    }
+}
+
+/// Lanes a caller still has to deliver. Dropped before the end only when the caller's future is
+/// dropped mid-delivery: the rest is then delivered by a spawned task.
+struct Pending {
+    relay: Arc<Relay>,
+    sink: Arc<dyn NoticeSink>,
+    lanes: Vec<u16>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.lanes.is_empty() {
+            return;
+        }
+        let lanes = std::mem::take(&mut self.lanes);
+        let (relay, sink) = (self.relay.clone(), self.sink.clone());
+        // Without a runtime (it is shutting down) nobody is left to read the notices.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                for lane in lanes {
+                    relay.deliver_lane(lane as usize, &sink).await;
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{RoomId, SessionId};
+    use crate::notice::NoticeKind;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A sink that records what it got, per session, in order.
+    #[derive(Default)]
+    struct Record(Mutex<Vec<(SessionId, String, u64)>>, AtomicUsize);
+
+    impl NoticeSink for Record {
+        fn deliver(&self, notices: &mut dyn Iterator<Item = Notice>) {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            let mut got = self.0.lock().unwrap();
+            for n in notices {
+                got.push((n.session, n.room.to_string(), n.version()));
+            }
+        }
+        fn is_local(&self, _: SessionId) -> bool {
+            true
+        }
+        fn session_ended(&self, _: SessionId, _: Option<crate::Error>) {}
+    }
+
+    fn released(session: u64, room: &str, version: u64) -> Notice {
+        Notice {
+            session: SessionId(session),
+            room: RoomId::parse(room, 64).unwrap(),
+            kind: NoticeKind::Released { version },
+        }
+    }
+
+    /// Many tasks change rooms (each change queued under one "state lock", as the backend does)
+    /// and deliver concurrently: every session sees each room's versions in order, and every
+    /// notice arrives exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_deliver_each_room_in_version_order() {
+        let relay = Arc::new(Relay::default());
+        let record = Arc::new(Record::default());
+        let sink: Arc<dyn NoticeSink> = record.clone();
+        let state = Arc::new(Mutex::new(0u64)); // the "machine": a version clock
+        let mut tasks = Vec::new();
+        for t in 0..8u64 {
+            let (relay, sink, state) = (relay.clone(), sink.clone(), state.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..200u64 {
+                    let room = format!("room-{}", (t + i) % 5);
+                    let mut touched = Touched::default();
+                    {
+                        let mut clock = state.lock().unwrap();
+                        *clock += 1;
+                        // A fan-out of several chunks now and then, to the same 50 sessions.
+                        let n = if i % 50 == 0 { 3 * CHUNK as u64 } else { 3 };
+                        let v = *clock;
+                        relay.queue((0..n).map(|s| released(s % 50, &room, v)), &mut touched);
+                    }
+                    relay.deliver(touched, &sink).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert!(relay.is_idle());
+        let got = record.0.lock().unwrap();
+        let mut last = std::collections::HashMap::new();
+        for (s, room, v) in got.iter() {
+            let prev = last.insert((*s, room.clone()), *v).unwrap_or(0);
+            assert!(*v >= prev, "{s:?} in {room}: version {v} after {prev}");
+        }
+        let expected: u64 = (0..8u64)
+            .map(|_| {
+                (0..200u64)
+                    .map(|i| if i % 50 == 0 { 3 * CHUNK as u64 } else { 3 })
+                    .sum::<u64>()
+            })
+            .sum();
+        assert_eq!(got.len() as u64, expected, "each notice exactly once");
+    }
+
+    /// A caller dropped while it waits for a lane still gets its notices delivered.
+    #[tokio::test]
+    async fn a_cancelled_delivery_is_finished_by_a_spawned_task() {
+        let relay = Arc::new(Relay::default());
+        let record = Arc::new(Record::default());
+        let sink: Arc<dyn NoticeSink> = record.clone();
+        let mut touched = Touched::default();
+        relay.queue([released(1, "a", 1)].into_iter(), &mut touched);
+        let lane = relay.lane_of("a");
+        // Someone else is delivering that lane: our call must wait, and we give up.
+        let busy = relay.lanes[lane].delivering.lock().await;
+        let call = relay.deliver(touched, &sink);
+        let timed_out = tokio::time::timeout(std::time::Duration::from_millis(10), call).await;
+        assert!(timed_out.is_err());
+        assert!(record.0.lock().unwrap().is_empty());
+        drop(busy);
+        for _ in 0..100 {
+            if !record.0.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            record.0.lock().unwrap().len(),
+            1,
+            "the spawned task delivered it"
+        );
+        assert!(relay.is_idle());
+    }
+
+    /// A fan-out larger than a chunk is delivered in chunks (the first one holds the urgent
+    /// notices), yielding in between.
+    #[tokio::test]
+    async fn a_large_fan_out_goes_out_in_chunks() {
+        let relay = Arc::new(Relay::default());
+        let record = Arc::new(Record::default());
+        let sink: Arc<dyn NoticeSink> = record.clone();
+        let mut touched = Touched::default();
+        relay.queue(
+            (0..(2 * CHUNK as u64 + 1)).map(|s| released(s, "hot", 7)),
+            &mut touched,
+        );
+        relay.deliver(touched, &sink).await;
+        assert_eq!(record.1.load(Ordering::Relaxed), 3);
+        assert_eq!(
+            record.0.lock().unwrap()[0].0,
+            SessionId(0),
+            "in order: the first first"
+        );
+    }
+}
