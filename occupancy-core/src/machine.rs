@@ -424,6 +424,11 @@ impl Machine {
             _ => return Err(Error::UnknownSession),
         };
         let key = entry.key(session);
+        // Bad metadata is refused even when the join would change nothing (the session's own
+        // default was checked at connect).
+        if let Some(meta) = &meta {
+            meta.check(limits.max_meta_bytes)?;
+        }
 
         // Already in the line (this session, or another session of the same occupant)?
         let mut existing = self.rooms.get_mut(room);
@@ -440,7 +445,6 @@ impl Machine {
             occupant_pos = Some(pos);
         }
         let meta = meta.unwrap_or_else(|| entry.meta.clone());
-        meta.check(limits.max_meta_bytes)?;
         if entry.room_count() >= limits.max_rooms_per_session {
             return Err(Error::TooManyRooms {
                 limit: limits.max_rooms_per_session,

@@ -102,10 +102,14 @@ impl Relay {
     /// Delivers everything queued in the touched lanes (see the module docs). Returns once the
     /// caller's own notices have reached the sink.
     pub(crate) async fn deliver(self: &Arc<Self>, touched: Touched, sink: &Arc<dyn NoticeSink>) {
+        // Reversed, so that popping delivers the lanes in the order they were touched (a resume
+        // tells its rooms in join order).
+        let mut lanes = touched.0;
+        lanes.reverse();
         let mut guard = Pending {
             relay: self.clone(),
             sink: sink.clone(),
-            lanes: touched.0,
+            lanes,
         };
         while let Some(&lane) = guard.lanes.last() {
             self.deliver_lane(lane as usize, sink).await;

@@ -643,6 +643,14 @@ fn oversized_or_invalid_metadata_is_refused() {
     let a = w.anon(1);
     let before = snapshot(&w.m);
     assert!(matches!(
+        w.m.join(a, "r1", Some(big.clone())),
+        Err(Error::MetaTooLarge { limit: 32, .. })
+    ));
+    assert_eq!(snapshot(&w.m), before);
+    // Also when the join would change nothing (already in the room).
+    w.m.join(a, "r1", None).unwrap();
+    let before = snapshot(&w.m);
+    assert!(matches!(
         w.m.join(a, "r1", Some(big)),
         Err(Error::MetaTooLarge { limit: 32, .. })
     ));
