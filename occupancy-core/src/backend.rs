@@ -30,9 +30,12 @@ use crate::state::RoomState;
 ///   Hub's clock (`tokio::time::Instant::now().into_std()`, so paused-time tests work).
 /// - **Notices** go to the [`NoticeSink`] given in [`Backend::attach`], never through return
 ///   values. For each room, notices must be delivered in version order, and never concurrently
-///   with another delivery for the same room (the memory backend delivers while holding its lock,
-///   which gives both). The sink never blocks and never calls back into the backend, so calling
-///   it under a lock is fine.
+///   with another delivery for the same room (the memory backend queues notices per room under its
+///   lock and delivers them after releasing it, one delivery at a time per room, which gives
+///   both). A call should return after its own notices were delivered (the adapters write notices
+///   already queued before a request's reply). The sink never blocks and never calls back into
+///   the backend, so calling it under a lock is fine — but a long fan-out under a lock holds up
+///   every other room that lock guards.
 /// - **Timers**: [`Backend::poll_timeout`] / [`Backend::handle_timeout`] are driven by the Hub's
 ///   timer task, which also re-polls after every disconnect.
 /// - **Errors** that are not the caller's fault (a lost connection) are
@@ -145,7 +148,8 @@ pub trait Backend: Send + Sync + 'static {
 /// [`Backend::attach`].
 ///
 /// Calls never block and never call back into the backend: a backend may call them while holding
-/// its own lock (that is how the memory backend keeps each room's notices in version order).
+/// its own lock. (The memory backend does not: it queues a change's notices under its lock and
+/// delivers them after releasing it, one delivery at a time per room — see its module docs.)
 pub trait NoticeSink: Send + Sync + 'static {
     /// Delivers notices, in order. Notices for sessions that are not connected to this Hub (in
     /// grace, gone, or on another node) are dropped.
