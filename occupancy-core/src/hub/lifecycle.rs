@@ -168,3 +168,150 @@ pub(super) async fn timer_task(hub: Weak<HubInner>, wake: Arc<Notify>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Hub;
+    use crate::ids::Meta;
+    use crate::memory::MemoryBackend;
+
+    const GRACE: Duration = Duration::from_secs(5);
+
+    fn hub_on(backend: &MemoryBackend) -> Hub {
+        Hub::builder()
+            .backend(backend.clone())
+            .grace(GRACE)
+            .build()
+            .unwrap()
+    }
+
+    /// The connection the registry holds for `id`.
+    fn conn_of(hub: &Hub, id: SessionId) -> Arc<Conn> {
+        hub.inner.registry.lock().slots[&id].conn.clone()
+    }
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn disconnect_starts_the_grace_only_once() {
+        let backend = MemoryBackend::new();
+        let hub = hub_on(&backend);
+        let (a, _an) = hub.connect(None, Meta::empty()).await.unwrap();
+        let conn = conn_of(&hub, a.id());
+        let deadline = now() + GRACE;
+
+        hub.inner.disconnect(a.id(), &conn).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // Again, directly and through the handle: neither moves the deadline nor adds one.
+        hub.inner.disconnect(a.id(), &conn).await;
+        a.disconnect().await;
+
+        {
+            let st = hub.inner.registry.lock();
+            assert_eq!(
+                st.grace.iter().copied().collect::<Vec<_>>(),
+                [(deadline, a.id())]
+            );
+            let slot = &st.slots[&a.id()];
+            assert_eq!(slot.grace_until, Some(deadline));
+            assert!(slot.tx.is_none(), "no notices while in grace");
+        }
+        assert_eq!(backend.with_machine(|m| m.poll_timeout()), Some(deadline));
+        assert!(hub.inner.registry.take_cmds(false).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replaced_connection_cannot_close_kick_or_disconnect_the_session() {
+        let backend = MemoryBackend::new();
+        let hub = hub_on(&backend);
+        let (a, an) = hub.connect(None, Meta::empty()).await.unwrap();
+        a.join("doc", None).await.unwrap();
+        let old = conn_of(&hub, a.id());
+        let (a2, _a2n, _) = hub.resume(a.resume_token()).await.unwrap();
+        // A kick queued for the old connection before the resume, and the old handle's calls.
+        hub.inner.kick(a.id(), &old).await;
+        hub.inner.close(a.id(), &old).await;
+        hub.inner.disconnect(a.id(), &old).await;
+        // A connection the registry never held (still open, so only the slot check stops it).
+        let stray = Arc::new(Conn::default());
+        hub.inner.kick(a.id(), &stray).await;
+        hub.inner.close(a.id(), &stray).await;
+
+        assert_eq!(
+            an.close_reason(),
+            Some(Error::SessionReplaced),
+            "not overwritten"
+        );
+        assert!(a2.is_live());
+        let now_held = conn_of(&hub, a.id());
+        assert!(!Arc::ptr_eq(&now_held, &old) && !now_held.is_closed());
+        assert_eq!(hub.live_connections(), 1);
+        backend.with_machine(|m| {
+            assert!(m.is_live(a.id()));
+            assert_eq!(m.position(a.id(), "doc"), Some(0));
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_timer_forgets_slots_whose_grace_ended() {
+        let backend = MemoryBackend::new();
+        let hub = hub_on(&backend);
+        let (a, _an) = hub.connect(None, Meta::empty()).await.unwrap();
+        let (b, _bn) = hub.connect(None, Meta::empty()).await.unwrap();
+        let token = a.resume_token();
+        a.disconnect().await;
+
+        tokio::time::sleep(GRACE - Duration::from_millis(1)).await;
+        settle().await;
+        assert!(hub.inner.registry.lock().slots.contains_key(&a.id()));
+
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        settle().await;
+        let st = hub.inner.registry.lock();
+        assert!(!st.slots.contains_key(&a.id()));
+        assert!(!st.tokens.contains_key(&token));
+        assert!(st.grace.is_empty());
+        assert!(st.slots.contains_key(&b.id()), "a live session stays");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_runs_the_kicks_it_caused_and_leaves_disconnects_to_the_timer_task() {
+        let backend = MemoryBackend::new();
+        let hub = hub_on(&backend);
+        let (a, _an) = hub.connect(None, Meta::empty()).await.unwrap();
+        let (b, _bn) = hub.connect(None, Meta::empty()).await.unwrap();
+        let (a_id, b_id) = (a.id(), b.id());
+        a.join("doc", None).await.unwrap();
+        b.join("doc", None).await.unwrap();
+        let (a_conn, b_conn) = (conn_of(&hub, a_id), conn_of(&hub, b_id));
+
+        drop(b); // the last handle: queues b's disconnect
+        // a overflowed during some delivery, as Registry::deliver does it:
+        a_conn.close(Some(Error::SlowConsumer { capacity: 1 }));
+        hub.inner.registry.push_cmds([Cmd::Kick {
+            id: a_id,
+            conn: a_conn,
+        }]);
+        hub.inner.after_op().await;
+
+        assert!(
+            !backend.with_machine(|m| m.contains_session(a_id)),
+            "kicked"
+        );
+        assert!(!b_conn.is_closed(), "b's disconnect is still queued");
+        assert!(backend.with_machine(|m| m.is_live(b_id)));
+
+        settle().await; // the timer task
+        assert!(b_conn.is_closed());
+        assert!(hub.inner.registry.lock().slots[&b_id].grace_until.is_some());
+        backend.with_machine(|m| {
+            assert!(m.contains_session(b_id) && !m.is_live(b_id), "in grace");
+            assert_eq!(m.position(b_id, "doc"), Some(0), "released by the kick");
+        });
+    }
+}
