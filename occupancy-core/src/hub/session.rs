@@ -291,3 +291,143 @@ impl Notices {
         self.conn.reason()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::backend::NoticeSink;
+    use crate::hub::{AuthRequest, Hub};
+    use crate::memory::MemoryBackend;
+    use crate::notice::NoticeKind;
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn released(session: SessionId, version: u64) -> Notice {
+        Notice {
+            session,
+            room: RoomId::parse("doc", 64).unwrap(),
+            kind: NoticeKind::Released { version },
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_after_disconnect_fail_without_asking_the_hook_or_the_backend() {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = asked.clone();
+        let backend = MemoryBackend::new();
+        let hub = Hub::builder()
+            .backend(backend.clone())
+            .authorize(move |_: &AuthRequest<'_>| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            })
+            .build()
+            .unwrap();
+        let (a, _an) = hub.connect(None, Meta::empty()).await.unwrap();
+        a.join("doc", None).await.unwrap();
+        let other = a.clone();
+        a.disconnect().await;
+        let asked_before = asked.load(Ordering::Relaxed);
+
+        let unknown = Some(Error::UnknownSession);
+        assert_eq!(other.join("doc", None).await.err(), unknown);
+        assert_eq!(other.takeover("doc").await.err(), unknown);
+        assert_eq!(other.watch("w").await.err(), unknown);
+        assert_eq!(other.leave("doc").await.err(), unknown);
+        let req = Request::parse(r#"{"op":"leave","room":"doc","ref":"r1"}"#).unwrap();
+        assert_eq!(
+            other.execute(req.clone()).await,
+            Event::error(req.r#ref, &Error::UnknownSession)
+        );
+        assert_eq!(
+            asked.load(Ordering::Relaxed),
+            asked_before,
+            "the hook is not asked"
+        );
+        // The grace keeps the place: the refused leave did not reach the backend.
+        assert_eq!(backend.with_machine(|m| m.position(a.id(), "doc")), Some(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_last_clone_queues_a_disconnect() {
+        let backend = MemoryBackend::new();
+        let hub = Hub::builder().backend(backend.clone()).build().unwrap();
+        let (a, mut an) = hub.connect(None, Meta::empty()).await.unwrap();
+        let id = a.id();
+        let clone = a.clone();
+        drop(a);
+        settle().await;
+        assert!(clone.is_live(), "a clone is left");
+        assert_eq!(hub.live_connections(), 1);
+
+        drop(clone);
+        assert!(
+            hub.inner.registry.lock().slots[&id].tx.is_some(),
+            "not run inline"
+        );
+        let queued = hub.inner.registry.take_cmds(false);
+        assert!(
+            matches!(&queued[..], [Cmd::Disconnect { id: d, conn }] if *d == id && !conn.is_closed()),
+            "one disconnect, not run yet"
+        );
+        // Run it as the timer task would have.
+        hub.inner.registry.push_cmds(queued);
+        settle().await;
+        assert_eq!(hub.live_connections(), 0);
+        assert!(hub.inner.registry.lock().slots[&id].grace_until.is_some());
+        assert!(backend.with_machine(|m| m.contains_session(id) && !m.is_live(id)));
+        assert_eq!(an.recv().await.map(|n| n.version()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handle_dropped_after_a_disconnect_or_close_queues_nothing() {
+        let hub = Hub::new();
+        let (a, _an) = hub.connect(None, Meta::empty()).await.unwrap();
+        let (b, _bn) = hub.connect(None, Meta::empty()).await.unwrap();
+        a.disconnect().await;
+        b.close().await;
+        drop((a, b));
+        assert!(hub.inner.registry.take_cmds(false).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn notices_end_at_once_after_a_kick_with_notices_still_queued() {
+        let backend = MemoryBackend::new();
+        let hub = Hub::builder()
+            .backend(backend.clone())
+            .notice_buffer(1)
+            .build()
+            .unwrap();
+        let (a, mut an) = hub.connect(None, Meta::empty()).await.unwrap();
+        let (b, _bn) = hub.connect(None, Meta::empty()).await.unwrap();
+        // The backend overflows a's buffer of one.
+        hub.inner
+            .registry
+            .deliver(&mut [released(a.id(), 1), released(a.id(), 2)].into_iter());
+
+        assert!(!a.is_live());
+        assert_eq!(an.close_reason(), Some(Error::SlowConsumer { capacity: 1 }));
+        assert_eq!(
+            an.try_recv().map(|n| n.version()),
+            None,
+            "the queued one is not read"
+        );
+        let next = tokio::time::timeout(Duration::from_secs(1), an.recv()).await;
+        assert_eq!(
+            next.map(|n| n.map(|n| n.version())),
+            Ok(None),
+            "ends, does not hang"
+        );
+        assert_eq!(a.join("doc", None).await.err(), Some(Error::UnknownSession));
+        // The next call (of any session) runs the kick before it returns.
+        b.join("doc", None).await.unwrap();
+        assert!(!backend.with_machine(|m| m.contains_session(a.id())));
+    }
+}
