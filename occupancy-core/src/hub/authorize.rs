@@ -80,3 +80,100 @@ impl HubInner {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::config::Limits;
+    use crate::error::RoomIdError;
+    use crate::hub::Hub;
+
+    type Asked = Arc<Mutex<Vec<(Option<String>, String, Action)>>>;
+
+    /// A Hub whose hook records each question and refuses take overs by anyone but "admin".
+    fn hub_with_hook(max_room_id_len: usize) -> (Hub, Asked) {
+        let asked = Asked::default();
+        let log = asked.clone();
+        let hub = Hub::builder()
+            .limits(Limits {
+                max_room_id_len,
+                ..Limits::default()
+            })
+            .authorize(move |req: &AuthRequest<'_>| {
+                log.lock().unwrap().push((
+                    req.principal.map(str::to_string),
+                    req.room.to_string(),
+                    req.action,
+                ));
+                match req.action {
+                    Action::Takeover if req.principal != Some("admin") => {
+                        Err("only admins take over".into())
+                    }
+                    _ => Ok(()),
+                }
+            })
+            .build()
+            .unwrap();
+        (hub, asked)
+    }
+
+    #[tokio::test]
+    async fn a_closure_hook_refuses_with_forbidden_and_its_reason() {
+        let (hub, asked) = hub_with_hook(16);
+        let inner = &hub.inner;
+        assert_eq!(
+            inner.authorize(Some("bob"), "doc", Action::Takeover),
+            Err(Error::Forbidden {
+                reason: "only admins take over".into()
+            })
+        );
+        assert!(
+            inner.authorize(None, "doc", Action::Takeover).is_err(),
+            "anonymous is not admin"
+        );
+        assert_eq!(
+            inner.authorize(Some("admin"), "doc", Action::Takeover),
+            Ok(())
+        );
+        assert_eq!(inner.authorize(Some("bob"), "doc", Action::Watch), Ok(()));
+        assert_eq!(
+            asked.lock().unwrap().as_slice(),
+            [
+                (Some("bob".into()), "doc".into(), Action::Takeover),
+                (None, "doc".into(), Action::Takeover),
+                (Some("admin".into()), "doc".into(), Action::Takeover),
+                (Some("bob".into()), "doc".into(), Action::Watch),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_room_id_is_checked_before_the_hook_runs() {
+        let (hub, asked) = hub_with_hook(8);
+        let inner = &hub.inner;
+        // With the configured limit, not the default one; a room error wins over a refusal.
+        assert_eq!(
+            inner.authorize(Some("bob"), "document-1", Action::Takeover),
+            Err(Error::RoomInvalid(RoomIdError::TooLong { len: 10, max: 8 }))
+        );
+        assert_eq!(
+            inner.authorize(Some("bob"), "", Action::Join),
+            Err(Error::RoomInvalid(RoomIdError::Empty))
+        );
+        assert!(matches!(
+            inner.authorize(Some("bob"), "a\nb", Action::Watch),
+            Err(Error::RoomInvalid(RoomIdError::ControlCharacter { .. }))
+        ));
+        assert!(
+            asked.lock().unwrap().is_empty(),
+            "the hook saw no bad room id"
+        );
+        assert_eq!(
+            inner.authorize(Some("bob"), "document", Action::Join),
+            Ok(())
+        );
+        assert_eq!(asked.lock().unwrap().len(), 1);
+    }
+}
