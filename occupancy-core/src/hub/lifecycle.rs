@@ -1,0 +1,317 @@
+//! Connection lifecycle: disconnect (grace starts), close (no grace), slow-consumer kicks, the
+//! grace timers, and the timer task that runs them.
+//!
+//! Every change here takes the Hub's lifecycle lock, so a resume never races the disconnect of
+//! the connection it replaces. Work noticed where it cannot run (a dropped [`Session`] handle, an
+//! overflow during delivery) arrives as queued [`Cmd`]s: kicks are run before the call that caused
+//! them returns, disconnects by the timer task, so no caller waits for another session's.
+//!
+//! [`Session`]: super::Session
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+
+use crate::error::Error;
+use crate::ids::SessionId;
+
+use super::registry::{Cmd, Conn, Registry};
+use super::{HubInner, log_error, now};
+
+impl HubInner {
+    /// Closes the slow consumers this call overflowed (if any) before it returns, so that when a
+    /// call returns, the sessions it overflowed have left their rooms.
+    pub(super) async fn after_op(&self) {
+        if self.registry.kicks_pending() {
+            self.process_cmds(true).await;
+        }
+    }
+
+    async fn process_cmds(&self, kicks_only: bool) {
+        loop {
+            let cmds = self.registry.take_cmds(kicks_only);
+            if cmds.is_empty() {
+                return;
+            }
+            for cmd in cmds {
+                match cmd {
+                    Cmd::Disconnect { id, conn } => self.disconnect(id, &conn).await,
+                    Cmd::Kick { id, conn } => self.kick(id, &conn).await,
+                }
+            }
+        }
+    }
+
+    pub(super) async fn disconnect(&self, id: SessionId, conn: &Arc<Conn>) {
+        let _lifecycle = self.lifecycle.lock().await;
+        if !conn.close(None) {
+            return;
+        }
+        let now = now();
+        let deadline = (!self.config.grace.is_zero()).then(|| now + self.config.grace);
+        {
+            let mut st = self.registry.lock();
+            if !st
+                .slots
+                .get(&id)
+                .is_some_and(|s| Arc::ptr_eq(&s.conn, conn))
+            {
+                return;
+            }
+            match deadline {
+                Some(d) => {
+                    let slot = st.slots.get_mut(&id).expect("checked");
+                    slot.tx = None;
+                    slot.grace_until = Some(d);
+                    st.grace.insert((d, id));
+                }
+                None => {
+                    st.remove(id);
+                }
+            }
+        }
+        match self.backend.disconnect(id, now).await {
+            Ok(()) => debug!(session = %id, grace = ?self.config.grace, "disconnected"),
+            Err(e) => {
+                self.registry.lock().remove(id);
+                log_error("disconnect", id, "", &e);
+            }
+        }
+        // The grace deadline may be earlier than what the timer task sleeps for.
+        self.registry.wake.notify_one();
+    }
+
+    pub(super) async fn close(&self, id: SessionId, conn: &Arc<Conn>) {
+        let _lifecycle = self.lifecycle.lock().await;
+        if !conn.close(None) {
+            return;
+        }
+        if !self.registry.remove_if_conn(id, conn) {
+            return;
+        }
+        match self.backend.close(id).await {
+            Ok(()) | Err(Error::UnknownSession) => debug!(session = %id, "closed"),
+            Err(e) => log_error("close", id, "", &e),
+        }
+    }
+
+    async fn kick(&self, id: SessionId, conn: &Arc<Conn>) {
+        let _lifecycle = self.lifecycle.lock().await;
+        // A resume may have replaced the connection meanwhile: then the session stays.
+        if !self.registry.remove_if_conn(id, conn) {
+            return;
+        }
+        warn!(session = %id, capacity = self.registry.capacity, "closing a slow consumer: its notice buffer overflowed");
+        match self.backend.close(id).await {
+            Ok(()) | Err(Error::UnknownSession) => {}
+            Err(e) => log_error("close", id, "", &e),
+        }
+    }
+
+    /// Expires due graces; returns when the timer task should look again.
+    async fn run_timers(&self) -> Option<Instant> {
+        let next = |backend: Option<Instant>, reg: &Registry| {
+            let local = reg.lock().grace.first().map(|&(d, _)| d);
+            match (backend, local) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        };
+        let now = now();
+        let due = next(self.backend.poll_timeout().await, &self.registry);
+        if due.is_none_or(|t| t > now) {
+            return due;
+        }
+        {
+            let _lifecycle = self.lifecycle.lock().await;
+            match self.backend.handle_timeout(now).await {
+                Ok(0) => {}
+                Ok(n) => debug!(expired = n, "grace ended"),
+                Err(e) => {
+                    warn!(error = %e, "backend timers failed; retrying");
+                    return Some(now + Duration::from_millis(100));
+                }
+            }
+            let mut st = self.registry.lock();
+            while let Some(&(d, id)) = st.grace.first() {
+                if d > now {
+                    break;
+                }
+                st.remove(id);
+            }
+        }
+        let due = next(self.backend.poll_timeout().await, &self.registry);
+        // Never spin on a backend that keeps reporting a past deadline.
+        due.map(|t| t.max(now + Duration::from_millis(1)))
+    }
+}
+
+/// Runs queued work and the timers until the Hub is gone. It holds only a weak reference, so the
+/// Hub's last handle ends it.
+pub(super) async fn timer_task(hub: Weak<HubInner>, wake: Arc<Notify>) {
+    loop {
+        let due = {
+            let Some(hub) = hub.upgrade() else { return };
+            hub.process_cmds(false).await;
+            hub.run_timers().await
+        };
+        match due {
+            Some(t) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(t)) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Hub;
+    use crate::ids::Meta;
+    use crate::memory::MemoryBackend;
+
+    const GRACE: Duration = Duration::from_secs(5);
+
+    fn hub_on(backend: &MemoryBackend) -> Hub {
+        Hub::builder()
+            .backend(backend.clone())
+            .grace(GRACE)
+            .build()
+            .unwrap()
+    }
+
+    /// The connection the registry holds for `id`.
+    fn conn_of(hub: &Hub, id: SessionId) -> Arc<Conn> {
+        hub.inner.registry.lock().slots[&id].conn.clone()
+    }
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn disconnect_starts_the_grace_only_once() {
+        let backend = MemoryBackend::new();
+        let hub = hub_on(&backend);
+        let (a, _an) = hub.connect(None, Meta::empty()).await.unwrap();
+        let conn = conn_of(&hub, a.id());
+        let deadline = now() + GRACE;
+
+        hub.inner.disconnect(a.id(), &conn).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // Again, directly and through the handle: neither moves the deadline nor adds one.
+        hub.inner.disconnect(a.id(), &conn).await;
+        a.disconnect().await;
+
+        {
+            let st = hub.inner.registry.lock();
+            assert_eq!(
+                st.grace.iter().copied().collect::<Vec<_>>(),
+                [(deadline, a.id())]
+            );
+            let slot = &st.slots[&a.id()];
+            assert_eq!(slot.grace_until, Some(deadline));
+            assert!(slot.tx.is_none(), "no notices while in grace");
+        }
+        assert_eq!(backend.with_machine(|m| m.poll_timeout()), Some(deadline));
+        assert!(hub.inner.registry.take_cmds(false).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replaced_connection_cannot_close_kick_or_disconnect_the_session() {
+        let backend = MemoryBackend::new();
+        let hub = hub_on(&backend);
+        let (a, an) = hub.connect(None, Meta::empty()).await.unwrap();
+        a.join("doc", None).await.unwrap();
+        let old = conn_of(&hub, a.id());
+        let (a2, _a2n, _) = hub.resume(a.resume_token()).await.unwrap();
+        // A kick queued for the old connection before the resume, and the old handle's calls.
+        hub.inner.kick(a.id(), &old).await;
+        hub.inner.close(a.id(), &old).await;
+        hub.inner.disconnect(a.id(), &old).await;
+        // A connection the registry never held (still open, so only the slot check stops it).
+        let stray = Arc::new(Conn::default());
+        hub.inner.kick(a.id(), &stray).await;
+        hub.inner.close(a.id(), &stray).await;
+
+        assert_eq!(
+            an.close_reason(),
+            Some(Error::SessionReplaced),
+            "not overwritten"
+        );
+        assert!(a2.is_live());
+        let now_held = conn_of(&hub, a.id());
+        assert!(!Arc::ptr_eq(&now_held, &old) && !now_held.is_closed());
+        assert_eq!(hub.live_connections(), 1);
+        backend.with_machine(|m| {
+            assert!(m.is_live(a.id()));
+            assert_eq!(m.position(a.id(), "doc"), Some(0));
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_timer_forgets_slots_whose_grace_ended() {
+        let backend = MemoryBackend::new();
+        let hub = hub_on(&backend);
+        let (a, _an) = hub.connect(None, Meta::empty()).await.unwrap();
+        let (b, _bn) = hub.connect(None, Meta::empty()).await.unwrap();
+        let token = a.resume_token();
+        a.disconnect().await;
+
+        tokio::time::sleep(GRACE - Duration::from_millis(1)).await;
+        settle().await;
+        assert!(hub.inner.registry.lock().slots.contains_key(&a.id()));
+
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        settle().await;
+        let st = hub.inner.registry.lock();
+        assert!(!st.slots.contains_key(&a.id()));
+        assert!(!st.tokens.contains_key(&token));
+        assert!(st.grace.is_empty());
+        assert!(st.slots.contains_key(&b.id()), "a live session stays");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_runs_the_kicks_it_caused_and_leaves_disconnects_to_the_timer_task() {
+        let backend = MemoryBackend::new();
+        let hub = hub_on(&backend);
+        let (a, _an) = hub.connect(None, Meta::empty()).await.unwrap();
+        let (b, _bn) = hub.connect(None, Meta::empty()).await.unwrap();
+        let (a_id, b_id) = (a.id(), b.id());
+        a.join("doc", None).await.unwrap();
+        b.join("doc", None).await.unwrap();
+        let (a_conn, b_conn) = (conn_of(&hub, a_id), conn_of(&hub, b_id));
+
+        drop(b); // the last handle: queues b's disconnect
+        // a overflowed during some delivery, as Registry::deliver does it:
+        a_conn.close(Some(Error::SlowConsumer { capacity: 1 }));
+        hub.inner.registry.push_cmds([Cmd::Kick {
+            id: a_id,
+            conn: a_conn,
+        }]);
+        hub.inner.after_op().await;
+
+        assert!(
+            !backend.with_machine(|m| m.contains_session(a_id)),
+            "kicked"
+        );
+        assert!(!b_conn.is_closed(), "b's disconnect is still queued");
+        assert!(backend.with_machine(|m| m.is_live(b_id)));
+
+        settle().await; // the timer task
+        assert!(b_conn.is_closed());
+        assert!(hub.inner.registry.lock().slots[&b_id].grace_until.is_some());
+        backend.with_machine(|m| {
+            assert!(m.contains_session(b_id) && !m.is_live(b_id), "in grace");
+            assert_eq!(m.position(b_id, "doc"), Some(0), "released by the kick");
+        });
+    }
+}

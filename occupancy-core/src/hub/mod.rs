@@ -1,0 +1,498 @@
+//! The async runtime: [`Hub`] owns a [`Backend`], hands out [`Session`]s that each carry a bounded
+//! stream of [`Notices`], runs the grace timers and calls the authorization hook. It moves data;
+//! every decision is the state machine's.
+//!
+//! This file builds the Hub and runs connect and resume; the rest is split by what it guards:
+//! [`authorize`] (the application's policy), [`registry`] (the connections, and the sink the
+//! backend delivers through), [`lifecycle`] (disconnect, close, kicks, grace timers) and
+//! [`session`] (the handles the application holds).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tracing::{Instrument, debug, warn};
+
+use crate::backend::Backend;
+use crate::config::{Config, Limits};
+use crate::error::Error;
+use crate::ids::{Meta, Person, ResumeToken, SessionId};
+use crate::machine::{Resumed, Stats};
+use crate::memory::MemoryBackend;
+use crate::queue;
+use crate::state::RoomState;
+
+mod authorize;
+mod lifecycle;
+mod registry;
+mod session;
+
+pub use authorize::{Action, AuthRequest, Authorize};
+pub use session::{Notices, Session};
+
+use lifecycle::timer_task;
+use registry::{Conn, Registry, Slot};
+
+/// Default size of each session's notice buffer.
+pub const DEFAULT_NOTICE_BUFFER: usize = 256;
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+// ----- the hub --------------------------------------------------------------------------------
+
+struct HubInner {
+    config: Config,
+    backend: Arc<dyn Backend>,
+    registry: Arc<Registry>,
+    authorize: Option<Arc<dyn Authorize>>,
+    /// Serializes connection lifecycle changes (disconnect, close, resume, expiry, kicks).
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+impl Drop for HubInner {
+    fn drop(&mut self) {
+        // Let the timer task see that the Hub is gone and end.
+        self.registry.wake.notify_one();
+    }
+}
+
+/// The runtime: owns a [`Backend`], hands out [`Session`]s that each carry a bounded stream of
+/// [`Notices`], runs the grace timers and calls the authorization hook. It moves data; every
+/// decision is the state machine's. Cheap to clone (an `Arc` inside).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), occupancy_core::Error> {
+/// use occupancy_core::{Hub, Meta, NoticeKind};
+///
+/// let hub = Hub::new();
+/// let (alice, _alice_notices) = hub.connect(Some("alice".into()), Meta::empty()).await?;
+/// let (bob, mut bob_notices) = hub.connect(Some("bob".into()), Meta::empty()).await?;
+/// assert!(alice.join("doc-1", None).await?.holding);
+/// assert_eq!(bob.join("doc-1", None).await?.position, 1);
+/// alice.leave("doc-1").await?;
+/// let mut released = false;
+/// while let Some(n) = bob_notices.try_recv() {
+///     released |= matches!(n.kind, NoticeKind::Released { .. });
+/// }
+/// assert!(released);
+/// # Ok(()) }
+/// ```
+///
+/// # How it works
+///
+/// - Each connection has a bounded tokio channel. Backends deliver notices through the Hub's
+///   [`NoticeSink`] while holding their own lock, with `try_send`, so each session receives each
+///   room's notices in version order however many tasks call at once, and a full channel never
+///   blocks anyone: the session is marked a slow consumer, its channel is dropped, and it is closed
+///   (its rooms left, the next in line released) right after, with
+///   [`Error::SlowConsumer`] as its [`Notices::close_reason`].
+/// - Dropping the last clone of a [`Session`] queues a disconnect (its grace starts); a timer task
+///   (which holds only a weak reference to the Hub and ends with it) runs queued work and the
+///   backend's timers, woken early when a disconnect sets an earlier deadline.
+/// - Lifecycle changes of connections (disconnect, close, resume, expiry, slow-consumer kicks) are
+///   serialized by one async lock, so a resume never races the disconnect of the connection it
+///   replaces. Joins, leaves and the rest do not take it.
+///
+/// [`NoticeSink`]: crate::NoticeSink
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Hub {
+    /// Same as [`Hub::new`].
+    fn default() -> Self {
+        Hub::new()
+    }
+}
+
+/// Builds a [`Hub`]: see [`Hub::builder`].
+pub struct HubBuilder {
+    config: Config,
+    notice_buffer: usize,
+    authorize: Option<Arc<dyn Authorize>>,
+    backend: Option<Arc<dyn Backend>>,
+}
+
+impl Default for HubBuilder {
+    fn default() -> Self {
+        HubBuilder {
+            config: Config::default(),
+            notice_buffer: DEFAULT_NOTICE_BUFFER,
+            authorize: None,
+            backend: None,
+        }
+    }
+}
+
+impl fmt::Debug for HubBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubBuilder")
+            .field("config", &self.config)
+            .field("notice_buffer", &self.notice_buffer)
+            .field("authorize", &self.authorize.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HubBuilder {
+    /// How long a disconnected session keeps its places (default 5 s; zero: none).
+    pub fn grace(mut self, d: Duration) -> Self {
+        self.config.grace = d;
+        self
+    }
+
+    /// The limits (rooms per session, occupants per room, room id length, metadata size).
+    pub fn limits(mut self, l: Limits) -> Self {
+        self.config.limits = l;
+        self
+    }
+
+    /// How many occupants (from the front) a presence notice lists (default 8).
+    pub fn presence_occupants(mut self, n: usize) -> Self {
+        self.config.presence_occupants = n;
+        self
+    }
+
+    /// The whole machine configuration at once.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Size of each session's notice buffer (default 256, at least 1). A session whose buffer
+    /// overflows is closed as a slow consumer. A presence still queued is replaced by the same
+    /// room's next presence (it is only out of date), so a busy room cannot overflow a reader
+    /// that is merely behind; `occupied`, `released` and `displaced` are never merged.
+    pub fn notice_buffer(mut self, n: usize) -> Self {
+        self.notice_buffer = n;
+        self
+    }
+
+    /// The authorization hook, asked before every join, take over and watch.
+    pub fn authorize(mut self, a: impl Authorize) -> Self {
+        self.authorize = Some(Arc::new(a));
+        self
+    }
+
+    /// Where the state lives (default: a new [`MemoryBackend`]).
+    pub fn backend(mut self, b: impl Backend) -> Self {
+        self.backend = Some(Arc::new(b));
+        self
+    }
+
+    /// Same as [`HubBuilder::backend`] for a backend already behind an `Arc`.
+    pub fn backend_arc(mut self, b: Arc<dyn Backend>) -> Self {
+        self.backend = Some(b);
+        self
+    }
+
+    /// Builds the Hub and spawns its timer task. Must be called inside a tokio runtime.
+    /// [`Error::Config`] on bad values, outside a runtime, or when the backend refuses.
+    pub fn build(self) -> Result<Hub, Error> {
+        self.config.validate()?;
+        if self.notice_buffer == 0 {
+            return Err(Error::Config("notice_buffer must be at least 1".into()));
+        }
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Config("a Hub must be built inside a tokio runtime".into()))?;
+        let backend = self
+            .backend
+            .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
+        let wake = Arc::new(Notify::new());
+        let registry = Arc::new(Registry::new(self.notice_buffer, wake.clone()));
+        backend.attach(&self.config, registry.clone())?;
+        let inner = Arc::new(HubInner {
+            config: self.config,
+            backend,
+            registry,
+            authorize: self.authorize,
+            lifecycle: tokio::sync::Mutex::new(()),
+        });
+        runtime.spawn(
+            timer_task(Arc::downgrade(&inner), wake)
+                .instrument(tracing::debug_span!("occupancy_hub_timers")),
+        );
+        Ok(Hub { inner })
+    }
+}
+
+impl Hub {
+    /// A builder with the defaults: 5 s grace, default limits, buffers of 256, no authorization
+    /// hook, a [`MemoryBackend`].
+    pub fn builder() -> HubBuilder {
+        HubBuilder::default()
+    }
+
+    /// A Hub with the defaults. Must be called inside a tokio runtime (it spawns the timer task);
+    /// panics otherwise.
+    pub fn new() -> Hub {
+        Hub::builder()
+            .build()
+            .expect("Hub::new must be called inside a tokio runtime")
+    }
+
+    /// The configuration (limits, grace, presence_occupants).
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The backend (for diagnostics and tests; calling its operations directly bypasses the Hub's
+    /// connections and authorization).
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// The size of each session's notice buffer.
+    pub fn notice_buffer(&self) -> usize {
+        self.inner.registry.capacity
+    }
+
+    /// A new session for one connection. `principal` is the authenticated user, if any (sessions
+    /// of one principal are one occupant); `meta` is its public metadata (a display name).
+    pub async fn connect(
+        &self,
+        principal: Option<String>,
+        meta: Meta,
+    ) -> Result<(Session, Notices), Error> {
+        let hub = &self.inner;
+        let principal: Option<Arc<str>> = principal.map(Arc::from);
+        // Random ids collide with negligible probability; retry a few times all the same.
+        for _ in 0..4 {
+            let id = SessionId(random_u64()?);
+            let token = random_token()?;
+            let conn = Arc::new(Conn::default());
+            let (tx, rx) = queue::channel(hub.registry.capacity);
+            {
+                let mut st = hub.registry.lock();
+                if st.slots.contains_key(&id) || st.tokens.contains_key(&token) {
+                    continue;
+                }
+                st.tokens.insert(token, id);
+                st.slots.insert(
+                    id,
+                    Slot {
+                        token,
+                        principal: principal.clone(),
+                        tx: Some(tx),
+                        conn: conn.clone(),
+                        grace_until: None,
+                    },
+                );
+            }
+            match hub
+                .backend
+                .connect(id, principal.as_deref(), meta.clone(), token)
+                .await
+            {
+                Ok(()) => {
+                    debug!(session = %id, principal = principal.as_deref(), "connected");
+                    return Ok(self.handle(id, token, principal, conn, rx));
+                }
+                Err(e) => {
+                    hub.registry.lock().remove(id);
+                    if e != Error::SessionExists {
+                        log_error("connect", id, "", &e);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Err(Error::SessionExists)
+    }
+
+    /// Takes a disconnected session back with its resume token, within its grace: same id, same
+    /// places, a new token and a new notice stream (which starts with a presence notice for each
+    /// of its rooms). If the old connection was still live, its [`Notices`] ends with
+    /// [`Error::SessionReplaced`] and its [`Session`] handles fail with
+    /// [`Error::UnknownSession`].
+    pub async fn resume(&self, token: ResumeToken) -> Result<(Session, Notices, Resumed), Error> {
+        self.resume_checked(token, None).await
+    }
+
+    /// [`Hub::resume`] for a connection whose identity is known: the token only resumes a session
+    /// of the same `principal` (`None` = anonymous). A token presented by someone else — a leaked
+    /// or stolen one — is refused with [`Error::ResumeInvalid`] and changes nothing: the session
+    /// keeps its places, its connection and its token. Adapters use this one.
+    pub async fn resume_as(
+        &self,
+        token: ResumeToken,
+        principal: Option<&str>,
+    ) -> Result<(Session, Notices, Resumed), Error> {
+        self.resume_checked(token, Some(principal)).await
+    }
+
+    async fn resume_checked(
+        &self,
+        token: ResumeToken,
+        expected: Option<Option<&str>>,
+    ) -> Result<(Session, Notices, Resumed), Error> {
+        let hub = &self.inner;
+        let _lifecycle = hub.lifecycle.lock().await;
+        let local = {
+            let st = hub.registry.lock();
+            st.tokens
+                .get(&token)
+                .map(|id| (*id, st.slots[id].principal.clone()))
+        };
+        let (id, principal) = match local {
+            Some(found) => found,
+            None => match hub.backend.session_for_token(token).await? {
+                Some((id, p)) => (id, p.map(Arc::from)),
+                None => return Err(Error::ResumeInvalid),
+            },
+        };
+        if let Some(expected) = expected
+            && principal.as_deref() != expected
+        {
+            debug!(session = %id, "resume refused: the token belongs to another principal");
+            return Err(Error::ResumeInvalid);
+        }
+        let new_token = random_token()?;
+        let conn = Arc::new(Conn::default());
+        let (tx, rx) = queue::channel(hub.registry.capacity);
+        // Install the new channel first, so the presence notices the resume produces reach it.
+        let old = {
+            let mut st = hub.registry.lock();
+            if st.tokens.contains_key(&new_token) {
+                return Err(Error::SessionExists);
+            }
+            let old = st.slots.remove(&id);
+            st.tokens.insert(new_token, id);
+            st.slots.insert(
+                id,
+                Slot {
+                    token: new_token,
+                    principal: principal.clone(),
+                    tx: Some(tx),
+                    conn: conn.clone(),
+                    grace_until: None,
+                },
+            );
+            old
+        };
+        match hub.backend.resume(token, new_token, now()).await {
+            Ok(resumed) => {
+                debug_assert_eq!(resumed.session, id);
+                if let Some(old) = old {
+                    let mut st = hub.registry.lock();
+                    st.tokens.remove(&old.token);
+                    if let Some(d) = old.grace_until {
+                        st.grace.remove(&(d, id));
+                    }
+                    drop(st);
+                    old.conn.close(Some(Error::SessionReplaced));
+                }
+                debug!(session = %id, was_live = resumed.was_live, rooms = resumed.rooms.len(), "resumed");
+                let session = self.handle(id, new_token, principal, conn, rx);
+                Ok((session.0, session.1, resumed))
+            }
+            Err(e) => {
+                let mut st = hub.registry.lock();
+                st.slots.remove(&id);
+                st.tokens.remove(&new_token);
+                match (e == Error::ResumeInvalid, old) {
+                    (false, Some(old)) => {
+                        st.slots.insert(id, old);
+                    }
+                    (true, Some(old)) => {
+                        st.tokens.remove(&old.token);
+                        if let Some(d) = old.grace_until {
+                            st.grace.remove(&(d, id));
+                        }
+                        old.conn.close(None);
+                    }
+                    (_, None) => {}
+                }
+                drop(st);
+                log_error("resume", id, "", &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// A room's current state (`None` when nobody stands in or watches it).
+    pub async fn room(&self, room: &str) -> Result<Option<RoomState>, Error> {
+        self.inner.backend.room(room).await
+    }
+
+    /// Who holds a room.
+    pub async fn holder(&self, room: &str) -> Result<Option<Person>, Error> {
+        Ok(self
+            .room(room)
+            .await?
+            .and_then(|s| s.holder().map(|o| o.person())))
+    }
+
+    /// Everyone in a room's line, holder first.
+    pub async fn occupants(&self, room: &str) -> Result<Vec<Person>, Error> {
+        Ok(self
+            .room(room)
+            .await?
+            .map(|s| s.occupants.iter().map(|o| o.person()).collect())
+            .unwrap_or_default())
+    }
+
+    /// A room's version (0 when the room does not exist).
+    pub async fn version(&self, room: &str) -> Result<u64, Error> {
+        Ok(self.room(room).await?.map_or(0, |s| s.version))
+    }
+
+    /// Counts for metrics (of the backend: with a shared backend, of every node).
+    pub async fn stats(&self) -> Result<Stats, Error> {
+        self.inner.backend.stats().await
+    }
+
+    /// How many connections of this Hub are live (not in grace).
+    pub fn live_connections(&self) -> usize {
+        self.inner
+            .registry
+            .lock()
+            .slots
+            .values()
+            .filter(|s| s.tx.is_some())
+            .count()
+    }
+
+    fn handle(
+        &self,
+        id: SessionId,
+        token: ResumeToken,
+        principal: Option<Arc<str>>,
+        conn: Arc<Conn>,
+        rx: queue::Receiver,
+    ) -> (Session, Notices) {
+        Session::open(self.inner.clone(), id, token, principal, conn, rx)
+    }
+}
+
+fn log_error(op: &'static str, session: SessionId, room: &str, e: &Error) {
+    match e {
+        Error::Unavailable { .. } => warn!(%session, room, error = %e, op, "backend unavailable"),
+        _ => debug!(%session, room, code = e.code(), op, "refused"),
+    }
+}
+
+fn random_u64() -> Result<u64, Error> {
+    getrandom::u64().map_err(|e| Error::Unavailable {
+        reason: format!("no randomness: {e}"),
+    })
+}
+
+fn random_token() -> Result<ResumeToken, Error> {
+    Ok(ResumeToken(
+        (u128::from(random_u64()?) << 64) | u128::from(random_u64()?),
+    ))
+}
