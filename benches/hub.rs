@@ -8,6 +8,9 @@
 //! way the memory backend holds it. Each measurement is the wall time per pair (for 2 tasks: the
 //! time for both to finish divided by the total number of pairs, i.e. inverse throughput).
 //!
+//! "distinct rooms": 1 and 2 tasks, each in its own room, on the same 2-worker runtime — the
+//! ratio of their throughputs is how well independent rooms proceed in parallel.
+//!
 //! Run: `cargo bench --bench hub` (add `-- --quick` for a fast pass). The overhead ratio is
 //! Hub / bare for the same number of tasks.
 
@@ -79,9 +82,18 @@ fn bare(c: &mut Criterion) {
 }
 
 async fn hub_pairs(session: &occupancy::Session, notices: &mut occupancy::Notices, n: u64) {
+    hub_pairs_in(ROOM, session, notices, n).await
+}
+
+async fn hub_pairs_in(
+    room: &str,
+    session: &occupancy::Session,
+    notices: &mut occupancy::Notices,
+    n: u64,
+) {
     for _ in 0..n {
-        session.join(black_box(ROOM), None).await.unwrap();
-        session.leave(black_box(ROOM)).await.unwrap();
+        session.join(black_box(room), None).await.unwrap();
+        session.leave(black_box(room)).await.unwrap();
         while let Some(x) = notices.try_recv() {
             black_box(x);
         }
@@ -164,6 +176,58 @@ fn hub(c: &mut Criterion) {
             })
         });
     });
+    // Independent rooms: each task has its own room (with its own holder). What the cost rules
+    // ask of the runtime: unrelated rooms proceed in parallel. Both cases run on the same
+    // 2-worker runtime, so the ratio of their throughputs is the parallel speed-up.
+    for tasks in [1usize, 2] {
+        let name = format!("hub, {tasks} task(s), distinct rooms, 2 workers");
+        g.bench_function(name, |b| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let (_hub, sessions) = rt.block_on(async {
+                let hub = Hub::builder()
+                    .grace(Duration::ZERO)
+                    .notice_buffer(1 << 16)
+                    .build()
+                    .unwrap();
+                let mut sessions = Vec::new();
+                for t in 0..tasks {
+                    let room = format!("document-{t}");
+                    let (holder, holder_notices) = hub.connect(None, Meta::empty()).await.unwrap();
+                    drop(holder_notices);
+                    holder.join(&room, None).await.unwrap();
+                    std::mem::forget(holder);
+                    let (s, n) = hub.connect(None, Meta::empty()).await.unwrap();
+                    sessions.push(Arc::new(tokio::sync::Mutex::new((room, s, n))));
+                }
+                (hub, sessions)
+            });
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    let handles: Vec<_> = sessions
+                        .iter()
+                        .map(|pair| {
+                            let pair = pair.clone();
+                            let n = iters.div_ceil(tasks as u64);
+                            tokio::spawn(async move {
+                                let mut guard = pair.lock().await;
+                                let (room, s, notices) = &mut *guard;
+                                hub_pairs_in(room, s, notices, n).await;
+                            })
+                        })
+                        .collect();
+                    for h in handles {
+                        h.await.unwrap();
+                    }
+                    start.elapsed()
+                })
+            });
+        });
+    }
     g.finish();
 }
 

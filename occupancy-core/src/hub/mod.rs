@@ -84,11 +84,12 @@ impl Drop for HubInner {
 ///
 /// # How it works
 ///
-/// - Each connection has a bounded tokio channel. Backends deliver notices through the Hub's
-///   [`NoticeSink`] while holding their own lock, with `try_send`, so each session receives each
-///   room's notices in version order however many tasks call at once, and a full channel never
-///   blocks anyone: the session is marked a slow consumer, its channel is dropped, and it is closed
-///   (its rooms left, the next in line released) right after, with
+/// - Each connection has a bounded notice queue that keeps only the latest presence per room.
+///   Backends deliver notices through the Hub's [`NoticeSink`] one delivery at a time per room
+///   (the memory backend after releasing its state lock, urgent notices first), with `try_send`,
+///   so each session receives each room's notices in version order however many tasks call at
+///   once, and a full queue never blocks anyone: the session is marked a slow consumer, its queue
+///   is dropped, and it is closed (its rooms left, the next in line released) right after, with
 ///   [`Error::SlowConsumer`] as its [`Notices::close_reason`].
 /// - Dropping the last clone of a [`Session`] queues a disconnect (its grace starts); a timer task
 ///   (which holds only a weak reference to the Hub and ends with it) runs queued work and the
