@@ -24,7 +24,7 @@ use crate::settings::Settings;
 /// axum state with [`handler`], or get a ready `Router` from [`Endpoint::router`].
 #[derive(Clone)]
 pub struct Endpoint {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 pub(crate) struct Inner {
@@ -98,19 +98,22 @@ impl Endpoint {
         let resume = query_param(&parts, "resume");
         let s = &self.inner.settings;
         let inner = self.inner.clone();
+        let starting = connection::starting(inner.clone(), identity, resume);
         // The read buffer is allocated for the connection's whole life (tungstenite reads in
         // chunks of its size; a larger frame grows it), so it was most of an idle connection's
-        // memory. RSS per idle connection holding one room, 5,000 connections to the documents
-        // example (`loadgen/src/bin/idle_conns.rs`): 14.1 KiB with an 8 KiB read buffer, 6.9 KiB
-        // with 512 bytes. A bare axum WebSocket with the same buffers (`loadgen/src/bin/bare_ws.rs`)
-        // takes 1.8 KiB of that; the rest is ours: the connection task (3.8 KiB, its future, where
-        // the bare one's is 0.6), the Hub's session (0.7 KiB) and the room (0.9 KiB)
-        // (`loadgen/src/bin/heap_census.rs`). The write buffer costs nothing while idle.
+        // memory: 14.1 KiB per idle connection holding one room with an 8 KiB read buffer, 6.9
+        // with 512 bytes. RSS per idle connection holding one room, 10,000 connections to the
+        // documents example (`loadgen/src/bin/idle_conns.rs`): 4.6 KiB, of which 1.8 KiB is a
+        // bare axum WebSocket with the same buffers (`loadgen/src/bin/bare_ws.rs`), about 2.1 KiB
+        // the Hub's session and room (blocks and map slots, in occupancy-core) and 0.5 KiB the
+        // connection task beyond the bare one's (a 1,152-byte task cell against 640;
+        // `loadgen/src/bin/heap_census.rs`, `SIZES=5000`). The write buffer costs nothing while
+        // idle. The session is started inside the task, from a boxed future made here.
         ws.max_message_size(s.close_frame_bytes)
             .max_frame_size(s.close_frame_bytes)
             .read_buffer_size(s.read_buffer_bytes)
             .write_buffer_size(s.write_buffer_bytes)
-            .on_upgrade(move |socket| connection::run(socket, inner, identity, resume))
+            .on_upgrade(move |socket| connection::run(socket, inner, starting))
     }
 }
 

@@ -28,7 +28,7 @@ use occupancy_core::Error;
 use occupancy_core::protocol::{Event, Ref, Request};
 
 use crate::connection::close_code;
-use crate::rate::TokenBucket;
+use crate::rate::{Rate, TokenBucket};
 use crate::settings::Settings;
 
 /// One received WebSocket frame, as far as the gate cares (a text frame's text; the payload of
@@ -69,51 +69,64 @@ pub(crate) enum Outcome {
     },
 }
 
-/// The per-connection frame gate: the settings it applies and its two token buckets.
+/// The per-connection frame gate: its two token buckets. The settings it applies are passed in
+/// with each frame (the endpoint's; every connection keeps a gate for its whole life).
 #[derive(Debug, Clone)]
 pub(crate) struct Gate {
-    max_frame_bytes: usize,
-    messages_per_second: u32,
     rate: TokenBucket,
     strikes: TokenBucket,
     /// A `Gone` or `Close` was returned: every later frame is ignored.
     done: bool,
 }
 
+/// The message rate of `settings`.
+fn message_rate(settings: &Settings) -> Rate {
+    Rate::new(
+        f64::from(settings.messages_per_second),
+        settings.message_burst,
+    )
+}
+
+/// The violations `settings` tolerate: `max_violations` at once, one forgiven per second.
+fn strike_rate(settings: &Settings) -> Rate {
+    Rate::new(1.0, settings.max_violations)
+}
+
 impl Gate {
     /// A gate for a connection opened at `now`, with full buckets.
     pub(crate) fn new(settings: &Settings, now: Instant) -> Self {
         Gate {
-            max_frame_bytes: settings.max_frame_bytes,
-            messages_per_second: settings.messages_per_second,
-            rate: TokenBucket::new(
-                f64::from(settings.messages_per_second),
-                settings.message_burst,
-                now,
-            ),
-            strikes: TokenBucket::new(1.0, settings.max_violations, now),
+            rate: message_rate(settings).full(now),
+            strikes: strike_rate(settings).full(now),
             done: false,
         }
     }
 
-    /// Decides what `frame`, received at `now`, leads to (see the module docs for the rules).
-    /// After an [`Outcome::Gone`] or [`Outcome::Close`] every frame is [`Outcome::Ignore`]d.
-    pub(crate) fn on_frame(&mut self, frame: Frame<'_>, now: Instant) -> Outcome {
+    /// Decides what `frame`, received at `now`, leads to under `settings` (the ones the gate was
+    /// made with; see the module docs for the rules). After an [`Outcome::Gone`] or
+    /// [`Outcome::Close`] every frame is [`Outcome::Ignore`]d.
+    pub(crate) fn on_frame(
+        &mut self,
+        settings: &Settings,
+        frame: Frame<'_>,
+        now: Instant,
+    ) -> Outcome {
         if self.done {
             return Outcome::Ignore;
         }
-        let outcome = self.decide(frame, now);
+        let outcome = self.decide(settings, frame, now);
         if matches!(outcome, Outcome::Gone | Outcome::Close { .. }) {
             self.done = true;
         }
         outcome
     }
 
-    fn decide(&mut self, frame: Frame<'_>, now: Instant) -> Outcome {
+    fn decide(&mut self, settings: &Settings, frame: Frame<'_>, now: Instant) -> Outcome {
         let text = match frame {
             Frame::Text(text) => text,
             Frame::Binary => {
                 return self.violation(
+                    settings,
                     Event::Error {
                         r#ref: None,
                         code: "bad_message",
@@ -129,13 +142,14 @@ impl Gate {
             Frame::Ping | Frame::Pong => return Outcome::Ignore,
             Frame::Close => return Outcome::Gone,
         };
-        if text.len() > self.max_frame_bytes {
+        if text.len() > settings.max_frame_bytes {
             let message = format!(
                 "frame of {} bytes is over the limit of {} bytes",
                 text.len(),
-                self.max_frame_bytes
+                settings.max_frame_bytes
             );
             return self.violation(
+                settings,
                 Event::Error {
                     r#ref: ref_of(text),
                     code: "frame_too_large",
@@ -145,22 +159,23 @@ impl Gate {
                 now,
             );
         }
-        if !self.rate.try_take(now) {
+        if !self.rate.try_take(&message_rate(settings), now) {
             let err = Error::RateLimited {
-                per_second: self.messages_per_second,
+                per_second: settings.messages_per_second,
             };
-            return self.violation(Event::error(ref_of(text), &err), close_code::POLICY, now);
+            let event = Event::error(ref_of(text), &err);
+            return self.violation(settings, event, close_code::POLICY, now);
         }
         match Request::parse(text) {
             Ok(req) => Outcome::Dispatch(req),
-            Err(e) => self.violation(e.to_event(), close_code::POLICY, now),
+            Err(e) => self.violation(settings, e.to_event(), close_code::POLICY, now),
         }
     }
 
     /// Answers a violation with its error, or closes the connection once the peer keeps
     /// violating past the limit.
-    fn violation(&mut self, event: Event, code: u16, now: Instant) -> Outcome {
-        if self.strikes.try_take(now) {
+    fn violation(&mut self, settings: &Settings, event: Event, code: u16, now: Instant) -> Outcome {
+        if self.strikes.try_take(&strike_rate(settings), now) {
             return Outcome::Reply(event);
         }
         let reason = match code {
@@ -219,24 +234,29 @@ mod tests {
     #[test]
     fn control_frames_are_ignored_and_close_is_gone_and_final() {
         let t0 = Instant::now();
-        let mut g = Gate::new(&settings(), t0);
-        assert_eq!(g.on_frame(Frame::Ping, t0), Outcome::Ignore);
-        assert_eq!(g.on_frame(Frame::Pong, t0), Outcome::Ignore);
-        assert_eq!(g.on_frame(Frame::Close, t0), Outcome::Gone);
+        let s = settings();
+        let mut g = Gate::new(&s, t0);
+        assert_eq!(g.on_frame(&s, Frame::Ping, t0), Outcome::Ignore);
+        assert_eq!(g.on_frame(&s, Frame::Pong, t0), Outcome::Ignore);
+        assert_eq!(g.on_frame(&s, Frame::Close, t0), Outcome::Gone);
         let ping = r#"{"op":"ping"}"#;
-        assert_eq!(g.on_frame(Frame::Text(ping), t0), Outcome::Ignore);
+        assert_eq!(g.on_frame(&s, Frame::Text(ping), t0), Outcome::Ignore);
     }
 
     #[test]
     fn violations_are_answered_then_close_and_refill_with_time() {
         let t0 = Instant::now();
-        let mut g = Gate::new(&settings(), t0);
-        assert_eq!(code(&g.on_frame(Frame::Binary, t0)), "bad_message");
-        assert_eq!(code(&g.on_frame(Frame::Text("nope"), t0)), "bad_message");
+        let s = settings();
+        let mut g = Gate::new(&s, t0);
+        assert_eq!(code(&g.on_frame(&s, Frame::Binary, t0)), "bad_message");
+        assert_eq!(
+            code(&g.on_frame(&s, Frame::Text("nope"), t0)),
+            "bad_message"
+        );
         // A second later one strike is forgiven.
         let t1 = t0 + Duration::from_secs(1);
         let big = format!(r#"{{"op":"ping","ref":7,"pad":"{}"}}"#, "x".repeat(300));
-        match g.on_frame(Frame::Text(&big), t1) {
+        match g.on_frame(&s, Frame::Text(&big), t1) {
             Outcome::Reply(Event::Error { r#ref, code, .. }) => {
                 assert_eq!(code, "frame_too_large");
                 assert_eq!(r#ref, Some(Ref::Int(7)));
@@ -244,37 +264,38 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            g.on_frame(Frame::Text(&big), t1),
+            g.on_frame(&s, Frame::Text(&big), t1),
             Outcome::Close {
                 code: close_code::TOO_BIG,
                 reason: "too many frames over the size limit"
             }
         );
-        assert_eq!(g.on_frame(Frame::Binary, t1), Outcome::Ignore);
+        assert_eq!(g.on_frame(&s, Frame::Binary, t1), Outcome::Ignore);
     }
 
     #[test]
     fn the_rate_applies_to_text_frames_within_the_size_limit() {
         let t0 = Instant::now();
-        let mut g = Gate::new(&settings(), t0);
+        let s = settings();
+        let mut g = Gate::new(&s, t0);
         let ping = r#"{"op":"ping","ref":"a"}"#;
         for _ in 0..2 {
             assert!(matches!(
-                g.on_frame(Frame::Text(ping), t0),
+                g.on_frame(&s, Frame::Text(ping), t0),
                 Outcome::Dispatch(_)
             ));
         }
-        assert_eq!(code(&g.on_frame(Frame::Text(ping), t0)), "rate_limited");
+        assert_eq!(code(&g.on_frame(&s, Frame::Text(ping), t0)), "rate_limited");
         // Half a second at 2/s: one more.
         let t1 = t0 + Duration::from_millis(500);
         assert!(matches!(
-            g.on_frame(Frame::Text(ping), t1),
+            g.on_frame(&s, Frame::Text(ping), t1),
             Outcome::Dispatch(_)
         ));
         // Strikes: 1 left, plus half a one.
-        assert_eq!(code(&g.on_frame(Frame::Text(ping), t1)), "rate_limited");
+        assert_eq!(code(&g.on_frame(&s, Frame::Text(ping), t1)), "rate_limited");
         assert_eq!(
-            g.on_frame(Frame::Text(ping), t1),
+            g.on_frame(&s, Frame::Text(ping), t1),
             Outcome::Close {
                 code: close_code::POLICY,
                 reason: "too many bad or rate-limited messages"

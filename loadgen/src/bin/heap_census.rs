@@ -10,7 +10,9 @@
 //! PORT=3999 MODE=occupancy_sio heap_census serve
 //! ```
 //!
-//! `TRACE_SIZE=8193-16384` prints the stacks of a few allocations of that size (the 500th on).
+//! `TRACE_SIZE=8193-16384` prints the stacks of a few allocations of that size (the 500th on);
+//! `SIZES=1000` prints the live blocks by exact size (8-byte steps up to 4 KiB) that number at
+//! least 1,000 (per connection, with 10,000 connections: which blocks each one keeps).
 //!
 //! `bare_ws`/`endpoint` use occupancy-axum's buffer settings (`READ_BUFFER` to change the read
 //! buffer), `bare_sio`/`occupancy_sio` the `socketio_documents` example's (`WS_READ_BUFFER`,
@@ -29,6 +31,14 @@ static BYTES: AtomicIsize = AtomicIsize::new(0);
 static BLOCKS: AtomicIsize = AtomicIsize::new(0);
 /// Live blocks by size class: class `i` holds sizes in `(2^(i-1), 2^i]`.
 static CLASSES: [AtomicIsize; 32] = [const { AtomicIsize::new(0) }; 32];
+
+/// Live blocks by exact size (rounded up to 8 bytes), up to 4 KiB: `SIZES=N` prints the sizes
+/// with at least N live blocks.
+static EXACT: [AtomicIsize; 513] = [const { AtomicIsize::new(0) }; 513];
+
+fn exact(size: usize) -> &'static AtomicIsize {
+    &EXACT[size.div_ceil(8).min(512)]
+}
 
 /// `TRACE_SIZE=LO-HI`: print the stack of a few allocations of LO..=HI bytes (who makes them).
 static TRACE_LO: AtomicIsize = AtomicIsize::new(-1);
@@ -65,6 +75,7 @@ unsafe impl GlobalAlloc for Counting {
         BYTES.fetch_add(l.size() as isize, Relaxed);
         BLOCKS.fetch_add(1, Relaxed);
         CLASSES[class(l.size())].fetch_add(1, Relaxed);
+        exact(l.size()).fetch_add(1, Relaxed);
         trace(l.size());
         // SAFETY: same layout contract as the caller's.
         unsafe { System.alloc(l) }
@@ -73,6 +84,7 @@ unsafe impl GlobalAlloc for Counting {
         BYTES.fetch_add(l.size() as isize, Relaxed);
         BLOCKS.fetch_add(1, Relaxed);
         CLASSES[class(l.size())].fetch_add(1, Relaxed);
+        exact(l.size()).fetch_add(1, Relaxed);
         // SAFETY: as above.
         unsafe { System.alloc_zeroed(l) }
     }
@@ -80,6 +92,7 @@ unsafe impl GlobalAlloc for Counting {
         BYTES.fetch_sub(l.size() as isize, Relaxed);
         BLOCKS.fetch_sub(1, Relaxed);
         CLASSES[class(l.size())].fetch_sub(1, Relaxed);
+        exact(l.size()).fetch_sub(1, Relaxed);
         // SAFETY: as above.
         unsafe { System.dealloc(p, l) }
     }
@@ -87,6 +100,8 @@ unsafe impl GlobalAlloc for Counting {
         BYTES.fetch_add(new as isize - l.size() as isize, Relaxed);
         CLASSES[class(l.size())].fetch_sub(1, Relaxed);
         CLASSES[class(new)].fetch_add(1, Relaxed);
+        exact(l.size()).fetch_sub(1, Relaxed);
+        exact(new).fetch_add(1, Relaxed);
         trace(new);
         // SAFETY: as above.
         unsafe { System.realloc(p, l, new) }
@@ -198,6 +213,18 @@ async fn serve(mode: &str, port: u16) -> std::io::Result<()> {
                     now.1,
                     classes.join(" ")
                 );
+                if let Some(min) = std::env::var("SIZES").ok().and_then(|v| v.parse().ok()) {
+                    let sizes: Vec<String> = (0..513)
+                        .filter_map(|i| {
+                            let n = EXACT[i].load(Relaxed);
+                            (n >= min).then(|| format!("{}:{n}", i * 8))
+                        })
+                        .collect();
+                    eprintln!(
+                        "  live blocks by exact size (8-byte steps) {}",
+                        sizes.join(" ")
+                    );
+                }
                 last = now;
             }
         }

@@ -413,6 +413,8 @@ struct Driver {
     other: Session,
     other_notices: Notices,
     gate: Gate,
+    /// The settings the gate applies.
+    settings: Settings,
     rate: Bucket,
     strikes: Bucket,
     t0: Instant,
@@ -472,7 +474,7 @@ impl Driver {
         let before = self.rooms.clone();
         let expected = self.expect(frame);
         let now = self.t0 + TICK * u32::try_from(self.tick).expect("ticks fit");
-        let outcome = self.gate.on_frame(frame.as_frame(), now);
+        let outcome = self.gate.on_frame(&self.settings, frame.as_frame(), now);
         match (outcome, expected) {
             (Outcome::Ignore, Expect::Ignore) => {}
             (Outcome::Gone, Expect::Gone) => self.client_gone().await,
@@ -749,6 +751,7 @@ pub fn frames(data: &[u8]) {
                 other,
                 other_notices,
                 gate: Gate::new(&settings, t0),
+                settings,
                 rate: Bucket::new(per_second, burst),
                 strikes: Bucket::new(1, max_violations),
                 t0,
