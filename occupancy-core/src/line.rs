@@ -24,7 +24,9 @@ pub(crate) const INDEX_FROM: usize = 16;
 pub(crate) struct Line {
     occupants: VecDeque<OccupantState>,
     /// Occupant → slot; `slot - head` (wrapping) is the place. `None` for short lines.
-    index: Option<HashMap<OccupantKey, u64, KeyHash>>,
+    /// Boxed: most lines are short and have none, and a room's size counts for every idle
+    /// connection that holds one.
+    index: Option<Box<HashMap<OccupantKey, u64, KeyHash>>>,
     /// The slot of the front of the line.
     head: u64,
 }
@@ -235,7 +237,7 @@ impl Line {
         for (place, o) in self.occupants.iter().enumerate() {
             index.insert(o.key.clone(), self.head.wrapping_add(place as u64));
         }
-        self.index = Some(index);
+        self.index = Some(Box::new(index));
     }
 
     fn maybe_drop_index(&mut self) {

@@ -102,6 +102,7 @@ impl Receiver {
             {
                 let mut st = self.0.lock();
                 if let Some(n) = st.buf.pop_front() {
+                    release_if_empty(&mut st.buf);
                     return Some(n);
                 }
                 if st.sender_gone {
@@ -114,12 +115,24 @@ impl Receiver {
 
     /// The next notice if one is queued.
     pub(crate) fn try_recv(&mut self) -> Option<Notice> {
-        self.0.lock().buf.pop_front()
+        let mut st = self.0.lock();
+        let n = st.buf.pop_front();
+        release_if_empty(&mut st.buf);
+        n
     }
 
     /// How many notices are queued.
     pub(crate) fn len(&self) -> usize {
         self.0.lock().buf.len()
+    }
+}
+
+/// An idle connection's queue is empty almost all the time: give its buffer back rather than keep
+/// room for a burst it may never see again (measured: ~0.3 KiB of an idle axum connection's
+/// 4.5 KiB). The next burst allocates again, once.
+fn release_if_empty(buf: &mut VecDeque<Notice>) {
+    if buf.is_empty() && buf.capacity() != 0 {
+        *buf = VecDeque::new();
     }
 }
 
