@@ -102,6 +102,11 @@ impl Line {
         if let Some(index) = &mut self.index {
             index.insert(occupant.key.clone(), slot);
         }
+        if self.occupants.capacity() == 0 {
+            // Most rooms hold one occupant for their whole life (a document open in one tab):
+            // room for one, not the default four (192 bytes per idle connection's room).
+            self.occupants.reserve_exact(1);
+        }
         self.occupants.push_back(occupant);
         if self.index.is_none() && self.occupants.len() >= INDEX_FROM {
             self.build_index();

@@ -519,11 +519,16 @@ impl Machine {
             &mut self.outbox,
         );
         let room_id = r.id.clone();
-        self.sessions
+        let joined = &mut self
+            .sessions
             .get_mut(&session)
             .expect("checked live")
-            .joined
-            .push(room_id);
+            .joined;
+        if joined.capacity() == 0 {
+            // Most sessions stand in one room: room for one, not four.
+            joined.reserve_exact(1);
+        }
+        joined.push(room_id);
         Ok(reply)
     }
 
