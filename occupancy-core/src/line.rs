@@ -92,7 +92,15 @@ impl Line {
             Some(index) => index
                 .get(key)
                 .map(|&slot| slot.wrapping_sub(self.head) as usize),
-            None => self.occupants.iter().position(|o| &o.key == key),
+            None => {
+                // A short line: scan the (at most two) contiguous halves directly, cheaper than
+                // the deque's chained iterator on the hottest path (a join into a small room).
+                let (a, b) = self.occupants.as_slices();
+                match a.iter().position(|o| &o.key == key) {
+                    Some(p) => Some(p),
+                    None => b.iter().position(|o| &o.key == key).map(|p| a.len() + p),
+                }
+            }
         }
     }
 
