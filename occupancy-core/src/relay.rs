@@ -107,8 +107,8 @@ impl Relay {
         let mut lanes = touched.0;
         lanes.reverse();
         let mut guard = Pending {
-            relay: self.clone(),
-            sink: sink.clone(),
+            relay: self,
+            sink,
             lanes,
         };
         while let Some(&lane) = guard.lanes.last() {
@@ -119,12 +119,18 @@ impl Relay {
 
     async fn deliver_lane(&self, lane: usize, sink: &Arc<dyn NoticeSink>) {
         let lane = &self.lanes[lane];
-        let _delivering = lane.delivering.lock().await;
-        let mut chunk = Vec::with_capacity(CHUNK);
+        // Uncontended (the common case): no lock future at all.
+        let _delivering = match lane.delivering.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => lane.delivering.lock().await,
+        };
+        let mut chunk = Vec::new();
         loop {
             let more = {
                 let mut q = lane.queued();
                 let n = q.len().min(CHUNK);
+                // Sized to what is there: most changes make a handful of notices.
+                chunk.reserve_exact(n);
                 chunk.extend(q.drain(..n));
                 !q.is_empty()
             };
@@ -152,13 +158,13 @@ impl Relay {
 
 /// Lanes a caller still has to deliver. Dropped before the end only when the caller's future is
 /// dropped mid-delivery: the rest is then delivered by a spawned task.
-struct Pending {
-    relay: Arc<Relay>,
-    sink: Arc<dyn NoticeSink>,
+struct Pending<'a> {
+    relay: &'a Arc<Relay>,
+    sink: &'a Arc<dyn NoticeSink>,
     lanes: Vec<u16>,
 }
 
-impl Drop for Pending {
+impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if self.lanes.is_empty() {
             return;
