@@ -83,8 +83,11 @@ pub enum Kind {
     Occupied,
     /// v1 `released` / article `is_released`.
     Released,
-    /// v1 `presence`.
-    Presence,
+    /// v1 `presence`, with whether it says this connection holds (`position` 0).
+    Presence {
+        /// `position` is 0.
+        holding: bool,
+    },
     /// v1 `left`.
     Left,
     /// v1 `error`.
@@ -109,6 +112,7 @@ pub struct Event {
 enum Cmd {
     Text(String),
     Close,
+    Reset,
 }
 
 /// A connection's handle; dropping it closes the connection.
@@ -143,6 +147,12 @@ impl Conn {
             .send(Cmd::Text(format!(r#"{{"op":"leave","room":"{room}"}}"#)));
     }
 
+    /// Drops the connection abruptly: no close frame, no goodbye, and a TCP reset instead of a
+    /// FIN (SO_LINGER 0, then close), like a crashed client or a network blip seen by the server.
+    pub fn reset(&self) {
+        let _ = self.tx.send(Cmd::Reset);
+    }
+
     /// Says goodbye (Socket.IO: the namespace DISCONNECT `41`, like `socket.disconnect()`) and
     /// closes the WebSocket.
     pub fn close(&self) {
@@ -172,7 +182,9 @@ pub fn classify(proto: Proto, text: &str) -> Option<Kind> {
                 },
                 "occupied" => Kind::Occupied,
                 "released" => Kind::Released,
-                "presence" => Kind::Presence,
+                "presence" => Kind::Presence {
+                    holding: text.contains(r#""position":0,"#) || text.contains(r#""position":0}"#),
+                },
                 "left" => Kind::Left,
                 "error" => Kind::Error,
                 "pong" => Kind::Pong,
@@ -283,6 +295,10 @@ async fn connect_once(
                             break;
                         }
                     }
+                    Some(Cmd::Reset) => {
+                        reset_on_close(ws.get_ref());
+                        return;
+                    }
                     Some(Cmd::Close) | None => {
                         let _ = ws.close(None).await;
                         // Drain until the server's close (bounded) so the server sees a clean end.
@@ -322,6 +338,25 @@ async fn connect_once(
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
+/// Makes the socket send a TCP reset instead of a FIN when it is closed (as `loadgen soak` does).
+fn reset_on_close(tcp: &tokio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `linger` for its size; the fd is open (owned by `tcp`).
+    unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
 async fn next_text(ws: &mut Ws) -> Result<String, String> {
     loop {
         match ws.next().await {
@@ -352,7 +387,18 @@ mod tests {
             v1(r#"{"ev":"released","room":"a","version":9}"#),
             Some(Kind::Released)
         );
-        assert_eq!(v1(r#"{"ev":"presence","room":"a"}"#), Some(Kind::Presence));
+        assert_eq!(
+            v1(r#"{"ev":"presence","room":"a"}"#),
+            Some(Kind::Presence { holding: false })
+        );
+        assert_eq!(
+            v1(r#"{"ev":"presence","room":"a","version":3,"position":0,"waiting":2}"#),
+            Some(Kind::Presence { holding: true })
+        );
+        assert_eq!(
+            v1(r#"{"ev":"presence","room":"a","version":3,"position":10,"waiting":2}"#),
+            Some(Kind::Presence { holding: false })
+        );
         assert_eq!(v1(r#"{"ev":"hello","session":"x"}"#), None);
         let sio = |t| classify(Proto::Sio, t);
         assert_eq!(

@@ -1,6 +1,7 @@
 //! `loadgen`: drives a server speaking protocol v1 (WebSocket) or the article's Socket.IO events
 //! and reports hand-over latency (with R rooms held by idle clients), join throughput into one
-//! room, memory per idle connection and a hot room's hand-over, as JSON.
+//! room, memory per idle connection, a hot room's hand-over and a disconnect storm in one room
+//! (server CPU, a bystander's waits, a survivor's release), as JSON.
 //!
 //! ```text
 //! loadgen run --name axum --proto v1 --url ws://127.0.0.1:3000/occupancy \
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use client::{Proto, Target};
-use scenario::{Crowd, RoomsPoint, Settings, Via};
+use scenario::{Crowd, RoomsPoint, Settings, Storm, Via};
 use stats::{Summary, median, median_summary};
 
 const HELP: &str = "\
@@ -46,7 +47,11 @@ loadgen run [options]        drive one server, write a JSON result
   --clients N                clients joining one room at once, then the hot room (default 10001)
   --hot-rounds N             hot-room hand-overs (default 5)
   --repeat N                 repetitions; the JSON has each run and their medians (default 1)
-  --phases rooms,crowd       which phases (default both)
+  --storm-clients N          connections standing in one room reset at once (default --clients);
+                             a survivor stays, a bystander pair does hand-overs in another room
+  --storm-grace-ms MS        the server's grace (default 5000; 0 for the article's server): the
+                             storm waits at least this long when its survivor was lost
+  --phases rooms,crowd,storm which phases (default all three)
   --sources N                loopback source addresses 127.0.0.2.. (default 4)
   --concurrency N            connections opened at once (default 256)
   --out FILE                 the JSON result (default: stdout)
@@ -77,6 +82,9 @@ pub struct Run {
     pub idle_conn_bytes: Option<(usize, f64)>,
     /// Join throughput and hot room.
     pub crowd: Option<Crowd>,
+    /// The disconnect storm (absent in results of older versions).
+    #[serde(default)]
+    pub storm: Option<Storm>,
     /// Wall time of this repetition.
     pub secs: f64,
 }
@@ -97,6 +105,18 @@ pub struct Medians {
     pub hot_released_us: Option<f64>,
     /// Hot room: holder leaves → last `presence`, µs (v1).
     pub hot_last_presence_us: Option<f64>,
+    /// Storm: server CPU from the drop until quiet, ms.
+    #[serde(default)]
+    pub storm_cpu_ms: Option<f64>,
+    /// Storm: the bystander's p99 reply wait, µs.
+    #[serde(default)]
+    pub storm_bystander_p99_us: Option<f64>,
+    /// Storm: the bystander's longest reply wait, µs.
+    #[serde(default)]
+    pub storm_bystander_max_us: Option<f64>,
+    /// Storm: drop → the survivor is told it holds, ms (includes the server's grace).
+    #[serde(default)]
+    pub storm_survivor_ms: Option<f64>,
 }
 
 /// The JSON result of `loadgen run`.
@@ -146,6 +166,20 @@ fn medians(runs: &[Run]) -> Medians {
                 .as_ref()
                 .and_then(|c| median(&c.hot_last_presence_us))
         }),
+        storm_cpu_ms: m(&|r| r.storm.as_ref().and_then(|s| s.cpu_ms)),
+        storm_bystander_p99_us: m(&|r| {
+            r.storm
+                .as_ref()
+                .filter(|s| s.bystander.n > 0)
+                .map(|s| s.bystander.p99_us)
+        }),
+        storm_bystander_max_us: m(&|r| {
+            r.storm
+                .as_ref()
+                .filter(|s| s.bystander.n > 0)
+                .map(|s| s.bystander.max_us)
+        }),
+        storm_survivor_ms: m(&|r| r.storm.as_ref().and_then(|s| s.survivor_holds_ms)),
     }
 }
 
@@ -212,6 +246,7 @@ async fn run(mut a: Args) -> Result<(), String> {
         .collect::<Result<_, _>>()?;
     rooms.sort_unstable();
     rooms.dedup();
+    let clients = a.num("--clients", 10_001usize).max(2);
     let settings = Settings {
         rooms,
         max_idle_conns: a.num("--max-idle-conns", 10_000usize).max(1),
@@ -220,12 +255,16 @@ async fn run(mut a: Args) -> Result<(), String> {
         pairs: a.num("--pairs", 100usize).max(1),
         pair_interval: Duration::from_millis(a.num("--pair-interval-ms", 60)),
         via,
-        clients: a.num("--clients", 10_001usize).max(2),
+        clients,
         hot_rounds: a.num("--hot-rounds", 5),
         concurrency: a.num("--concurrency", 256usize).max(1),
+        storm_clients: a.num("--storm-clients", clients).max(1),
+        storm_grace: Duration::from_millis(a.num("--storm-grace-ms", 5000)),
     };
     let repeat: usize = a.num("--repeat", 1usize).max(1);
-    let phases = a.take("--phases").unwrap_or_else(|| "rooms,crowd".into());
+    let phases = a
+        .take("--phases")
+        .unwrap_or_else(|| "rooms,crowd,storm".into());
     let sources: usize = a.num("--sources", 4);
     let out = a.take("--out");
     if let Some(extra) = a.0.first() {
@@ -233,7 +272,12 @@ async fn run(mut a: Args) -> Result<(), String> {
     }
     let target = Target::parse(proto, &url, sources)?;
     let nofile = server::raise_nofile();
-    let needed = settings.max_idle_conns.max(settings.clients) + 2 * settings.pairs + 64;
+    let needed = settings
+        .max_idle_conns
+        .max(settings.clients)
+        .max(settings.storm_clients)
+        + 2 * settings.pairs
+        + 64;
     eprintln!("loadgen: {name} ({url}), open-file limit {nofile}");
     if (nofile as usize) < needed {
         eprintln!("warning: open-file limit {nofile} < {needed} connections this run may need");
@@ -264,6 +308,7 @@ async fn run(mut a: Args) -> Result<(), String> {
                     r.rooms = pts;
                 }),
                 "crowd" => scenario::crowd(&mut hub).await.map(|c| r.crowd = Some(c)),
+                "storm" => scenario::storm(&mut hub).await.map(|c| r.storm = Some(c)),
                 other => Err(format!("unknown phase {other}")),
             };
             drop(hub);
@@ -295,6 +340,8 @@ async fn run(mut a: Args) -> Result<(), String> {
             "pair_interval_ms": settings.pair_interval.as_millis() as u64,
             "clients": settings.clients,
             "hot_rounds": settings.hot_rounds,
+            "storm_clients": settings.storm_clients,
+            "storm_grace_ms": settings.storm_grace.as_millis() as u64,
             "repeat": repeat,
             "phases": phases,
             "sources": sources,

@@ -31,7 +31,9 @@ pub fn main(mut a: Args) -> Result<(), String> {
 }
 
 fn fmt_us(us: f64) -> String {
-    if us >= 10_000.0 {
+    if us >= 1e6 {
+        format!("{:.2} s", us / 1e6)
+    } else if us >= 10_000.0 {
         format!("{:.1} ms", us / 1000.0)
     } else if us >= 1000.0 {
         format!("{:.2} ms", us / 1000.0)
@@ -203,12 +205,47 @@ pub fn table(reports: &[Report], baseline: &str) -> String {
             true,
         );
     }
-    row(
-        "server memory per idle connection (RSS; ratio = share of baseline)".into(),
-        &|r| r.median.idle_conn_bytes,
-        &|b| format!("{:.1} KiB", b / 1024.0),
-        false,
-    );
+    let storm = reports.iter().find_map(|r| {
+        r.runs
+            .iter()
+            .find_map(|x| x.storm.as_ref().map(|s| s.clients))
+    });
+    if let Some(n) = storm {
+        row(
+            format!(
+                "storm: {n} connections of one room reset at once → server CPU until quiet (less ×)"
+            ),
+            &|r| r.median.storm_cpu_ms,
+            &|ms| fmt_us(ms * 1000.0),
+            true,
+        );
+        row(
+            "storm: bystander in another room, p99 reply wait meanwhile (faster ×)".into(),
+            &|r| r.median.storm_bystander_p99_us,
+            &fmt_us,
+            true,
+        );
+        row(
+            "storm: bystander in another room, longest reply wait (faster ×)".into(),
+            &|r| r.median.storm_bystander_max_us,
+            &fmt_us,
+            true,
+        );
+        row(
+            "storm: drop → survivor told it holds (includes the server's grace; faster ×)".into(),
+            &|r| r.median.storm_survivor_ms,
+            &|ms| fmt_us(ms * 1000.0),
+            true,
+        );
+    }
+    if reports.iter().any(|r| r.median.idle_conn_bytes.is_some()) {
+        row(
+            "server memory per idle connection (RSS; ratio = share of baseline)".into(),
+            &|r| r.median.idle_conn_bytes,
+            &|b| format!("{:.1} KiB", b / 1024.0),
+            false,
+        );
+    }
     s
 }
 
@@ -319,4 +356,75 @@ pub fn plot(reports: &[Report], path: &str) -> Result<(), String> {
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Storm;
+    use crate::stats::Summary;
+
+    fn load(json: &str) -> Report {
+        serde_json::from_str(json).expect("a result file loads")
+    }
+
+    /// Results written before the storm phase still load, and the table has no storm rows for
+    /// them; a result with a storm gets the rows, with the ratio against the baseline.
+    #[test]
+    fn old_results_load_and_storm_rows_appear_with_a_storm() {
+        let old = load(include_str!("../../docs/loadgen/article.json"));
+        assert!(old.runs.iter().all(|r| r.storm.is_none()));
+        assert_eq!(old.median.storm_cpu_ms, None);
+        assert!(!table(std::slice::from_ref(&old), "article").contains("storm"));
+
+        let mut base = old.clone();
+        let mut new = load(include_str!("../../docs/loadgen/axum.json"));
+        for (r, cpu, p99, max, surv) in [
+            (&mut base, 800.0, 20_000.0, 400_000.0, 300.0),
+            (&mut new, 200.0, 500.0, 2_000.0, 5_010.0),
+        ] {
+            let storm = Storm {
+                clients: 10_000,
+                cpu_ms: Some(cpu),
+                bystander: Summary {
+                    n: 100,
+                    p99_us: p99,
+                    max_us: max,
+                    ..Summary::default()
+                },
+                survivor_holds_ms: Some(surv),
+                ..Storm::default()
+            };
+            r.runs = vec![crate::Run {
+                storm: Some(storm),
+                ..crate::Run::default()
+            }];
+            r.median = crate::medians(&r.runs);
+        }
+        // A round trip through JSON keeps the storm.
+        let new = load(&serde_json::to_string(&new).unwrap());
+        let t = table(&[new, base], "article");
+        let line = |key: &str| {
+            t.lines()
+                .find(|l| l.contains(key))
+                .unwrap_or_else(|| panic!("no row {key} in\n{t}"))
+                .to_string()
+        };
+        assert!(
+            line("server CPU until quiet").contains("| 200.0 ms | 800.0 ms | 4.00× |"),
+            "{t}"
+        );
+        assert!(
+            line("p99 reply wait").contains("| 500 µs | 20.0 ms | 40× |"),
+            "{t}"
+        );
+        assert!(
+            line("longest reply wait").contains("| 2.00 ms | 400.0 ms | 200× |"),
+            "{t}"
+        );
+        assert!(
+            line("survivor told").contains("| 5.01 s | 300.0 ms | 0.06× |"),
+            "{t}"
+        );
+    }
 }

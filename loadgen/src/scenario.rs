@@ -45,6 +45,11 @@ pub struct Settings {
     pub hot_rounds: usize,
     /// Connections opened concurrently.
     pub concurrency: usize,
+    /// Connections of one room dropped at once in the storm scenario.
+    pub storm_clients: usize,
+    /// The server's grace, as far as this tool knows (the storm waits at least this long for the
+    /// expiry work when it has no survivor left to tell it the room was cleared).
+    pub storm_grace: Duration,
 }
 
 /// Hand-over latency with R idle rooms.
@@ -97,6 +102,48 @@ pub struct Crowd {
     pub hot_presences: Vec<usize>,
     /// Per round: connections the server closed meanwhile.
     pub hot_kicked: Vec<usize>,
+}
+
+/// The storm: `clients` connections standing in one room dropped at once with a TCP reset, with
+/// a bystander pair doing hand-overs in another room and a survivor behind them in the line.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Storm {
+    /// Connections reset at once (those the server closed before the drop are not counted).
+    pub clients: usize,
+    /// Storm clients the server closed before the drop (e.g. slow consumers during the joins).
+    pub kicked_before_drop: usize,
+    /// Joins of storm clients never confirmed (they are reset with the others all the same).
+    pub unconfirmed_joins: usize,
+    /// The server's grace this tool was told (`--storm-grace-ms`; only used without survivor).
+    pub grace_ms: u64,
+    /// Server CPU time (utime + stime) from just before the drop until it went quiet (the start
+    /// of the first second after the survivor was told in which it used at most 2 ticks), ms.
+    pub cpu_ms: Option<f64>,
+    /// Server CPU in that quiet second (the bystander's traffic, timers), ms per second.
+    pub quiet_cpu_ms_per_sec: Option<f64>,
+    /// Drop → the start of the quiet second, ms.
+    pub quiet_after_ms: Option<f64>,
+    /// Server CPU time in the first second after the drop, ms: with a grace longer than that,
+    /// the handling of the resets alone (the rest of `cpu_ms` is the expiry and what follows).
+    pub cpu_first_second_ms: Option<f64>,
+    /// Server CPU time from just before the drop until the survivor was told it holds, ms (the
+    /// rest of `cpu_ms` is work done after that notice).
+    pub cpu_to_survivor_ms: Option<f64>,
+    /// Bystander reply waits, from 1 s before the drop until quiet: a hand-over in another room
+    /// (the holder leaves (v1) / disconnects (sio) → the other's `released`) and the re-join
+    /// behind the new holder (→ `joined` (v1) / `is_occupied` (sio)), one request every 30 ms;
+    /// sio: also the new client's connection (WebSocket, Engine.IO and Socket.IO handshakes).
+    pub bystander: Summary,
+    /// When the bystander's longest wait began, ms after the drop (negative: before it).
+    pub bystander_max_at_ms: Option<f64>,
+    /// Bystander requests unanswered within 30 s (the bystander stops at the first).
+    pub bystander_timeouts: usize,
+    /// Drop → the survivor (last in the stormed room, connected throughout) is told it holds
+    /// (`released`, or a `presence` with position 0), ms. Includes the server's grace.
+    pub survivor_holds_ms: Option<f64>,
+    /// Survivor or bystander connections the server closed after the drop.
+    pub kicked_after_drop: usize,
 }
 
 /// Events of every connection of a run.
@@ -664,7 +711,10 @@ pub async fn crowd(h: &mut Hub) -> Result<Crowd, String> {
                 .wait(timeout, |e| {
                     ours(e)
                         && e.conn != leaving.id
-                        && matches!(e.kind, Kind::Released | Kind::Presence | Kind::Closed)
+                        && matches!(
+                            e.kind,
+                            Kind::Released | Kind::Presence { .. } | Kind::Closed
+                        )
                 })
                 .await
             else {
@@ -719,6 +769,413 @@ pub async fn crowd(h: &mut Hub) -> Result<Crowd, String> {
     Ok(out)
 }
 
+/// The bystander's pace: one request at most every this long (v1: each of the pair then sends
+/// about 17 messages a second, under the default limit of 20).
+const BYSTANDER_EVERY: Duration = Duration::from_millis(30);
+/// The bystander runs this long before the drop.
+const BEFORE_DROP: Duration = Duration::from_secs(1);
+/// At most this many ticks of server CPU in a second count as quiet.
+const QUIET_TICKS: u64 = 2;
+
+/// What the bystander waits for.
+#[derive(Clone, Copy)]
+enum Await {
+    /// `conn` to be told `released`.
+    Released(u32),
+    /// `conn`'s join to be answered (v1 `joined`, sio `is_occupied`).
+    Joined(u32),
+}
+
+/// The bystander's next step.
+enum Step {
+    /// The holder gives the room up at this instant.
+    GiveUp(Instant),
+    /// `waiter` (re-)joins behind the new holder at this instant.
+    Rejoin(Instant),
+    /// A new client is connecting (sio: the old holder disconnected).
+    Connecting,
+    /// A request is out since the instant.
+    Waiting(Instant, Await),
+    /// Stopped (a timeout or a connection closed by the server).
+    Stopped,
+}
+
+/// The bystander's reply waits.
+#[derive(Default)]
+struct Waits {
+    lat: Latencies,
+    longest: Duration,
+    /// When the longest began.
+    longest_at: Option<Instant>,
+}
+
+impl Waits {
+    fn record(&mut self, sent: Instant, wait: Duration) {
+        if self.longest < wait {
+            self.longest = wait;
+            self.longest_at = Some(sent);
+        }
+        self.lat.record(wait);
+    }
+}
+
+/// What woke the storm's loop.
+enum Wake {
+    Event(Option<Event>),
+    Tick,
+    Due,
+    Connected(Result<(Conn, Instant), String>),
+}
+
+/// Phase 3: `storm_clients` connections in one room dropped at once with a TCP reset; the
+/// server's CPU until it is quiet again (after the grace and the expiry work), a bystander's
+/// reply waits in another room meanwhile, and when a survivor of the room is told it holds.
+pub async fn storm(h: &mut Hub) -> Result<Storm, String> {
+    let s = h.settings.clone();
+    let proto = h.target.proto;
+    let room = "storm";
+    let t = Instant::now();
+    let conns = h.connect_many(s.storm_clients).await?;
+    let survivor = h.connect().await?;
+    eprintln!(
+        "  {} storm clients and a survivor connected ({:.1} s)",
+        conns.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let mut pair = make_pair(h, "storm-bystander".into()).await?;
+    h.settle().await;
+    h.drain();
+
+    // Everyone joins the storm room, the first alone (the article tells a first joiner nothing),
+    // then 500 at a time, each batch confirmed (or closed by the server) before the next.
+    let t = Instant::now();
+    let confirms = |e: &Event| match proto {
+        Proto::V1 => matches!(e.kind, Kind::Joined { .. }),
+        Proto::Sio => e.kind == Kind::Occupied,
+    };
+    let mut kicked: HashSet<u32> = HashSet::new();
+    let mut unconfirmed = 0;
+    conns[0].join(room);
+    if proto == Proto::V1 {
+        let first = conns[0].id;
+        h.wait(WAIT, |e| e.conn == first && confirms(e))
+            .await
+            .ok_or("storm: the first join was not answered")?;
+    } else {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for chunk in conns[1..].chunks(500) {
+        let mut pending: HashSet<u32> = chunk.iter().map(|c| c.id).collect();
+        for c in chunk {
+            c.join(room);
+        }
+        while !pending.is_empty() {
+            let Some(e) = h
+                .wait(Duration::from_secs(60), |e| {
+                    pending.contains(&e.conn) && (confirms(e) || e.kind == Kind::Closed)
+                })
+                .await
+            else {
+                unconfirmed += pending.len();
+                break;
+            };
+            pending.remove(&e.conn);
+            if e.kind == Kind::Closed {
+                kicked.insert(e.conn);
+            }
+        }
+    }
+    survivor.join(room);
+    let sid = survivor.id;
+    h.wait(Duration::from_secs(60), |e| e.conn == sid && confirms(e))
+        .await
+        .ok_or("storm: the survivor's join was not answered")?;
+    h.settle().await;
+    while let Ok(e) = h.rx.try_recv() {
+        if e.kind != Kind::Closed {
+            continue;
+        }
+        if e.conn == sid || e.conn == pair.holder.id || e.conn == pair.waiter.id {
+            return Err(format!(
+                "storm: the server closed connection {} (survivor or bystander) during the joins",
+                e.conn
+            ));
+        }
+        if conns.iter().any(|c| c.id == e.conn) {
+            kicked.insert(e.conn);
+        }
+    }
+    eprintln!(
+        "  {} in room {room} ({:.1} s){}",
+        conns.len() + 1 - kicked.len(),
+        t.elapsed().as_secs_f64(),
+        if kicked.is_empty() && unconfirmed == 0 {
+            String::new()
+        } else {
+            format!(
+                " ({} closed by the server, {unconfirmed} joins unconfirmed)",
+                kicked.len()
+            )
+        }
+    );
+
+    let ticks = |h: &Hub| h.pid.and_then(server::cpu_ticks);
+    // SAFETY: sysconf only reads a constant.
+    let ms_per_tick = 1000.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut out = Storm {
+        clients: conns.len() - kicked.len(),
+        kicked_before_drop: kicked.len(),
+        unconfirmed_joins: unconfirmed,
+        grace_ms: s.storm_grace.as_millis() as u64,
+        ..Storm::default()
+    };
+    let mut waits = Waits::default();
+    let mut step = Step::GiveUp(Instant::now());
+    let mut connecting: Option<tokio::task::JoinHandle<Result<(Conn, Instant), String>>> = None;
+    let mut survivor = Some(survivor);
+    let started = Instant::now();
+    // Before the drop: None. After: the drop's instant and the server's CPU ticks then.
+    let mut dropped: Option<(Instant, Option<u64>)> = None;
+    // When the storm room was cleared: the survivor told it holds (or lost, then drop + grace).
+    let mut cleared: Option<Instant> = None;
+    // Server CPU samples after `cleared`, every 100 ms.
+    let mut samples: Vec<(Instant, u64)> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut last_request = Instant::now() - BYSTANDER_EVERY;
+    let give_up_after = s.storm_grace + Duration::from_secs(120);
+    let stop_bystander = |step: &mut Step, why: String| {
+        eprintln!("  warning: storm bystander stopped: {why}");
+        *step = Step::Stopped;
+    };
+    loop {
+        let due = match step {
+            Step::GiveUp(at) | Step::Rejoin(at) => Some(at),
+            _ => None,
+        };
+        let wake = tokio::select! {
+            e = h.rx.recv() => Wake::Event(e),
+            _ = tick.tick() => Wake::Tick,
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()),
+                if due.is_some() => Wake::Due,
+            r = async {
+                match connecting.as_mut() {
+                    Some(j) => j.await.unwrap_or_else(|e| Err(e.to_string())),
+                    None => std::future::pending().await,
+                }
+            } => Wake::Connected(r),
+        };
+        match wake {
+            Wake::Event(None) => return Err("storm: event channel closed".into()),
+            Wake::Event(Some(e)) => {
+                if survivor.as_ref().is_some_and(|c| c.id == e.conn) {
+                    match e.kind {
+                        Kind::Released | Kind::Presence { holding: true } => {
+                            if let Some((t0, cpu0)) = dropped
+                                && out.survivor_holds_ms.is_none()
+                            {
+                                out.survivor_holds_ms = Some((e.at - t0).as_secs_f64() * 1e3);
+                                out.cpu_to_survivor_ms = cpu0
+                                    .zip(ticks(h))
+                                    .map(|(a, b)| b.saturating_sub(a) as f64 * ms_per_tick);
+                                cleared = Some(e.at);
+                            }
+                        }
+                        Kind::Closed => {
+                            eprintln!("  warning: the server closed the storm's survivor");
+                            survivor = None;
+                            out.kicked_after_drop += usize::from(dropped.is_some());
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
+                let (hid, wid) = (pair.holder.id, pair.waiter.id);
+                if e.kind == Kind::Closed && (e.conn == hid || e.conn == wid) {
+                    out.kicked_after_drop += usize::from(dropped.is_some());
+                    stop_bystander(
+                        &mut step,
+                        format!("the server closed connection {}", e.conn),
+                    );
+                    continue;
+                }
+                let Step::Waiting(t0, want) = step else {
+                    continue;
+                };
+                let answered = match want {
+                    Await::Released(c) => e.conn == c && e.kind == Kind::Released,
+                    Await::Joined(c) => e.conn == c && confirms(&e),
+                };
+                if !answered {
+                    continue;
+                }
+                waits.record(t0, e.at - t0);
+                step = match want {
+                    Await::Released(_) => {
+                        // The waiter holds now; the old holder (v1) or a new client (sio)
+                        // queues behind it.
+                        std::mem::swap(&mut pair.holder, &mut pair.waiter);
+                        if proto == Proto::V1 {
+                            Step::Rejoin(last_request + BYSTANDER_EVERY)
+                        } else {
+                            let id = h.next_id;
+                            h.next_id += 1;
+                            let (target, tx) = (h.target.clone(), h.tx.clone());
+                            connecting = Some(tokio::spawn(async move {
+                                let t0 = Instant::now();
+                                let c = client::connect(&target, id, tx).await?;
+                                Ok((c, t0))
+                            }));
+                            Step::Connecting
+                        }
+                    }
+                    Await::Joined(_) => Step::GiveUp(last_request + BYSTANDER_EVERY),
+                };
+            }
+            Wake::Connected(r) => {
+                connecting = None;
+                match r {
+                    Ok((c, t0)) => {
+                        // The connection's handshakes are a reply wait too.
+                        waits.record(t0, t0.elapsed());
+                        // The old holder is gone (it disconnected); the new client waits.
+                        drop(std::mem::replace(&mut pair.waiter, c));
+                        step = Step::Rejoin(last_request + BYSTANDER_EVERY);
+                    }
+                    Err(e) => stop_bystander(&mut step, e),
+                }
+            }
+            Wake::Due => {
+                let now = Instant::now();
+                last_request = now;
+                step = match step {
+                    Step::GiveUp(_) => {
+                        match proto {
+                            Proto::V1 => pair.holder.leave(&pair.room),
+                            Proto::Sio => pair.holder.close(),
+                        }
+                        Step::Waiting(now, Await::Released(pair.waiter.id))
+                    }
+                    _ => {
+                        pair.waiter.join(&pair.room);
+                        Step::Waiting(now, Await::Joined(pair.waiter.id))
+                    }
+                };
+            }
+            Wake::Tick => {
+                let now = Instant::now();
+                if let Step::Waiting(t0, _) = step
+                    && now - t0 > Duration::from_secs(30)
+                {
+                    out.bystander_timeouts += 1;
+                    stop_bystander(&mut step, "no reply within 30 s".into());
+                }
+                let Some((t0, cpu0)) = dropped else {
+                    if now - started >= BEFORE_DROP {
+                        let cpu0 = ticks(h);
+                        let t0 = Instant::now();
+                        for c in &conns {
+                            c.reset();
+                        }
+                        dropped = Some((t0, cpu0));
+                    }
+                    continue;
+                };
+                if out.cpu_first_second_ms.is_none() && now - t0 >= Duration::from_secs(1) {
+                    out.cpu_first_second_ms = cpu0
+                        .zip(ticks(h))
+                        .map(|(a, b)| b.saturating_sub(a) as f64 * ms_per_tick);
+                }
+                if cleared.is_none() && survivor.is_none() && now - t0 >= s.storm_grace {
+                    cleared = Some(now);
+                }
+                if now - t0 > give_up_after {
+                    eprintln!(
+                        "  warning: storm: the server not quiet {} s after the drop{}",
+                        give_up_after.as_secs(),
+                        if out.survivor_holds_ms.is_none() {
+                            " (the survivor was never told it holds)"
+                        } else {
+                            ""
+                        }
+                    );
+                    break;
+                }
+                let Some(c) = cleared else { continue };
+                let Some(cpu0) = cpu0 else {
+                    // No pid: no CPU figures; a short pause for the expiry work.
+                    if now - c >= Duration::from_millis(200) {
+                        break;
+                    }
+                    continue;
+                };
+                let Some(cpu) = ticks(h) else {
+                    return Err("storm: the server is gone".into());
+                };
+                samples.push((now, cpu));
+                let quiet_from = samples
+                    .iter()
+                    .rev()
+                    .find(|(at, _)| now - *at >= Duration::from_secs(1))
+                    .filter(|(at, _)| *at >= c);
+                if let Some(&(at, then)) = quiet_from
+                    && cpu - then <= QUIET_TICKS
+                {
+                    out.cpu_ms = Some(then.saturating_sub(cpu0) as f64 * ms_per_tick);
+                    out.quiet_cpu_ms_per_sec =
+                        Some((cpu - then) as f64 * ms_per_tick / (now - at).as_secs_f64());
+                    out.quiet_after_ms = Some((at - t0).as_secs_f64() * 1e3);
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(j) = connecting {
+        j.abort();
+    }
+    out.bystander = waits.lat.summary();
+    if let (Some(t), Some((d, _))) = (waits.longest_at, dropped) {
+        out.bystander_max_at_ms = Some(if t >= d {
+            (t - d).as_secs_f64() * 1e3
+        } else {
+            -(d - t).as_secs_f64() * 1e3
+        });
+    }
+    eprintln!(
+        "  storm: {} connections in one room reset at once: server CPU {} until quiet ({} in the first second, {} to the survivor's notice; quiet {} after the drop, then {} ms/s); bystander in another room: {} replies, p99 {:.2} ms, max {:.2} ms (sent {} after the drop){}; survivor told it holds after {}{}",
+        out.clients,
+        out.cpu_ms.map_or("?".into(), |c| format!("{c:.0} ms")),
+        out.cpu_first_second_ms
+            .map_or("?".into(), |c| format!("{c:.0} ms")),
+        out.cpu_to_survivor_ms
+            .map_or("?".into(), |c| format!("{c:.0} ms")),
+        out.quiet_after_ms
+            .map_or("?".into(), |q| format!("{:.2} s", q / 1e3)),
+        out.quiet_cpu_ms_per_sec
+            .map_or("?".into(), |q| format!("{q:.0}")),
+        out.bystander.n,
+        out.bystander.p99_us / 1e3,
+        out.bystander.max_us / 1e3,
+        out.bystander_max_at_ms
+            .map_or("?".into(), |ms| format!("{ms:.0} ms")),
+        if out.bystander_timeouts > 0 {
+            format!(" ({} timed out)", out.bystander_timeouts)
+        } else {
+            String::new()
+        },
+        out.survivor_holds_ms
+            .map_or("never".into(), |ms| format!("{ms:.1} ms")),
+        if out.kicked_after_drop > 0 {
+            format!(
+                " ({} survivor/bystander connections closed by the server)",
+                out.kicked_after_drop
+            )
+        } else {
+            String::new()
+        },
+    );
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -742,7 +1199,11 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let hub = occupancy_axum::Hub::new();
+            // A short grace: the storm waits it out.
+            let hub = occupancy_axum::Hub::builder()
+                .grace(Duration::from_millis(300))
+                .build()
+                .unwrap();
             let app = occupancy_axum::Endpoint::new(hub).router::<()>("/ws");
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
@@ -763,6 +1224,8 @@ mod tests {
                 clients: 40,
                 hot_rounds: 2,
                 concurrency: 16,
+                storm_clients: 30,
+                storm_grace: Duration::from_millis(300),
             };
             let mut h = Hub::new(target, settings, None);
             let pts = rooms_ladder(&mut h).await.unwrap();
@@ -782,6 +1245,18 @@ mod tests {
                 c.hot_presences,
                 vec![39 - c.kicked_in_burst, 38 - c.kicked_in_burst]
             );
+            let st = storm(&mut h).await.unwrap();
+            assert_eq!(st.clients + st.kicked_before_drop, 30, "{st:?}");
+            assert_eq!(st.kicked_after_drop, 0, "{st:?}");
+            // Told after the grace, not long after.
+            let held = st
+                .survivor_holds_ms
+                .expect("the survivor was told it holds");
+            assert!((250.0..3000.0).contains(&held), "{st:?}");
+            assert!(st.bystander.n >= 10, "{st:?}");
+            assert_eq!(st.bystander_timeouts, 0);
+            // No pid: no CPU figures.
+            assert_eq!(st.cpu_ms, None);
         });
     }
 
