@@ -25,7 +25,8 @@ pub(crate) struct Line {
     occupants: VecDeque<OccupantState>,
     /// Occupant → slot; `slot - head` (wrapping) is the place. `None` for short lines.
     /// Boxed: most lines are short and have none, and a room's size counts for every idle
-    /// connection that holds one.
+    /// connection that holds one (8 bytes instead of 48 in every room).
+    #[allow(clippy::box_collection)]
     index: Option<Box<HashMap<OccupantKey, u64, KeyHash>>>,
     /// The slot of the front of the line.
     head: u64,
