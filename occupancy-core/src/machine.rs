@@ -689,9 +689,28 @@ impl Machine {
         self.outbox.drain(..)
     }
 
+    /// Takes all pending notices at once by swapping the outbox with `buf` (which should be
+    /// empty; its allocation becomes the outbox's). O(1): a driver that hands notices on whole
+    /// copies nothing.
+    pub fn swap_notices(&mut self, buf: &mut VecDeque<Notice>) {
+        std::mem::swap(&mut self.outbox, buf);
+    }
+
     /// Takes the oldest pending notice. O(1).
     pub fn poll_notice(&mut self) -> Option<Notice> {
         self.outbox.pop_front()
+    }
+
+    /// The oldest pending notice, left in the outbox.
+    pub fn peek_notice(&self) -> Option<&Notice> {
+        self.outbox.front()
+    }
+
+    /// True when every pending notice is about the room whose id's text starts at `room`
+    /// (compared by address: the notices of one change share the room's id). For drivers that
+    /// route notices by room. O(pending notices), reads only.
+    pub(crate) fn notices_all_about(&self, room: *const u8) -> bool {
+        self.outbox.iter().all(|n| n.room.as_str().as_ptr() == room)
     }
 
     /// True when notices are waiting in the outbox.

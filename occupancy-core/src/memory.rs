@@ -74,7 +74,7 @@ impl MemoryBackend {
             m.run_enabled_checks();
             if m.has_notices() {
                 match self.inner.sink.get() {
-                    Some(_) => self.inner.relay.queue(m.drain_notices(), &mut touched),
+                    Some(_) => self.inner.relay.queue_from(&mut m, &mut touched),
                     None => m.drain_notices().for_each(drop),
                 }
             }

@@ -38,8 +38,11 @@ pub(crate) const CHUNK: usize = 256;
 
 #[derive(Default)]
 struct Lane {
+    /// Notices waiting for delivery, in state order (pushed under the state lock).
     queued: Mutex<VecDeque<Notice>>,
-    delivering: tokio::sync::Mutex<()>,
+    /// Held while delivering this lane; guards the deliverer's buffer, which is swapped with
+    /// `queued` so that neither allocates in steady state.
+    delivering: tokio::sync::Mutex<VecDeque<Notice>>,
 }
 
 impl Lane {
@@ -63,35 +66,85 @@ impl Default for Relay {
     }
 }
 
-/// The lanes a call queued notices in (what it must deliver after the state lock is released).
-/// Almost always one; a batch touching many rooms may fill several.
+/// The lanes a call queued notices in (what it must deliver after the state lock is released),
+/// in the order they were first touched. Almost always one (no allocation); a batch touching
+/// many rooms may fill several.
 #[derive(Debug, Default)]
-pub(crate) struct Touched(Vec<u16>);
+pub(crate) enum Touched {
+    /// Nothing queued.
+    #[default]
+    None,
+    /// One lane.
+    One(u16),
+    /// Several lanes.
+    Many(Vec<u16>),
+}
 
 impl Touched {
     pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        matches!(self, Touched::None)
+    }
+
+    fn add(&mut self, lane: u16) {
+        match self {
+            Touched::None => *self = Touched::One(lane),
+            Touched::One(l) if *l == lane => {}
+            Touched::One(l) => *self = Touched::Many(vec![*l, lane]),
+            Touched::Many(v) => {
+                if !v.contains(&lane) {
+                    v.push(lane);
+                }
+            }
+        }
+    }
+
+    fn as_slice(&self) -> &[u16] {
+        match self {
+            Touched::None => &[],
+            Touched::One(l) => std::slice::from_ref(l),
+            Touched::Many(v) => v,
+        }
     }
 }
 
 impl Relay {
+    /// Queues the machine's pending notices in their rooms' lanes. Call while holding the state
+    /// lock. The common case — one room's change into an idle lane — swaps buffers with the
+    /// machine's outbox instead of moving each notice.
+    pub(crate) fn queue_from(&self, m: &mut crate::machine::Machine, touched: &mut Touched) {
+        if let Some(first) = m.peek_notice() {
+            let room = first.room.as_str().as_ptr();
+            if m.notices_all_about(room) {
+                let lane = self.lane_of(first.room.as_str());
+                let mut q = self.lanes[lane].queued();
+                if q.is_empty() {
+                    m.swap_notices(&mut q);
+                    touched.add(lane as u16);
+                    return;
+                }
+            }
+        }
+        self.queue(m.drain_notices(), touched);
+    }
+
     /// Queues notices in their rooms' lanes. Call while holding the state lock, with the
     /// notices in the order the machine produced them.
     pub(crate) fn queue(&self, notices: impl Iterator<Item = Notice>, touched: &mut Touched) {
         // Consecutive notices are almost always of one room: hash and lock once per run.
+        // The notices of one change share one room id allocation: compare addresses (only
+        // compared, never followed), and hash a room's name only when it changes.
         let mut current: Option<(usize, MutexGuard<'_, VecDeque<Notice>>)> = None;
-        let mut last_room: Option<crate::ids::RoomId> = None;
+        let mut last_room: *const u8 = std::ptr::null();
         for n in notices {
-            if last_room.as_ref() != Some(&n.room) {
+            let room = n.room.as_str().as_ptr();
+            if room != last_room {
                 let lane = self.lane_of(n.room.as_str());
                 if current.as_ref().map(|(l, _)| *l) != Some(lane) {
                     drop(current.take());
                     current = Some((lane, self.lanes[lane].queued()));
-                    if !touched.0.contains(&(lane as u16)) {
-                        touched.0.push(lane as u16);
-                    }
+                    touched.add(lane as u16);
                 }
-                last_room = Some(n.room.clone());
+                last_room = room;
             }
             if let Some((_, q)) = current.as_mut() {
                 q.push_back(n);
@@ -99,49 +152,56 @@ impl Relay {
         }
     }
 
-    /// Delivers everything queued in the touched lanes (see the module docs). Returns once the
-    /// caller's own notices have reached the sink.
+    /// Delivers everything queued in the touched lanes (see the module docs), in the order they
+    /// were touched (a resume tells its rooms in join order). Returns once the caller's own
+    /// notices have reached the sink.
     pub(crate) async fn deliver(self: &Arc<Self>, touched: Touched, sink: &Arc<dyn NoticeSink>) {
-        // Reversed, so that popping delivers the lanes in the order they were touched (a resume
-        // tells its rooms in join order).
-        let mut lanes = touched.0;
-        lanes.reverse();
         let mut guard = Pending {
             relay: self,
             sink,
-            lanes,
+            touched,
+            done: 0,
         };
-        while let Some(&lane) = guard.lanes.last() {
+        while let Some(&lane) = guard.touched.as_slice().get(guard.done) {
             self.deliver_lane(lane as usize, sink).await;
-            guard.lanes.pop();
+            guard.done += 1;
         }
     }
 
     async fn deliver_lane(&self, lane: usize, sink: &Arc<dyn NoticeSink>) {
         let lane = &self.lanes[lane];
         // Uncontended (the common case): no lock future at all.
-        let _delivering = match lane.delivering.try_lock() {
+        let mut buf = match lane.delivering.try_lock() {
             Ok(guard) => guard,
             Err(_) => lane.delivering.lock().await,
         };
-        let mut chunk = Vec::new();
         loop {
             let more = {
                 let mut q = lane.queued();
-                let n = q.len().min(CHUNK);
-                // Sized to what is there: most changes make a handful of notices.
-                chunk.reserve_exact(n);
-                chunk.extend(q.drain(..n));
-                !q.is_empty()
+                if q.len() <= CHUNK {
+                    // Everything at once, by swapping buffers: no copy, no allocation.
+                    std::mem::swap(&mut *q, &mut *buf);
+                    false
+                } else {
+                    buf.extend(q.drain(..CHUNK));
+                    true
+                }
             };
-            if chunk.is_empty() {
+            if buf.is_empty() {
                 return;
             }
-            sink.deliver(&mut chunk.drain(..));
-            if more {
-                // Let the sessions just woken (the new holder first) write before the rest.
-                tokio::task::yield_now().await;
+            sink.deliver(&mut buf.drain(..));
+            if buf.capacity() > 4 * CHUNK {
+                // After a crowded room's fan-out: do not keep its buffer for ever.
+                buf.shrink_to(CHUNK);
             }
+            // Anything queued after the swap is delivered by whoever queued it: it waits for
+            // this lock and drains the lane itself.
+            if !more {
+                return;
+            }
+            // Let the sessions just woken (the new holder first) write before the rest.
+            tokio::task::yield_now().await;
         }
     }
 
@@ -161,15 +221,18 @@ impl Relay {
 struct Pending<'a> {
     relay: &'a Arc<Relay>,
     sink: &'a Arc<dyn NoticeSink>,
-    lanes: Vec<u16>,
+    touched: Touched,
+    /// How many of `touched` are delivered.
+    done: usize,
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        if self.lanes.is_empty() {
+        let rest = &self.touched.as_slice()[self.done.min(self.touched.as_slice().len())..];
+        if rest.is_empty() {
             return;
         }
-        let lanes = std::mem::take(&mut self.lanes);
+        let lanes = rest.to_vec();
         let (relay, sink) = (self.relay.clone(), self.sink.clone());
         // Without a runtime (it is shutting down) nobody is left to read the notices.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
