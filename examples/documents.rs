@@ -13,12 +13,14 @@
 //!
 //! As a demo, the principal comes from `?user=` and the display name from `?name=` in the
 //! query; real applications take them from their session cookie or token. `GET /stats` shows
-//! the Hub's counters; `OCCUPANCY_CHECK_INVARIANTS=1` makes the state machine check its
-//! invariants after every operation (slow: for soak runs, see `loadgen soak`).
+//! the Hub's counters; `GRACE_MS` sets how long a dropped connection keeps its places (default
+//! 5000); `OCCUPANCY_CHECK_INVARIANTS=1` makes the state machine check its invariants after
+//! every operation (slow: for soak runs, see `loadgen soak`).
 
 mod support;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use occupancy::{Config, Hub};
 use tracing_subscriber::EnvFilter;
@@ -34,9 +36,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(p) => p.parse().map_err(|e| format!("PORT={p:?}: {e}"))?,
         Err(_) => 3000,
     };
+    let grace = match std::env::var("GRACE_MS") {
+        Ok(ms) => Duration::from_millis(ms.parse().map_err(|e| format!("GRACE_MS={ms:?}: {e}"))?),
+        Err(_) => Config::default().grace,
+    };
     let check_invariants = std::env::var("OCCUPANCY_CHECK_INVARIANTS").is_ok_and(|v| v == "1");
     let hub = Hub::builder()
         .config(Config {
+            grace,
             check_invariants,
             ..Config::default()
         })
