@@ -17,9 +17,9 @@
 //!   or it did. Deliveries of one lane never overlap, so no session sees a room's versions out
 //!   of order.
 //! - Urgent first: the machine puts a change's `released` / `displaced` / `occupied` before its
-//!   presences, so they are in the first chunk; the yield after it lets the new holder's
-//!   connection task write `released` before the presence fan-out goes on (on a single core
-//!   too). Another room waits for this fan-out only if it shares the lane (1 in [`LANES`]).
+//!   presences; when a fan-out is queued, those leading urgent notices are delivered as a chunk
+//!   of their own, and the yield after it lets the new holder's connection task write
+//!   `released` before any presence of the fan-out is delivered (on a single core too). Another room waits for this fan-out only if it shares the lane (1 in [`LANES`]).
 //! - A caller whose future is dropped while it holds work to deliver hands that work to a spawned
 //!   task, so a cancelled request never strands another session's `released`.
 
@@ -28,7 +28,7 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::backend::NoticeSink;
-use crate::notice::Notice;
+use crate::notice::{Notice, NoticeKind};
 
 /// How many lanes rooms are spread over.
 pub(crate) const LANES: usize = 1024;
@@ -183,7 +183,14 @@ impl Relay {
                     std::mem::swap(&mut *q, &mut *buf);
                     false
                 } else {
-                    buf.extend(q.drain(..CHUNK));
+                    // A fan-out: its urgent notices (the machine puts them first) go out on their
+                    // own, so the new holder's `released` is written before any presence frame.
+                    let urgent = q
+                        .iter()
+                        .take(CHUNK)
+                        .take_while(|n| !matches!(n.kind, NoticeKind::Presence(_)))
+                        .count();
+                    buf.extend(q.drain(..if urgent > 0 { urgent } else { CHUNK }));
                     true
                 }
             };
@@ -324,6 +331,52 @@ mod tests {
             })
             .sum();
         assert_eq!(got.len() as u64, expected, "each notice exactly once");
+    }
+
+    /// A hand-over in a crowded room: the `released` is delivered on its own, before any of the
+    /// presences queued behind it.
+    #[tokio::test]
+    async fn the_urgent_head_of_a_fan_out_is_delivered_alone() {
+        use crate::notice::{Presence, PresenceBody};
+        #[derive(Default)]
+        struct Calls(Mutex<Vec<Vec<bool>>>);
+        impl NoticeSink for Calls {
+            fn deliver(&self, notices: &mut dyn Iterator<Item = Notice>) {
+                let kinds = notices
+                    .map(|n| matches!(n.kind, NoticeKind::Presence(_)))
+                    .collect();
+                self.0.lock().unwrap().push(kinds);
+            }
+            fn is_local(&self, _: SessionId) -> bool {
+                true
+            }
+            fn session_ended(&self, _: SessionId, _: Option<crate::Error>) {}
+        }
+        let relay = Arc::new(Relay::default());
+        let calls = Arc::new(Calls::default());
+        let sink: Arc<dyn NoticeSink> = calls.clone();
+        let body = Arc::new(PresenceBody {
+            version: 2,
+            holder: None,
+            waiting: 0,
+            occupants: vec![],
+        });
+        let presence = |s: u64| Notice {
+            session: SessionId(s),
+            room: RoomId::parse("hot", 64).unwrap(),
+            kind: NoticeKind::Presence(Presence {
+                body: body.clone(),
+                position: Some(s as u32),
+            }),
+        };
+        let fan_out = std::iter::once(released(0, "hot", 2)).chain((1..=300).map(presence));
+        let mut touched = Touched::default();
+        relay.queue(fan_out, &mut touched);
+        relay.deliver(touched, &sink).await;
+        let calls = calls.0.lock().unwrap();
+        assert_eq!(calls[0], vec![false], "the released alone first");
+        assert!(calls[1..].iter().flatten().all(|&p| p));
+        assert_eq!(calls[1..].iter().map(Vec::len).sum::<usize>(), 300);
     }
 
     /// A caller dropped while it waits for a lane still gets its notices delivered.
