@@ -19,7 +19,8 @@
 //! - Urgent first: the machine puts a change's `released` / `displaced` / `occupied` before its
 //!   presences; when a fan-out is queued, those leading urgent notices are delivered as a chunk
 //!   of their own, and the yield after it lets the new holder's connection task write
-//!   `released` before any presence of the fan-out is delivered (on a single core too). Another room waits for this fan-out only if it shares the lane (1 in [`LANES`]).
+//!   `released` before any presence of the fan-out is delivered (on a single core too). Another
+//!   room waits for this fan-out only if it shares the lane (1 in [`LANES`]).
 //! - A caller whose future is dropped while it holds work to deliver hands that work to a spawned
 //!   task, so a cancelled request never strands another session's `released`.
 
