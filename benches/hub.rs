@@ -100,6 +100,31 @@ async fn hub_pairs_in(
     }
 }
 
+/// A task's room, session and notices.
+type Seat = Arc<tokio::sync::Mutex<(String, occupancy::Session, occupancy::Notices)>>;
+
+/// One task per seat: `iters` join+leave pairs split over the tasks, run at once; the wall time
+/// for all of them.
+async fn pairs_in_parallel(seats: &[Seat], iters: u64) -> Duration {
+    let start = Instant::now();
+    let tasks: Vec<_> = seats
+        .iter()
+        .map(|seat| {
+            let seat = seat.clone();
+            let n = iters.div_ceil(seats.len() as u64);
+            tokio::spawn(async move {
+                let mut guard = seat.lock().await;
+                let (room, s, notices) = &mut *guard;
+                hub_pairs_in(room, s, notices, n).await;
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    start.elapsed()
+}
+
 async fn setup_hub() -> Hub {
     // A large buffer: with 2 tasks, a session descheduled by the OS for a moment while it stands
     // in the room would otherwise be closed as a slow consumer by the other task's churn.
@@ -152,29 +177,9 @@ fn hub(c: &mut Criterion) {
         });
         let sessions: Vec<_> = sessions
             .into_iter()
-            .map(|(s, n)| Arc::new(tokio::sync::Mutex::new((s, n))))
+            .map(|(s, n)| Arc::new(tokio::sync::Mutex::new((ROOM.to_string(), s, n))))
             .collect();
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                let tasks: Vec<_> = sessions
-                    .iter()
-                    .map(|pair| {
-                        let pair = pair.clone();
-                        let n = iters.div_ceil(2);
-                        tokio::spawn(async move {
-                            let mut guard = pair.lock().await;
-                            let (s, notices) = &mut *guard;
-                            hub_pairs(s, notices, n).await;
-                        })
-                    })
-                    .collect();
-                for t in tasks {
-                    t.await.unwrap();
-                }
-                start.elapsed()
-            })
-        });
+        b.iter_custom(|iters| rt.block_on(pairs_in_parallel(&sessions, iters)));
     });
     // Independent rooms: each task has its own room (with its own holder). What the cost rules
     // ask of the runtime: unrelated rooms proceed in parallel. Both cases run on the same
@@ -205,27 +210,7 @@ fn hub(c: &mut Criterion) {
                 }
                 (hub, sessions)
             });
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    let handles: Vec<_> = sessions
-                        .iter()
-                        .map(|pair| {
-                            let pair = pair.clone();
-                            let n = iters.div_ceil(tasks as u64);
-                            tokio::spawn(async move {
-                                let mut guard = pair.lock().await;
-                                let (room, s, notices) = &mut *guard;
-                                hub_pairs_in(room, s, notices, n).await;
-                            })
-                        })
-                        .collect();
-                    for h in handles {
-                        h.await.unwrap();
-                    }
-                    start.elapsed()
-                })
-            });
+            b.iter_custom(|iters| rt.block_on(pairs_in_parallel(&sessions, iters)));
         });
     }
     g.finish();
