@@ -83,6 +83,21 @@ pub trait Backend: Send + Sync + 'static {
     /// (see [`Machine::disconnect`](crate::Machine::disconnect)).
     async fn disconnect(&self, session: SessionId, now: Instant) -> Result<(), Error>;
 
+    /// Many connections ended at once (see
+    /// [`Machine::disconnect_many`](crate::Machine::disconnect_many)): a backend may merge the
+    /// changes per room, so that with zero grace n sessions leaving one room cost O(n) and each
+    /// remaining member is told its final place once. Unknown sessions are skipped. The default
+    /// calls [`Backend::disconnect`] for each.
+    async fn disconnect_many(&self, sessions: &[SessionId], now: Instant) -> Result<(), Error> {
+        for &session in sessions {
+            match self.disconnect(session, now).await {
+                Ok(()) | Err(Error::UnknownSession) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the session at once, leaving all its rooms
     /// (see [`Machine::close`](crate::Machine::close)).
     async fn close(&self, session: SessionId) -> Result<(), Error>;

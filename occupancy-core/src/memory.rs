@@ -127,6 +127,11 @@ impl Backend for MemoryBackend {
         self.run(|m| m.disconnect(session, now)).await
     }
 
+    async fn disconnect_many(&self, sessions: &[SessionId], now: Instant) -> Result<(), Error> {
+        self.run(|m| m.disconnect_many(sessions, now)).await;
+        Ok(())
+    }
+
     async fn close(&self, session: SessionId) -> Result<(), Error> {
         self.run(|m| m.close(session)).await
     }

@@ -337,6 +337,46 @@ async fn grace_ends_exactly_on_time() {
     );
 }
 
+/// 300 of a room's 301 connections drop at once with no grace (their handles dropped together):
+/// the timer task hands them to the backend as one batch, so the room changes once and the one
+/// who stays hears `released` once — not one change (and one fan-out) per departure.
+#[tokio::test]
+async fn handles_dropped_together_leave_in_one_change() {
+    let backend = MemoryBackend::new();
+    let hub = hub_on(&backend, Duration::ZERO);
+    let mut dropped = Vec::new();
+    for _ in 0..300 {
+        let (s, n) = hub.connect(None, Meta::empty()).await.unwrap();
+        s.join(ROOM, None).await.unwrap();
+        dropped.push((s, n));
+    }
+    let (stays, mut notices) = hub.connect(None, Meta::empty()).await.unwrap();
+    assert_eq!(stays.join(ROOM, None).await.unwrap().position, 300);
+    while notices.try_recv().is_some() {}
+    let version = hub.version(ROOM).await.unwrap();
+
+    drop(dropped); // all handles at once, before the timer task runs
+    let released = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let n = notices.recv().await.unwrap();
+            if matches!(n.kind, NoticeKind::Released { .. }) {
+                return n;
+            }
+        }
+    })
+    .await
+    .expect("the one who stays is released");
+    assert_eq!(
+        released.version(),
+        version + 1,
+        "one change for 300 departures"
+    );
+    assert_eq!(hub.version(ROOM).await.unwrap(), version + 1);
+    assert_eq!(hub.occupants(ROOM).await.unwrap().len(), 1);
+    assert_eq!(hub.live_connections(), 1);
+    invariants(&backend);
+}
+
 /// A disconnect with a shorter deadline than the one the timer task sleeps for wakes it early.
 #[tokio::test(start_paused = true)]
 async fn earlier_deadline_wakes_the_timer() {

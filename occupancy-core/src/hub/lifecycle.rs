@@ -35,12 +35,20 @@ impl HubInner {
             if cmds.is_empty() {
                 return;
             }
+            // Disconnects queued together (handles dropped at once: a network blip, a deploy)
+            // go to the backend as one batch, so a room many of them stood in changes once.
+            let mut disconnects = Vec::new();
             for cmd in cmds {
                 match cmd {
-                    Cmd::Disconnect { id, conn } => self.disconnect(id, &conn).await,
-                    Cmd::Kick { id, conn } => self.kick(id, &conn).await,
+                    Cmd::Disconnect { id, conn } => disconnects.push((id, conn)),
+                    Cmd::Kick { id, conn } => {
+                        self.disconnect_many(&std::mem::take(&mut disconnects))
+                            .await;
+                        self.kick(id, &conn).await
+                    }
                 }
             }
+            self.disconnect_many(&disconnects).await;
         }
     }
 
@@ -77,6 +85,56 @@ impl HubInner {
             Err(e) => {
                 self.registry.lock().remove(id);
                 log_error("disconnect", id, "", &e);
+            }
+        }
+        // The grace deadline may be earlier than what the timer task sleeps for.
+        self.registry.wake.notify_one();
+    }
+
+    /// [`HubInner::disconnect`] for many connections at once, in one backend call
+    /// ([`Backend::disconnect_many`](crate::Backend::disconnect_many)): with zero grace, n
+    /// sessions leaving one room cost O(n), each remaining member told its final place once.
+    async fn disconnect_many(&self, batch: &[(SessionId, Arc<Conn>)]) {
+        match batch {
+            [] => return,
+            [(id, conn)] => return self.disconnect(*id, conn).await,
+            _ => {}
+        }
+        let _lifecycle = self.lifecycle.lock().await;
+        let now = now();
+        let deadline = (!self.config.grace.is_zero()).then(|| now + self.config.grace);
+        let mut ids = Vec::with_capacity(batch.len());
+        {
+            let mut st = self.registry.lock();
+            for (id, conn) in batch {
+                if !conn.close(None)
+                    || !st.slots.get(id).is_some_and(|s| Arc::ptr_eq(&s.conn, conn))
+                {
+                    continue;
+                }
+                match deadline {
+                    Some(d) => {
+                        let slot = st.slots.get_mut(id).expect("checked");
+                        slot.tx = None;
+                        slot.grace_until = Some(d);
+                        st.grace.insert((d, *id));
+                    }
+                    None => {
+                        st.remove(*id);
+                    }
+                }
+                ids.push(*id);
+            }
+        }
+        match self.backend.disconnect_many(&ids, now).await {
+            Ok(()) => debug!(sessions = ids.len(), grace = ?self.config.grace, "disconnected"),
+            Err(e) => {
+                let mut st = self.registry.lock();
+                for id in &ids {
+                    st.remove(*id);
+                }
+                drop(st);
+                warn!(sessions = ids.len(), error = %e, "backend failed to disconnect a batch");
             }
         }
         // The grace deadline may be earlier than what the timer task sleeps for.
