@@ -377,6 +377,73 @@ async fn handles_dropped_together_leave_in_one_change() {
     invariants(&backend);
 }
 
+/// The adapters end each connection with an explicit `Session::disconnect().await`. When 300 of
+/// them end at the same moment (their tasks all ready at once), the Hub still hands them to the
+/// backend as one batch: one change of the room, one `released`.
+#[tokio::test]
+async fn disconnects_at_the_same_moment_leave_in_one_change() {
+    let backend = MemoryBackend::new();
+    let hub = hub_on(&backend, Duration::ZERO);
+    let mut leaving = Vec::new();
+    for _ in 0..300 {
+        let (s, _n) = hub.connect(None, Meta::empty()).await.unwrap();
+        s.join(ROOM, None).await.unwrap();
+        leaving.push(s);
+    }
+    let (stays, mut notices) = hub.connect(None, Meta::empty()).await.unwrap();
+    stays.join(ROOM, None).await.unwrap();
+    while notices.try_recv().is_some() {}
+    let version = hub.version(ROOM).await.unwrap();
+
+    let tasks: Vec<_> = leaving
+        .into_iter()
+        .map(|s| tokio::spawn(async move { s.disconnect().await }))
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Every call has returned: their disconnects are done.
+    assert_eq!(hub.version(ROOM).await.unwrap(), version + 1);
+    assert_eq!(hub.occupants(ROOM).await.unwrap().len(), 1);
+    let kinds: Vec<_> = std::iter::from_fn(|| notices.try_recv())
+        .map(|n| n.kind)
+        .collect();
+    assert!(
+        matches!(&kinds[..], [NoticeKind::Released { .. }, NoticeKind::Presence(p)] if p.position == Some(0)),
+        "{kinds:?}"
+    );
+    invariants(&backend);
+}
+
+/// A disconnect whose caller is cancelled after it queued itself is still done (by the timer
+/// task): the places of a connection that ended are never held for ever.
+#[tokio::test]
+async fn a_cancelled_disconnect_is_still_done() {
+    let backend = MemoryBackend::new();
+    let hub = hub_on(&backend, Duration::ZERO);
+    let (gone, _gn) = hub.connect(None, Meta::empty()).await.unwrap();
+    let (next, _nn) = hub.connect(None, Meta::empty()).await.unwrap();
+    gone.join(ROOM, None).await.unwrap();
+    next.join(ROOM, None).await.unwrap();
+    tokio::select! {
+        biased;
+        _ = gone.disconnect() => panic!("a disconnect yields before it runs"),
+        _ = std::future::ready(()) => {}
+    }
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while hub.occupants(ROOM).await.unwrap().len() != 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the timer task finished the disconnect");
+    assert_eq!(
+        hub.holder(ROOM).await.unwrap().unwrap().id.to_string(),
+        format!("~{}", next.id())
+    );
+    invariants(&backend);
+}
+
 /// A disconnect with a shorter deadline than the one the timer task sleeps for wakes it early.
 #[tokio::test(start_paused = true)]
 async fn earlier_deadline_wakes_the_timer() {

@@ -33,80 +33,75 @@ impl HubInner {
         loop {
             let cmds = self.registry.take_cmds(kicks_only);
             if cmds.is_empty() {
+                // Disconnects queued by callers that were cancelled before their own flush.
+                if !kicks_only && self.has_queued_disconnects() {
+                    self.flush_disconnects().await;
+                }
                 return;
             }
-            // Disconnects queued together (handles dropped at once: a network blip, a deploy)
-            // go to the backend as one batch, so a room many of them stood in changes once.
-            let mut disconnects = Vec::new();
+            // Disconnects of dropped handles join the batch of connections ending now.
             for cmd in cmds {
                 match cmd {
-                    Cmd::Disconnect { id, conn } => disconnects.push((id, conn)),
+                    Cmd::Disconnect { id, conn } => self.queue_disconnect(id, conn),
                     Cmd::Kick { id, conn } => {
-                        self.disconnect_many(&std::mem::take(&mut disconnects))
-                            .await;
+                        self.flush_disconnects().await;
                         self.kick(id, &conn).await
                     }
                 }
             }
-            self.disconnect_many(&disconnects).await;
+            self.flush_disconnects().await;
         }
     }
 
+    /// The connection `conn` of session `id` ended: its grace starts (with zero grace it leaves
+    /// its rooms now). Returns once that is done.
+    ///
+    /// Connections that end together (a network blip, a deploy: thousands at once) reach the
+    /// backend as one batch ([`Backend::disconnect_many`](crate::Backend::disconnect_many)), so
+    /// a room many of them stood in changes once and each remaining member is told its final
+    /// place once, instead of one change and one fan-out per departure. Each caller queues
+    /// itself, yields once so that the connections ending at the same moment queue too, and then
+    /// whoever takes the lifecycle lock first disconnects everyone queued; a caller whose entry
+    /// was taken by an earlier holder returns once that holder is done (the lock is fair).
     pub(super) async fn disconnect(&self, id: SessionId, conn: &Arc<Conn>) {
-        let _lifecycle = self.lifecycle.lock().await;
-        if !conn.close(None) {
-            return;
-        }
-        let now = now();
-        let deadline = (!self.config.grace.is_zero()).then(|| now + self.config.grace);
-        {
-            let mut st = self.registry.lock();
-            if !st
-                .slots
-                .get(&id)
-                .is_some_and(|s| Arc::ptr_eq(&s.conn, conn))
-            {
-                return;
-            }
-            match deadline {
-                Some(d) => {
-                    let slot = st.slots.get_mut(&id).expect("checked");
-                    slot.tx = None;
-                    slot.grace_until = Some(d);
-                    st.grace.insert((d, id));
-                }
-                None => {
-                    st.remove(id);
-                }
-            }
-        }
-        match self.backend.disconnect(id, now).await {
-            Ok(()) => debug!(session = %id, grace = ?self.config.grace, "disconnected"),
-            Err(e) => {
-                self.registry.lock().remove(id);
-                log_error("disconnect", id, "", &e);
-            }
-        }
-        // The grace deadline may be earlier than what the timer task sleeps for.
+        self.queue_disconnect(id, conn.clone());
+        tokio::task::yield_now().await;
+        self.flush_disconnects().await;
+    }
+
+    /// Queues a disconnect for the next flush. The timer task is woken too, so a queued
+    /// disconnect whose caller was cancelled before its flush is still done.
+    fn queue_disconnect(&self, id: SessionId, conn: Arc<Conn>) {
+        self.disconnecting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, conn));
         self.registry.wake.notify_one();
     }
 
-    /// [`HubInner::disconnect`] for many connections at once, in one backend call
-    /// ([`Backend::disconnect_many`](crate::Backend::disconnect_many)): with zero grace, n
-    /// sessions leaving one room cost O(n), each remaining member told its final place once.
-    async fn disconnect_many(&self, batch: &[(SessionId, Arc<Conn>)]) {
-        match batch {
-            [] => return,
-            [(id, conn)] => return self.disconnect(*id, conn).await,
-            _ => {}
-        }
+    fn has_queued_disconnects(&self) -> bool {
+        !self
+            .disconnecting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// Disconnects everything queued, under the lifecycle lock.
+    async fn flush_disconnects(&self) {
         let _lifecycle = self.lifecycle.lock().await;
+        let batch =
+            std::mem::take(&mut *self.disconnecting.lock().unwrap_or_else(|p| p.into_inner()));
+        if batch.is_empty() {
+            return;
+        }
         let now = now();
         let deadline = (!self.config.grace.is_zero()).then(|| now + self.config.grace);
         let mut ids = Vec::with_capacity(batch.len());
         {
             let mut st = self.registry.lock();
-            for (id, conn) in batch {
+            for (id, conn) in &batch {
+                // Already closed (a second disconnect, a kick) or replaced by a resume: skip.
                 if !conn.close(None)
                     || !st.slots.get(id).is_some_and(|s| Arc::ptr_eq(&s.conn, conn))
                 {
@@ -126,15 +121,22 @@ impl HubInner {
                 ids.push(*id);
             }
         }
-        match self.backend.disconnect_many(&ids, now).await {
-            Ok(()) => debug!(sessions = ids.len(), grace = ?self.config.grace, "disconnected"),
+        let result = match ids[..] {
+            [] => return,
+            [id] => self.backend.disconnect(id, now).await,
+            _ => self.backend.disconnect_many(&ids, now).await,
+        };
+        match result {
+            Ok(()) => {
+                debug!(sessions = ids.len(), first = %ids[0], grace = ?self.config.grace, "disconnected")
+            }
             Err(e) => {
                 let mut st = self.registry.lock();
                 for id in &ids {
                     st.remove(*id);
                 }
                 drop(st);
-                warn!(sessions = ids.len(), error = %e, "backend failed to disconnect a batch");
+                log_error("disconnect", ids[0], "", &e);
             }
         }
         // The grace deadline may be earlier than what the timer task sleeps for.

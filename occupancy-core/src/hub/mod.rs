@@ -50,6 +50,9 @@ struct HubInner {
     authorize: Option<Arc<dyn Authorize>>,
     /// Serializes connection lifecycle changes (disconnect, close, resume, expiry, kicks).
     lifecycle: tokio::sync::Mutex<()>,
+    /// Connections that ended and wait for the next batch of disconnects (see
+    /// `HubInner::disconnect`).
+    disconnecting: std::sync::Mutex<Vec<(SessionId, Arc<registry::Conn>)>>,
 }
 
 impl Drop for HubInner {
@@ -221,6 +224,7 @@ impl HubBuilder {
             registry,
             authorize: self.authorize,
             lifecycle: tokio::sync::Mutex::new(()),
+            disconnecting: std::sync::Mutex::new(Vec::new()),
         });
         runtime.spawn(
             timer_task(Arc::downgrade(&inner), wake)
