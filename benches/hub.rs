@@ -184,8 +184,11 @@ fn hub(c: &mut Criterion) {
     // Independent rooms: each task has its own room (with its own holder). What the cost rules
     // ask of the runtime: unrelated rooms proceed in parallel. Both cases run on the same
     // 2-worker runtime, so the ratio of their throughputs is the parallel speed-up.
-    for tasks in [1usize, 2] {
-        let name = format!("hub, {tasks} task(s), distinct rooms, 2 workers");
+    for (tasks, shards) in [(1usize, 0usize), (2, 0), (1, 2), (2, 2)] {
+        let name = match shards {
+            0 => format!("hub, {tasks} task(s), distinct rooms, 2 workers"),
+            n => format!("hub, {tasks} task(s), distinct rooms, 2 workers, {n} shards"),
+        };
         g.bench_function(name, |b| {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -193,14 +196,31 @@ fn hub(c: &mut Criterion) {
                 .build()
                 .unwrap();
             let (_hub, sessions) = rt.block_on(async {
-                let hub = Hub::builder()
-                    .grace(Duration::ZERO)
-                    .notice_buffer(1 << 16)
-                    .build()
-                    .unwrap();
+                let builder = Hub::builder().grace(Duration::ZERO).notice_buffer(1 << 16);
+                let sharded = (shards > 0).then(|| occupancy::ShardedBackend::new(shards).unwrap());
+                let hub = match &sharded {
+                    None => builder.build().unwrap(),
+                    Some(b) => builder.backend(b.clone()).build().unwrap(),
+                };
+                // With shards, each task's room in a shard of its own (the hash is keyed at
+                // random: look for such names).
+                let mut rooms: Vec<String> = Vec::new();
+                for i in 0.. {
+                    let room = format!("document-{i}");
+                    let shard = sharded.as_ref().map(|b| b.shard_of(&room));
+                    if shard.is_none()
+                        || !rooms
+                            .iter()
+                            .any(|r| sharded.as_ref().map(|b| b.shard_of(r)) == shard)
+                    {
+                        rooms.push(room);
+                    }
+                    if rooms.len() == tasks {
+                        break;
+                    }
+                }
                 let mut sessions = Vec::new();
-                for t in 0..tasks {
-                    let room = format!("document-{t}");
+                for room in rooms {
                     let (holder, holder_notices) = hub.connect(None, Meta::empty()).await.unwrap();
                     drop(holder_notices);
                     holder.join(&room, None).await.unwrap();

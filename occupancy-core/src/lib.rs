@@ -51,6 +51,7 @@ mod notice;
 pub mod protocol;
 mod queue;
 mod relay;
+mod sharded;
 mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -61,6 +62,7 @@ pub use hub::{
     Action, AuthRequest, Authorize, DEFAULT_NOTICE_BUFFER, Hub, HubBuilder, Notices, Session,
 };
 pub use memory::MemoryBackend;
+pub use sharded::{MAX_SHARDS, ShardedBackend};
 
 pub use config::{Config, Limits};
 pub use error::{Error, RoomIdError};

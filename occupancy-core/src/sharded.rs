@@ -1,0 +1,651 @@
+//! [`ShardedBackend`]: the in-memory [`Backend`] with rooms spread over several state machines,
+//! so that independent rooms proceed in parallel (DESIGN.md "Cost rules": rooms spread over
+//! cores). Opt-in for now; [`MemoryBackend`](crate::MemoryBackend) keeps one machine.
+//!
+//! Each room lives in one shard (a [`Machine`] behind its own mutex), chosen by a keyed hash of
+//! its id; every rule of a room is that shard's machine's. A session spans shards: a small table
+//! keeps what is the session's own — its principal, metadata and token, its grace, which shards
+//! it is known to, and how many rooms it stands in or watches (the rooms-per-session limit spans
+//! shards, so the table enforces it; the shards' machines are built without that limit). A
+//! session is connected to a shard's machine the first time it joins or watches a room there,
+//! and its disconnect, resume and close touch only the shards it is known to.
+//!
+//! Lock order: a shard, then the table (never the other way round). A join reserves its place in
+//! the session's room count in the table first, then — under the shard's lock — checks the
+//! session is still live, connects it there if needed and joins; so a close or disconnect that
+//! runs meanwhile either sees the shard in the session's set or makes the join fail.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use crate::backend::{Backend, NoticeSink};
+use crate::config::Config;
+use crate::error::Error;
+use crate::ids::{Meta, ResumeToken, RoomId, SessionId};
+use crate::machine::{Joined, Left, Machine, Resumed, Stats};
+use crate::notice::PresenceBody;
+use crate::relay::{Relay, Touched};
+use crate::state::RoomState;
+
+/// At most this many shards (a session's shards are a bit set in a `u64`).
+pub const MAX_SHARDS: usize = 64;
+
+/// The in-memory [`Backend`] with rooms spread over several shards. See the module docs.
+#[derive(Clone)]
+pub struct ShardedBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Box<[Mutex<Machine>]>,
+    table: Mutex<Table>,
+    config: OnceLock<Config>,
+    sink: OnceLock<Arc<dyn NoticeSink>>,
+    relay: Arc<Relay>,
+    hasher: foldhash::fast::RandomState,
+}
+
+#[derive(Default)]
+struct Table {
+    sessions: HashMap<SessionId, Entry>,
+    tokens: HashMap<ResumeToken, SessionId>,
+    grace: BTreeSet<(Instant, SessionId)>,
+}
+
+struct Entry {
+    principal: Option<Arc<str>>,
+    meta: Meta,
+    token: ResumeToken,
+    grace_until: Option<Instant>,
+    /// The shards this session may be known to (a bit per shard).
+    shards: u64,
+    /// Rooms it stands in or watches, plus joins and watches under way (reserved).
+    rooms: usize,
+    /// Rooms it stands in and rooms it watches, in the order it entered them (for resume).
+    joined: Vec<RoomId>,
+    watching: Vec<RoomId>,
+}
+
+impl std::fmt::Debug for ShardedBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardedBackend")
+            .field("shards", &self.inner.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardedBackend {
+    /// A backend with `shards` shards (1 ..= [`MAX_SHARDS`]); a good choice is the runtime's
+    /// worker count.
+    pub fn new(shards: usize) -> Result<Self, Error> {
+        if !(1..=MAX_SHARDS).contains(&shards) {
+            return Err(Error::Config(format!(
+                "shards must be between 1 and {MAX_SHARDS}, not {shards}"
+            )));
+        }
+        Ok(ShardedBackend {
+            inner: Arc::new(Inner {
+                shards: (0..shards)
+                    .map(|_| Mutex::new(Machine::default()))
+                    .collect(),
+                table: Mutex::new(Table::default()),
+                config: OnceLock::new(),
+                sink: OnceLock::new(),
+                relay: Arc::default(),
+                hasher: foldhash::fast::RandomState::default(),
+            }),
+        })
+    }
+
+    /// How many shards.
+    pub fn shards(&self) -> usize {
+        self.inner.shards.len()
+    }
+
+    fn config(&self) -> &Config {
+        self.inner.config.get_or_init(Config::default)
+    }
+
+    /// The shard that holds `room` (the hash is keyed at random per backend: it differs from
+    /// one run to the next). For diagnostics and benches.
+    pub fn shard_of(&self, room: &str) -> usize {
+        (self.inner.hasher.hash_one(room) as usize) % self.inner.shards.len()
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.inner.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn shard(&self, i: usize) -> MutexGuard<'_, Machine> {
+        self.inner.shards[i]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on shard `i` under its lock, queues the notices it produced in the relay (still
+    /// under the lock), then delivers them after releasing it — as the memory backend does.
+    async fn run<R>(&self, i: usize, f: impl FnOnce(&mut Machine) -> R) -> R {
+        let mut touched = Touched::default();
+        let r = {
+            let mut m = self.shard(i);
+            let r = f(&mut m);
+            m.run_enabled_checks();
+            if m.has_notices() {
+                match self.inner.sink.get() {
+                    Some(_) => self.inner.relay.queue_from(&mut m, &mut touched),
+                    None => m.drain_notices().for_each(drop),
+                }
+            }
+            r
+        };
+        if !touched.is_empty()
+            && let Some(sink) = self.inner.sink.get()
+        {
+            self.inner.relay.deliver(touched, sink).await;
+        }
+        r
+    }
+
+    fn shards_of(bits: u64) -> impl Iterator<Item = usize> {
+        (0..MAX_SHARDS).filter(move |i| bits & (1 << i) != 0)
+    }
+
+    /// A live session's shard set, or `UnknownSession`.
+    fn live_shards(&self, session: SessionId) -> Result<u64, Error> {
+        match self.table().sessions.get(&session) {
+            Some(e) if e.grace_until.is_none() => Ok(e.shards),
+            _ => Err(Error::UnknownSession),
+        }
+    }
+
+    /// Reserves a place in the session's room count (false when at the limit) and marks the
+    /// shard as one the session may be known to.
+    fn reserve(&self, session: SessionId, shard: usize) -> Result<bool, Error> {
+        let limit = self.config().limits.max_rooms_per_session;
+        let mut t = self.table();
+        let e = match t.sessions.get_mut(&session) {
+            Some(e) if e.grace_until.is_none() => e,
+            _ => return Err(Error::UnknownSession),
+        };
+        e.shards |= 1 << shard;
+        if e.rooms < limit {
+            e.rooms += 1;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Settles a reservation: gives it back unless `entered` (then the room is recorded).
+    fn settle(&self, session: SessionId, reserved: bool, entered: Option<(RoomId, bool)>) {
+        let mut t = self.table();
+        let Some(e) = t.sessions.get_mut(&session) else {
+            return;
+        };
+        match entered {
+            Some((room, watch)) => {
+                if !reserved {
+                    e.rooms += 1; // cannot happen: entering needs a reservation
+                }
+                if watch {
+                    e.watching.push(room);
+                } else {
+                    e.joined.push(room);
+                }
+            }
+            None if reserved => e.rooms -= 1,
+            None => {}
+        }
+    }
+
+    /// Under shard `m`'s lock: connects the session to it if needed, if it is still live.
+    fn ensure_connected(&self, m: &mut Machine, session: SessionId) -> Result<(), Error> {
+        let info = match self.table().sessions.get(&session) {
+            Some(e) if e.grace_until.is_none() => (e.principal.clone(), e.meta.clone(), e.token),
+            _ => return Err(Error::UnknownSession),
+        };
+        if !m.contains_session(session) {
+            m.connect(session, info.0.as_deref(), info.1, info.2)?;
+        }
+        Ok(())
+    }
+
+    /// Enters a room (join or watch) under the table's room limit.
+    async fn enter<T>(
+        &self,
+        session: SessionId,
+        room: &str,
+        watch: bool,
+        op: impl FnOnce(&mut Machine) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let config = self.config();
+        RoomId::check(room, config.limits.max_room_id_len)?;
+        let shard = self.shard_of(room);
+        let reserved = self.reserve(session, shard)?;
+        let limit = config.limits.max_rooms_per_session;
+        let (result, entered) = self
+            .run(shard, |m| {
+                if let Err(e) = self.ensure_connected(m, session) {
+                    return (Err(e), false);
+                }
+                let already = if watch {
+                    m.session_watching(session)
+                        .is_some_and(|w| w.iter().any(|r| r.as_str() == room))
+                } else {
+                    m.position(session, room).is_some()
+                };
+                if !already && !reserved {
+                    return (Err(Error::TooManyRooms { limit }), false);
+                }
+                let r = op(m);
+                let entered = r.is_ok() && !already;
+                (r, entered)
+            })
+            .await;
+        let room_id = entered
+            .then(|| RoomId::parse(room, usize::MAX))
+            .transpose()?;
+        self.settle(session, reserved, room_id.map(|r| (r, watch)));
+        result
+    }
+
+    /// Leaves a room (leave or unwatch): `Ok(None)` when the session is not known to the shard.
+    async fn exit<T>(
+        &self,
+        session: SessionId,
+        room: &str,
+        watch: bool,
+        op: impl FnOnce(&mut Machine) -> Result<T, Error>,
+        was: impl Fn(&T) -> bool,
+    ) -> Result<Option<T>, Error> {
+        RoomId::check(room, self.config().limits.max_room_id_len)?;
+        let shard = self.shard_of(room);
+        if Self::shards_of(self.live_shards(session)?).all(|s| s != shard) {
+            return Ok(None);
+        }
+        let r = self
+            .run(shard, |m| {
+                if !m.contains_session(session) {
+                    return Ok(None);
+                }
+                op(m).map(Some)
+            })
+            .await?;
+        if let Some(v) = &r
+            && was(v)
+        {
+            let mut t = self.table();
+            if let Some(e) = t.sessions.get_mut(&session) {
+                e.rooms -= 1;
+                let list = if watch {
+                    &mut e.watching
+                } else {
+                    &mut e.joined
+                };
+                list.retain(|r| r.as_str() != room);
+            }
+        }
+        Ok(r)
+    }
+
+    /// Removes sessions from the table; returns each one's shard set.
+    fn forget(&self, sessions: &[SessionId]) -> Vec<(SessionId, u64)> {
+        let mut t = self.table();
+        let mut out = Vec::with_capacity(sessions.len());
+        for &s in sessions {
+            if let Some(e) = t.sessions.remove(&s) {
+                t.tokens.remove(&e.token);
+                if let Some(d) = e.grace_until {
+                    t.grace.remove(&(d, s));
+                }
+                out.push((s, e.shards));
+            }
+        }
+        out
+    }
+
+    /// Closes forgotten sessions in their shards, one batch per shard.
+    async fn close_in_shards(&self, gone: &[(SessionId, u64)]) {
+        for shard in 0..self.inner.shards.len() {
+            let here: Vec<SessionId> = gone
+                .iter()
+                .filter(|(_, bits)| bits & (1 << shard) != 0)
+                .map(|&(s, _)| s)
+                .collect();
+            if !here.is_empty() {
+                self.run(shard, |m| m.close_many(&here)).await;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for ShardedBackend {
+    fn attach(&self, config: &Config, sink: Arc<dyn NoticeSink>) -> Result<(), Error> {
+        if self.inner.config.get().is_some_and(|c| c != config) || !self.table().sessions.is_empty()
+        {
+            return Err(Error::Config(
+                "this ShardedBackend is already in use with another configuration".into(),
+            ));
+        }
+        // The room limit per session spans shards: the table keeps it, not the machines.
+        let mut shard_config = config.clone();
+        shard_config.limits.max_rooms_per_session = usize::MAX;
+        for i in 0..self.inner.shards.len() {
+            *self.shard(i) = Machine::new(shard_config.clone())?;
+        }
+        let _ = self.inner.config.set(config.clone());
+        self.inner
+            .sink
+            .set(sink)
+            .map_err(|_| Error::Config("this ShardedBackend is already attached to a Hub".into()))
+    }
+
+    async fn connect(
+        &self,
+        session: SessionId,
+        principal: Option<&str>,
+        meta: Meta,
+        token: ResumeToken,
+    ) -> Result<(), Error> {
+        let mut t = self.table();
+        if t.sessions.contains_key(&session) || t.tokens.contains_key(&token) {
+            return Err(Error::SessionExists);
+        }
+        meta.check(self.config().limits.max_meta_bytes)?;
+        t.tokens.insert(token, session);
+        t.sessions.insert(
+            session,
+            Entry {
+                principal: principal.map(Arc::from),
+                meta,
+                token,
+                grace_until: None,
+                shards: 0,
+                rooms: 0,
+                joined: Vec::new(),
+                watching: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn disconnect(&self, session: SessionId, now: Instant) -> Result<(), Error> {
+        let grace = self.config().grace;
+        let bits = {
+            let mut t = self.table();
+            let e = t.sessions.get_mut(&session).ok_or(Error::UnknownSession)?;
+            if e.grace_until.is_some() {
+                return Ok(());
+            }
+            if !grace.is_zero() {
+                e.grace_until = Some(now + grace);
+                let bits = e.shards;
+                t.grace.insert((now + grace, session));
+                Some(bits)
+            } else {
+                None
+            }
+        };
+        match bits {
+            Some(bits) => {
+                for shard in Self::shards_of(bits) {
+                    self.run(shard, |m| match m.disconnect(session, now) {
+                        Ok(()) | Err(Error::UnknownSession) => {}
+                        Err(e) => debug_assert!(false, "disconnect in a shard: {e}"),
+                    })
+                    .await;
+                }
+                Ok(())
+            }
+            None => self.close(session).await,
+        }
+    }
+
+    async fn disconnect_many(&self, sessions: &[SessionId], now: Instant) -> Result<(), Error> {
+        if self.config().grace.is_zero() {
+            let gone = self.forget(sessions);
+            self.close_in_shards(&gone).await;
+            return Ok(());
+        }
+        for &s in sessions {
+            match self.disconnect(s, now).await {
+                Ok(()) | Err(Error::UnknownSession) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(&self, session: SessionId) -> Result<(), Error> {
+        let gone = self.forget(&[session]);
+        if gone.is_empty() {
+            return Err(Error::UnknownSession);
+        }
+        self.close_in_shards(&gone).await;
+        Ok(())
+    }
+
+    async fn resume(
+        &self,
+        token: ResumeToken,
+        new_token: ResumeToken,
+        now: Instant,
+    ) -> Result<Resumed, Error> {
+        let expired = {
+            let t = self.table();
+            let &session = t.tokens.get(&token).ok_or(Error::ResumeInvalid)?;
+            if token != new_token && t.tokens.contains_key(&new_token) {
+                return Err(Error::SessionExists);
+            }
+            let e = t.sessions.get(&session).ok_or(Error::ResumeInvalid)?;
+            e.grace_until.is_some_and(|d| d <= now).then_some(session)
+        };
+        if let Some(session) = expired {
+            // Expired, but the timer has not run yet: it is gone all the same.
+            self.close(session).await?;
+            return Err(Error::ResumeInvalid);
+        }
+        let (session, was_live, bits, joined, watching) = {
+            let mut t = self.table();
+            let &session = t.tokens.get(&token).ok_or(Error::ResumeInvalid)?;
+            let e = t.sessions.get_mut(&session).ok_or(Error::ResumeInvalid)?;
+            let was_live = e.grace_until.is_none();
+            let deadline = e.grace_until.take();
+            e.token = new_token;
+            let out = (
+                session,
+                was_live,
+                e.shards,
+                e.joined.clone(),
+                e.watching.clone(),
+            );
+            if let Some(d) = deadline {
+                t.grace.remove(&(d, session));
+            }
+            t.tokens.remove(&token);
+            t.tokens.insert(new_token, session);
+            out
+        };
+        let mut rooms = Vec::with_capacity(joined.len());
+        for shard in Self::shards_of(bits) {
+            // A shard a join is only now connecting the session to does not know it yet.
+            if let Ok(r) = self.run(shard, |m| m.resume(token, new_token, now)).await {
+                rooms.extend(r.rooms);
+            }
+        }
+        // In the order the session entered them, as from one machine.
+        rooms.sort_by_key(|j| joined.iter().position(|r| r == &j.room));
+        Ok(Resumed {
+            session,
+            was_live,
+            rooms,
+            watching,
+        })
+    }
+
+    async fn join(
+        &self,
+        session: SessionId,
+        room: &str,
+        meta: Option<Meta>,
+    ) -> Result<Joined, Error> {
+        if let Some(meta) = &meta {
+            // In the machine's order: the room id, the session, then the metadata.
+            RoomId::check(room, self.config().limits.max_room_id_len)?;
+            self.live_shards(session)?;
+            meta.check(self.config().limits.max_meta_bytes)?;
+        }
+        self.enter(session, room, false, |m| m.join(session, room, meta))
+            .await
+    }
+
+    async fn leave(&self, session: SessionId, room: &str) -> Result<Left, Error> {
+        let left = self
+            .exit(
+                session,
+                room,
+                false,
+                |m| m.leave(session, room),
+                |l| l.was_member,
+            )
+            .await?;
+        match left {
+            Some(l) => Ok(l),
+            None => Ok(Left {
+                room: RoomId::parse(room, usize::MAX)?,
+                was_member: false,
+            }),
+        }
+    }
+
+    async fn takeover(&self, session: SessionId, room: &str) -> Result<Joined, Error> {
+        RoomId::check(room, self.config().limits.max_room_id_len)?;
+        let shard = self.shard_of(room);
+        if Self::shards_of(self.live_shards(session)?).all(|s| s != shard) {
+            return Err(Error::NotInRoom);
+        }
+        self.run(shard, |m| {
+            if !m.contains_session(session) {
+                return Err(Error::NotInRoom);
+            }
+            m.takeover(session, room)
+        })
+        .await
+    }
+
+    async fn watch(&self, session: SessionId, room: &str) -> Result<PresenceBody, Error> {
+        self.enter(session, room, true, |m| m.watch(session, room))
+            .await
+    }
+
+    async fn unwatch(&self, session: SessionId, room: &str) -> Result<bool, Error> {
+        Ok(self
+            .exit(session, room, true, |m| m.unwatch(session, room), |w| *w)
+            .await?
+            .unwrap_or(false))
+    }
+
+    async fn room(&self, room: &str) -> Result<Option<RoomState>, Error> {
+        Ok(self.shard(self.shard_of(room)).room(room))
+    }
+
+    async fn stats(&self) -> Result<Stats, Error> {
+        let (sessions, sessions_in_grace) = {
+            let t = self.table();
+            (t.sessions.len(), t.grace.len())
+        };
+        let mut stats = Stats {
+            sessions,
+            sessions_in_grace,
+            ..Stats::default()
+        };
+        for i in 0..self.inner.shards.len() {
+            let s = self.shard(i).stats();
+            stats.rooms += s.rooms;
+            stats.occupants += s.occupants;
+            stats.watchers += s.watchers;
+            stats.invariant_checks += s.invariant_checks;
+            stats.invariant_violations += s.invariant_violations;
+        }
+        Ok(stats)
+    }
+
+    async fn poll_timeout(&self) -> Option<Instant> {
+        let mut due = self.table().grace.first().map(|&(d, _)| d);
+        for i in 0..self.inner.shards.len() {
+            if let Some(d) = self.shard(i).poll_timeout() {
+                due = Some(due.map_or(d, |x| x.min(d)));
+            }
+        }
+        due
+    }
+
+    async fn handle_timeout(&self, now: Instant) -> Result<usize, Error> {
+        let expired = {
+            let mut t = self.table();
+            let mut expired = 0;
+            while let Some(&(d, s)) = t.grace.first() {
+                if d > now {
+                    break;
+                }
+                t.grace.pop_first();
+                if let Some(e) = t.sessions.remove(&s) {
+                    t.tokens.remove(&e.token);
+                }
+                expired += 1;
+            }
+            expired
+        };
+        for i in 0..self.inner.shards.len() {
+            self.run(i, |m| m.handle_timeout(now)).await;
+        }
+        Ok(expired)
+    }
+
+    async fn check_invariants(&self) -> Result<(), String> {
+        let mut counted: HashMap<SessionId, usize> = HashMap::new();
+        for i in 0..self.inner.shards.len() {
+            let m = self.shard(i);
+            m.check_invariants()
+                .map_err(|e| format!("shard {i}: {e}"))?;
+            let t = self.table();
+            for (&s, e) in &t.sessions {
+                if !m.contains_session(s) {
+                    continue;
+                }
+                if e.shards & (1 << i) == 0 {
+                    return Err(format!(
+                        "{s:?} is in shard {i} but the table does not say so"
+                    ));
+                }
+                if m.is_live(s) != e.grace_until.is_none() {
+                    return Err(format!(
+                        "{s:?}: shard {i} and the table disagree on its grace"
+                    ));
+                }
+                *counted.entry(s).or_default() += m.session_rooms(s).map_or(0, <[_]>::len)
+                    + m.session_watching(s).map_or(0, <[_]>::len);
+            }
+        }
+        let t = self.table();
+        for (s, e) in &t.sessions {
+            let n = counted.get(s).copied().unwrap_or(0);
+            if n != e.rooms || n != e.joined.len() + e.watching.len() {
+                return Err(format!(
+                    "{s:?}: the table counts {} rooms ({} listed), the shards hold {n}",
+                    e.rooms,
+                    e.joined.len() + e.watching.len()
+                ));
+            }
+        }
+        if t.tokens.len() != t.sessions.len() {
+            return Err("the table's token index has leftovers".into());
+        }
+        Ok(())
+    }
+}
