@@ -188,9 +188,8 @@ impl ShardedBackend {
         };
         match entered {
             Some((room, watch)) => {
-                if !reserved {
-                    e.rooms += 1; // cannot happen: entering needs a reservation
-                }
+                // Entering a room needs a reservation (`enter` refuses without one).
+                debug_assert!(reserved);
                 if watch {
                     e.watching.push(room);
                 } else {
