@@ -12,7 +12,8 @@
 //! - [`Hub`]: the tokio runtime: sessions with bounded notice streams, grace timers,
 //!   authorization, slow-consumer handling.
 //! - [`Backend`]: the seam between the Hub and where the state lives; [`MemoryBackend`] keeps it
-//!   in this process.
+//!   in this process; [`ShardedBackend`] (opt-in) too, with the rooms spread over several
+//!   machines so that independent rooms proceed in parallel.
 //! - `testing` (feature `testing`): the conformance suite every backend must pass.
 //!
 //! ```
