@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::ids::{Meta, ResumeToken, SessionId};
 use crate::machine::{Joined, Left, Machine, Resumed, Stats};
 use crate::notice::PresenceBody;
-use crate::relay::{Relay, Touched};
+use crate::relay::Relay;
 use crate::state::RoomState;
 
 /// The in-memory [`Backend`] (the default of [`Hub::builder`](crate::Hub::builder)).
@@ -64,28 +64,11 @@ impl MemoryBackend {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `f` on the machine under the lock, queues the notices it produced in the relay
-    /// (still under the lock, so in state order), then delivers them after releasing it.
+    /// Runs `f` on the machine; its notices are delivered after the lock is released
+    /// ([`Relay::run`]).
     async fn run<R>(&self, f: impl FnOnce(&mut Machine) -> R) -> R {
-        let mut touched = Touched::default();
-        let r = {
-            let mut m = self.lock();
-            let r = f(&mut m);
-            m.run_enabled_checks();
-            if m.has_notices() {
-                match self.inner.sink.get() {
-                    Some(_) => self.inner.relay.queue_from(&mut m, &mut touched),
-                    None => m.drain_notices().for_each(drop),
-                }
-            }
-            r
-        };
-        if !touched.is_empty()
-            && let Some(sink) = self.inner.sink.get()
-        {
-            self.inner.relay.deliver(touched, sink).await;
-        }
-        r
+        let inner = &self.inner;
+        inner.relay.run(&inner.machine, inner.sink.get(), f).await
     }
 }
 

@@ -29,6 +29,7 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::backend::NoticeSink;
+use crate::machine::Machine;
 use crate::notice::{Notice, NoticeKind};
 
 /// How many lanes rooms are spread over.
@@ -109,10 +110,42 @@ impl Touched {
 }
 
 impl Relay {
+    /// Runs `f` on the machine behind `lock`, queues the notices it produced in their lanes
+    /// while still holding the lock (so in state order), then delivers them after releasing it.
+    /// How both in-memory backends change state. Without a `sink` (not attached to a Hub yet)
+    /// the notices are dropped.
+    pub(crate) async fn run<R>(
+        self: &Arc<Self>,
+        lock: &Mutex<Machine>,
+        sink: Option<&Arc<dyn NoticeSink>>,
+        f: impl FnOnce(&mut Machine) -> R,
+    ) -> R {
+        let mut touched = Touched::default();
+        let r = {
+            // A panic inside the machine would be a bug; its state is still consistent enough.
+            let mut m = lock.lock().unwrap_or_else(|p| p.into_inner());
+            let r = f(&mut m);
+            m.run_enabled_checks();
+            if m.has_notices() {
+                match sink {
+                    Some(_) => self.queue_from(&mut m, &mut touched),
+                    None => m.drain_notices().for_each(drop),
+                }
+            }
+            r
+        };
+        if let Some(sink) = sink
+            && !touched.is_empty()
+        {
+            self.deliver(touched, sink).await;
+        }
+        r
+    }
+
     /// Queues the machine's pending notices in their rooms' lanes. Call while holding the state
     /// lock. The common case — one room's change into an idle lane — swaps buffers with the
     /// machine's outbox instead of moving each notice.
-    pub(crate) fn queue_from(&self, m: &mut crate::machine::Machine, touched: &mut Touched) {
+    pub(crate) fn queue_from(&self, m: &mut Machine, touched: &mut Touched) {
         if let Some(first) = m.peek_notice() {
             let room = first.room.as_str().as_ptr();
             if m.notices_all_about(room) {

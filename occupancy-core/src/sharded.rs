@@ -28,7 +28,7 @@ use crate::error::Error;
 use crate::ids::{Meta, ResumeToken, RoomId, SessionId};
 use crate::machine::{Joined, Left, Machine, Resumed, Stats};
 use crate::notice::PresenceBody;
-use crate::relay::{Relay, Touched};
+use crate::relay::Relay;
 use crate::state::RoomState;
 
 /// At most this many shards (a session's shards are a bit set in a `u64`).
@@ -126,28 +126,11 @@ impl ShardedBackend {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` on shard `i` under its lock, queues the notices it produced in the relay (still
-    /// under the lock), then delivers them after releasing it — as the memory backend does.
+    /// Runs `f` on shard `i`; its notices are delivered after the shard's lock is released,
+    /// as in the memory backend ([`Relay::run`]).
     async fn run<R>(&self, i: usize, f: impl FnOnce(&mut Machine) -> R) -> R {
-        let mut touched = Touched::default();
-        let r = {
-            let mut m = self.shard(i);
-            let r = f(&mut m);
-            m.run_enabled_checks();
-            if m.has_notices() {
-                match self.inner.sink.get() {
-                    Some(_) => self.inner.relay.queue_from(&mut m, &mut touched),
-                    None => m.drain_notices().for_each(drop),
-                }
-            }
-            r
-        };
-        if !touched.is_empty()
-            && let Some(sink) = self.inner.sink.get()
-        {
-            self.inner.relay.deliver(touched, sink).await;
-        }
-        r
+        let inner = &self.inner;
+        inner.relay.run(&inner.shards[i], inner.sink.get(), f).await
     }
 
     fn shards_of(bits: u64) -> impl Iterator<Item = usize> {
