@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::ids::{Meta, OccupantKey, Person, SessionId};
 
 /// One occupant standing in a room's line.
-#[derive(Debug, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OccupantState {
     /// Who: a user or an anonymous session.
     pub key: OccupantKey,
@@ -15,25 +15,6 @@ pub struct OccupantState {
     pub meta: Meta,
     /// The occupant's sessions in this room, in order of joining. Never empty.
     pub sessions: Vec<SessionId>,
-}
-
-impl Clone for OccupantState {
-    fn clone(&self) -> Self {
-        OccupantState {
-            key: self.key.clone(),
-            meta: self.meta.clone(),
-            sessions: self.sessions.clone(),
-        }
-    }
-
-    /// Field by field, so that the session list's buffer is reused: the state machine keeps a
-    /// scratch copy of the changed room's old state and refreshes it with `clone_from` on every
-    /// transition, which then allocates nothing in steady state.
-    fn clone_from(&mut self, source: &Self) {
-        self.key.clone_from(&source.key);
-        self.meta.clone_from(&source.meta);
-        self.sessions.clone_from(&source.sessions);
-    }
 }
 
 impl OccupantState {
@@ -87,8 +68,7 @@ impl RoomState {
 
 /// A borrowed view of a room state: its version and its line. [`room_notices`](crate::room_notices)
 /// takes these, so a caller can describe the state before or after a change without copying the
-/// line (the state machine passes a prefix or suffix of the current line for the common changes:
-/// a join at the back, the holder or the last one leaving). `&RoomState` converts into it.
+/// line (a prefix or a suffix of a line, say). `&RoomState` converts into it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RoomRef<'a> {
     /// The room version.
