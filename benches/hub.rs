@@ -125,6 +125,15 @@ async fn pairs_in_parallel(seats: &[Seat], iters: u64) -> Duration {
     start.elapsed()
 }
 
+/// The multi-thread runtime of the 2-task cases.
+fn two_workers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 async fn setup_hub() -> Hub {
     // A large buffer: with 2 tasks, a session descheduled by the OS for a moment while it stands
     // in the room would otherwise be closed as a slow consumer by the other task's churn.
@@ -162,11 +171,7 @@ fn hub(c: &mut Criterion) {
         });
     });
     g.bench_function("hub, 2 tasks", |b| {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = two_workers();
         let (_hub, sessions) = rt.block_on(async {
             let hub = setup_hub().await;
             let mut sessions = Vec::new();
@@ -190,11 +195,7 @@ fn hub(c: &mut Criterion) {
             n => format!("hub, {tasks} task(s), distinct rooms, 2 workers, {n} shards"),
         };
         g.bench_function(name, |b| {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = two_workers();
             let (_hub, sessions) = rt.block_on(async {
                 let builder = Hub::builder().grace(Duration::ZERO).notice_buffer(1 << 16);
                 let sharded = (shards > 0).then(|| occupancy::ShardedBackend::new(shards).unwrap());
