@@ -68,7 +68,20 @@ impl MemoryBackend {
     /// ([`Relay::run`]).
     async fn run<R>(&self, f: impl FnOnce(&mut Machine) -> R) -> R {
         let inner = &self.inner;
-        inner.relay.run(&inner.machine, inner.sink.get(), f).await
+        inner
+            .relay
+            .run(&inner.machine, inner.sink.get(), None, f)
+            .await
+    }
+
+    /// [`MemoryBackend::run`] for a request about `room`: returns only once every notice queued
+    /// for that room before the change was delivered ([`Relay::run`]).
+    async fn run_in<R>(&self, room: &str, f: impl FnOnce(&mut Machine) -> R) -> R {
+        let inner = &self.inner;
+        inner
+            .relay
+            .run(&inner.machine, inner.sink.get(), Some(room), f)
+            .await
     }
 }
 
@@ -134,23 +147,23 @@ impl Backend for MemoryBackend {
         room: &str,
         meta: Option<Meta>,
     ) -> Result<Joined, Error> {
-        self.run(|m| m.join(session, room, meta)).await
+        self.run_in(room, |m| m.join(session, room, meta)).await
     }
 
     async fn leave(&self, session: SessionId, room: &str) -> Result<Left, Error> {
-        self.run(|m| m.leave(session, room)).await
+        self.run_in(room, |m| m.leave(session, room)).await
     }
 
     async fn takeover(&self, session: SessionId, room: &str) -> Result<Joined, Error> {
-        self.run(|m| m.takeover(session, room)).await
+        self.run_in(room, |m| m.takeover(session, room)).await
     }
 
     async fn watch(&self, session: SessionId, room: &str) -> Result<PresenceBody, Error> {
-        self.run(|m| m.watch(session, room)).await
+        self.run_in(room, |m| m.watch(session, room)).await
     }
 
     async fn unwatch(&self, session: SessionId, room: &str) -> Result<bool, Error> {
-        self.run(|m| m.unwatch(session, room)).await
+        self.run_in(room, |m| m.unwatch(session, room)).await
     }
 
     async fn room(&self, room: &str) -> Result<Option<RoomState>, Error> {

@@ -114,13 +114,23 @@ impl Relay {
     /// while still holding the lock (so in state order), then delivers them after releasing it.
     /// How both in-memory backends change state. Without a `sink` (not attached to a Hub yet)
     /// the notices are dropped.
+    ///
+    /// `room` is the room a request is about (join, leave, take over, watch, unwatch): its lane
+    /// is delivered too even when the change made no notice, so that notices queued for that
+    /// room by an earlier change (whose caller has released the lock but not yet delivered) reach
+    /// their sessions before this call returns — a `leave` that tells nobody must still not
+    /// answer before the presence a change before it sent the leaver.
     pub(crate) async fn run<R>(
         self: &Arc<Self>,
         lock: &Mutex<Machine>,
         sink: Option<&Arc<dyn NoticeSink>>,
+        room: Option<&str>,
         f: impl FnOnce(&mut Machine) -> R,
     ) -> R {
         let mut touched = Touched::default();
+        if let Some(room) = room {
+            touched.add(self.lane_of(room) as u16);
+        }
         let r = {
             // A panic inside the machine would be a bug; its state is still consistent enough.
             let mut m = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -411,6 +421,32 @@ mod tests {
         assert_eq!(calls[0], vec![false], "the released alone first");
         assert!(calls[1..].iter().flatten().all(|&p| p));
         assert_eq!(calls[1..].iter().map(Vec::len).sum::<usize>(), 300);
+    }
+
+    /// A change queued its notices for room "r" and released the state lock, but its caller has
+    /// not delivered them yet. A request about "r" whose own change tells nobody (a leave from
+    /// the back of the line) must still deliver them before it returns: otherwise the leaver's
+    /// `left` could be written before the presence the earlier change sent it (found by the
+    /// churn soak: "notice after `left`").
+    #[tokio::test]
+    async fn a_request_that_tells_nobody_still_delivers_its_rooms_queued_notices() {
+        let relay = Arc::new(Relay::default());
+        let record = Arc::new(Record::default());
+        let sink: Arc<dyn NoticeSink> = record.clone();
+        let machine = Mutex::new(crate::Machine::default());
+        // The earlier change: queued under the lock, not delivered yet.
+        let mut earlier = Touched::default();
+        relay.queue([released(7, "r", 3)].into_iter(), &mut earlier);
+        // The request about "r": its change makes no notice.
+        relay.run(&machine, Some(&sink), Some("r"), |_| ()).await;
+        assert_eq!(
+            record.0.lock().unwrap().as_slice(),
+            &[(SessionId(7), "r".to_string(), 3)],
+            "delivered before the request returned"
+        );
+        // The earlier caller's own delivery then finds nothing left.
+        relay.deliver(earlier, &sink).await;
+        assert_eq!(record.0.lock().unwrap().len(), 1);
     }
 
     /// A caller dropped while it waits for a lane still gets its notices delivered.

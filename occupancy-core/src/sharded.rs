@@ -130,7 +130,19 @@ impl ShardedBackend {
     /// as in the memory backend ([`Relay::run`]).
     async fn run<R>(&self, i: usize, f: impl FnOnce(&mut Machine) -> R) -> R {
         let inner = &self.inner;
-        inner.relay.run(&inner.shards[i], inner.sink.get(), f).await
+        inner
+            .relay
+            .run(&inner.shards[i], inner.sink.get(), None, f)
+            .await
+    }
+
+    /// [`ShardedBackend::run`] for a request about `room` (see [`Relay::run`]).
+    async fn run_in<R>(&self, i: usize, room: &str, f: impl FnOnce(&mut Machine) -> R) -> R {
+        let inner = &self.inner;
+        inner
+            .relay
+            .run(&inner.shards[i], inner.sink.get(), Some(room), f)
+            .await
     }
 
     fn shards_of(bits: u64) -> impl Iterator<Item = usize> {
@@ -210,7 +222,7 @@ impl ShardedBackend {
         let reserved = self.reserve(session, shard)?;
         let limit = config.limits.max_rooms_per_session;
         let (result, entered) = self
-            .run(shard, |m| {
+            .run_in(shard, room, |m| {
                 if let Err(e) = self.ensure_connected(m, session) {
                     return (Err(e), false);
                 }
@@ -250,7 +262,7 @@ impl ShardedBackend {
             return Ok(None);
         }
         let r = self
-            .run(shard, |m| {
+            .run_in(shard, room, |m| {
                 if !m.contains_session(session) {
                     return Ok(None);
                 }
@@ -511,7 +523,7 @@ impl Backend for ShardedBackend {
         if Self::shards_of(self.live_shards(session)?).all(|s| s != shard) {
             return Err(Error::NotInRoom);
         }
-        self.run(shard, |m| {
+        self.run_in(shard, room, |m| {
             if !m.contains_session(session) {
                 return Err(Error::NotInRoom);
             }
