@@ -276,5 +276,46 @@ fn handover(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, join_leave, crowded, disconnect, handover);
+/// The part of a hand-over a driver does under its state lock: the change alone, its notices left
+/// in the outbox (they are made when taken, after the lock is released). The caches are not
+/// warmed by a snapshot of the line between rounds, as they are not in a server.
+fn handover_change(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hand-over, change only, waiting");
+    g.sample_size(20);
+    for waiting in [10usize, 1_000, 10_000] {
+        let mut m = machine(Duration::ZERO);
+        let mut line: std::collections::VecDeque<_> =
+            (0..=waiting as u64).map(|i| connect(&mut m, i)).collect();
+        for &s in &line {
+            m.join(s, "hot", None).unwrap();
+        }
+        m.drain_notices().for_each(drop);
+        g.bench_with_input(BenchmarkId::from_parameter(waiting), &waiting, |b, _| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let holder = line.pop_front().unwrap();
+                    let t = Instant::now();
+                    m.leave(holder, "hot").unwrap();
+                    total += t.elapsed();
+                    m.drain_notices().for_each(drop);
+                    m.join(holder, "hot", None).unwrap();
+                    m.drain_notices().for_each(drop);
+                    line.push_back(holder);
+                }
+                total
+            });
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    join_leave,
+    crowded,
+    disconnect,
+    handover,
+    handover_change
+);
 criterion_main!(benches);

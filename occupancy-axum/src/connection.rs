@@ -192,6 +192,11 @@ fn text(event: &Event) -> Message {
     Message::Text(Utf8Bytes::from(event.to_json()))
 }
 
+/// A notice's text frame (a presence's shared part is encoded once per change).
+fn notice_frame(n: &Notice) -> Message {
+    Message::Text(Utf8Bytes::from(Event::notice_json(n)))
+}
+
 /// What woke a waiting connection.
 enum Wake {
     Frame(Option<Result<Message, axum::Error>>),
@@ -330,7 +335,7 @@ impl Conn {
         notices: &'a mut Notices,
     ) -> impl Future<Output = Result<(), Stop>> + 'a {
         // Only a frame is held while a write waits (a notice is larger than its frame).
-        let mut frame = text(&Event::from_notice(&first));
+        let mut frame = notice_frame(&first);
         drop(first);
         async move {
             let mut batch = 1;
@@ -340,7 +345,7 @@ impl Conn {
                     break;
                 }
                 match notices.try_recv() {
-                    Some(n) => frame = text(&Event::from_notice(&n)),
+                    Some(n) => frame = notice_frame(&n),
                     None => break,
                 }
                 batch += 1;
@@ -401,7 +406,7 @@ impl Conn {
         // about a room after the `left` that answered its leave (the churn soak caught exactly
         // that).
         while let Some(n) = notices.try_recv() {
-            let notice = text(&Event::from_notice(&n));
+            let notice = notice_frame(&n);
             drop(n);
             self.feed(notice).await?;
         }

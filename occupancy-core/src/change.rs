@@ -12,12 +12,10 @@
 //! presence fan-out, so a driver that delivers in outbox order hands the room over before it
 //! tells ten thousand waiters their new places.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
-
 use crate::ids::{RoomId, SessionId};
 use crate::line::Line;
-use crate::notice::{Notice, NoticeKind, Presence, PresenceBody};
+use crate::notice::{Notice, NoticeKind, PresenceBody};
+use crate::outbox::{Outbox, Presences};
 
 /// One edit of a room's line, as seen by the people in it. Built by the machine right after it
 /// changed the line; every field describes the line *after* the edit.
@@ -54,7 +52,7 @@ impl Change {
         watchers: &[SessionId],
         is_member: impl Fn(SessionId) -> bool,
         k: usize,
-        out: &mut VecDeque<Notice>,
+        out: &mut Outbox,
     ) {
         let version = self.version;
         let notice = |session, kind| Notice {
@@ -67,7 +65,7 @@ impl Change {
             && let Some(holder) = line.front()
         {
             for &s in &holder.sessions {
-                out.push_back(notice(s, NoticeKind::Released { version }));
+                out.push(notice(s, NoticeKind::Released { version }));
             }
         }
         if let Some(place) = self.displaced
@@ -75,7 +73,7 @@ impl Change {
         {
             let by = by.person();
             for &s in &old.sessions {
-                out.push_back(notice(
+                out.push(notice(
                     s,
                     NoticeKind::Displaced {
                         version,
@@ -89,7 +87,7 @@ impl Change {
             && place > 0
             && let Some(holder) = line.front()
         {
-            out.push_back(notice(
+            out.push(notice(
                 s,
                 NoticeKind::Occupied {
                     version,
@@ -99,41 +97,48 @@ impl Change {
             ));
         }
 
-        // Presence: one body shared by every recipient of this change.
-        let mut body: Option<Arc<PresenceBody>> = None;
-        let mut presence = |s: SessionId, position: Option<u32>, out: &mut VecDeque<Notice>| {
-            let body = body
-                .get_or_insert_with(|| Arc::new(PresenceBody::of_line(version, line, k)))
-                .clone();
-            out.push_back(notice(s, NoticeKind::Presence(Presence { body, position })));
-        };
+        // Presence: one body shared by every recipient of this change; a crowded room's
+        // presences become one fan-out entry, expanded after the driver released its lock.
         let n = line.len();
+        let (from, to) = self.moved;
+        let everyone = self.holder_changed || self.top_changed;
+        let head = if everyone {
+            n
+        } else if self.waiting_changed {
+            k.min(n)
+        } else {
+            0
+        };
+        let expected = if everyone {
+            n
+        } else {
+            head + to.min(n).saturating_sub(from.max(head)) + 1
+        } + watchers.len();
+        let mut presences = Presences::new(room, expected, out);
+        let body = || PresenceBody::of_line(version, line, k);
         let mut told_new = false;
-        let mut tell = |from: usize, to: usize, told_new: &mut bool, out: &mut VecDeque<Notice>| {
+        let tell = |from: usize, to: usize, told_new: &mut bool, p: &mut Presences<'_>| {
             for (place, o) in line.iter_from(from).take(to.saturating_sub(from)) {
                 for &s in &o.sessions {
-                    presence(s, Some(place as u32), out);
+                    p.tell(s, Some(place as u32), body);
                 }
                 if self.new_session.is_some_and(|(_, p)| p == place) {
                     *told_new = true;
                 }
             }
         };
-        if self.holder_changed || self.top_changed {
-            tell(0, n, &mut told_new, out);
-        } else {
-            let head = if self.waiting_changed { k.min(n) } else { 0 };
-            tell(0, head, &mut told_new, out);
-            let (from, to) = self.moved;
-            tell(from.max(head), to.min(n), &mut told_new, out);
+        tell(0, head, &mut told_new, &mut presences);
+        if !everyone {
+            tell(from.max(head), to.min(n), &mut told_new, &mut presences);
             if !told_new && let Some((s, place)) = self.new_session {
-                presence(s, Some(place as u32), out);
+                presences.tell(s, Some(place as u32), body);
             }
         }
         for &w in watchers {
             if !is_member(w) {
-                presence(w, None, out);
+                presences.tell(w, None, body);
             }
         }
+        presences.finish();
     }
 }

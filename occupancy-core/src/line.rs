@@ -279,7 +279,7 @@ mod tests {
         OccupantState {
             key: OccupantKey::Anonymous(SessionId(i)),
             meta: Meta::empty(),
-            sessions: vec![SessionId(i)],
+            sessions: crate::Sessions::one(SessionId(i)),
         }
     }
 

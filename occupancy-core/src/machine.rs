@@ -15,7 +15,7 @@
 //! Batches ([`Machine::close_many`], a `handle_timeout` ending many graces) merge their removals
 //! per room, so n sessions leaving one room cost O(n), not O(n²).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,7 +26,8 @@ use crate::error::Error;
 use crate::ids::{Meta, OccupantKey, Person, ResumeToken, RoomId, SessionId};
 use crate::line::Line;
 use crate::notice::{Notice, NoticeKind, Presence, PresenceBody};
-use crate::state::{OccupantState, RoomState};
+use crate::outbox::{Outbox, Outgoing};
+use crate::state::{OccupantState, RoomState, Sessions};
 
 /// The answer to a join or take over: where the session stands now.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,7 +166,7 @@ pub struct Machine {
     clock: u64,
     occupants: usize,
     watches: usize,
-    outbox: VecDeque<Notice>,
+    outbox: Outbox,
     /// Counters of [`Machine::run_enabled_checks`].
     invariant_checks: u64,
     invariant_violations: u64,
@@ -190,7 +191,7 @@ impl Machine {
             clock: 0,
             occupants: 0,
             watches: 0,
-            outbox: VecDeque::new(),
+            outbox: Outbox::default(),
             invariant_checks: 0,
             invariant_violations: 0,
         })
@@ -370,7 +371,7 @@ impl Machine {
             let room = &self.rooms[room_id];
             let position = room.line.position(&key).expect("reverse index") as u32;
             rooms.push(joined(room, position));
-            self.outbox.push_back(Notice {
+            self.outbox.push(Notice {
                 session,
                 room: room_id.clone(),
                 kind: NoticeKind::Presence(Presence {
@@ -386,7 +387,7 @@ impl Machine {
                 continue;
             }
             let room = &self.rooms[room_id];
-            self.outbox.push_back(Notice {
+            self.outbox.push(Notice {
                 session,
                 room: room_id.clone(),
                 kind: NoticeKind::Presence(Presence {
@@ -494,7 +495,7 @@ impl Machine {
                 r.line.push_back(OccupantState {
                     key,
                     meta,
-                    sessions: vec![session],
+                    sessions: Sessions::one(session),
                 });
                 self.occupants += 1;
                 Change {
@@ -684,38 +685,46 @@ impl Machine {
 
     /// Takes the notices produced since the last drain, in the order they were produced: for
     /// each room, version order; within one change, `released` / `displaced` / `occupied` before
-    /// the presences.
-    pub fn drain_notices(&mut self) -> std::collections::vec_deque::Drain<'_, Notice> {
-        self.outbox.drain(..)
-    }
-
-    /// Takes all pending notices at once by swapping the outbox with `buf` (which should be
-    /// empty; its allocation becomes the outbox's). O(1): a driver that hands notices on whole
-    /// copies nothing.
-    pub fn swap_notices(&mut self, buf: &mut VecDeque<Notice>) {
-        std::mem::swap(&mut self.outbox, buf);
+    /// the presences. Dropping the iterator early drops the notices not taken.
+    ///
+    /// A crowded room's presences are made here, as they are taken, rather than inside the
+    /// change: the change only records who is told at which place.
+    pub fn drain_notices(&mut self) -> Drain<'_> {
+        Drain(&mut self.outbox)
     }
 
     /// Takes the oldest pending notice. O(1).
     pub fn poll_notice(&mut self) -> Option<Notice> {
-        self.outbox.pop_front()
-    }
-
-    /// The oldest pending notice, left in the outbox.
-    pub fn peek_notice(&self) -> Option<&Notice> {
-        self.outbox.front()
-    }
-
-    /// True when every pending notice is about the room whose id's text starts at `room`
-    /// (compared by address: the notices of one change share the room's id). For drivers that
-    /// route notices by room. O(pending notices), reads only.
-    pub(crate) fn notices_all_about(&self, room: *const u8) -> bool {
-        self.outbox.iter().all(|n| n.room.as_str().as_ptr() == room)
+        self.outbox.pop()
     }
 
     /// True when notices are waiting in the outbox.
     pub fn has_notices(&self) -> bool {
         !self.outbox.is_empty()
+    }
+
+    /// Takes all pending entries at once by swapping the outbox with `buf` (which should be
+    /// empty; its allocation becomes the outbox's). O(1): a driver that hands notices on whole
+    /// copies nothing, and a fan-out stays one entry until it is delivered.
+    pub(crate) fn swap_outbox(&mut self, buf: &mut Outbox) {
+        std::mem::swap(&mut self.outbox, buf);
+    }
+
+    /// Takes the oldest pending entry, a fan-out whole.
+    pub(crate) fn pop_outgoing(&mut self) -> Option<Outgoing> {
+        self.outbox.pop_entry()
+    }
+
+    /// The room of the oldest pending notice.
+    pub(crate) fn front_notice_room(&self) -> Option<&RoomId> {
+        self.outbox.front_room()
+    }
+
+    /// True when every pending notice is about the room whose id's text starts at `room`
+    /// (compared by address: the notices of one change share the room's id). For drivers that
+    /// route notices by room. O(pending entries), reads only.
+    pub(crate) fn notices_all_about(&self, room: *const u8) -> bool {
+        self.outbox.all_about(room)
     }
 
     // ----- reads ----------------------------------------------------------------------------
@@ -1129,6 +1138,24 @@ impl Hasher for IdHasher {
 }
 
 pub(crate) type IdHash = BuildHasherDefault<IdHasher>;
+
+/// The notices [`Machine::drain_notices`] takes, oldest first. Dropping it drops the rest.
+#[derive(Debug)]
+pub struct Drain<'a>(&'a mut Outbox);
+
+impl Iterator for Drain<'_> {
+    type Item = Notice;
+
+    fn next(&mut self) -> Option<Notice> {
+        self.0.pop()
+    }
+}
+
+impl Drop for Drain<'_> {
+    fn drop(&mut self) {
+        self.0.clear();
+    }
+}
 
 #[cfg(test)]
 mod tests {

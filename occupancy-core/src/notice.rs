@@ -303,7 +303,7 @@ mod tests {
                 .map(|&i| OccupantState {
                     key: OccupantKey::Anonymous(SessionId(i)),
                     meta: Meta::empty(),
-                    sessions: vec![SessionId(i)],
+                    sessions: crate::Sessions::one(SessionId(i)),
                 })
                 .collect(),
         }

@@ -454,6 +454,39 @@ impl Event {
         }
     }
 
+    /// The JSON text of a notice's event: exactly `Event::from_notice(n).to_json()`, without
+    /// copying the notice into an event first.
+    ///
+    /// A presence's shared part (room, version, holder, the first occupants) is the same for
+    /// every recipient of one change: it is encoded once per change on each thread and reused,
+    /// so a fan-out to 10,000 waiters encodes the holder and the list once, not 10,000 times.
+    pub fn notice_json(n: &Notice) -> String {
+        match &n.kind {
+            NoticeKind::Presence(p) => PRESENCE_JSON.with(|cache| {
+                let mut cache = cache.borrow_mut();
+                let hit = cache.as_ref().is_some_and(|c| {
+                    // The cached `Weak` keeps the body's allocation, so an equal address is the
+                    // same body, not a new one at a reused address.
+                    std::ptr::eq(c.body.as_ptr(), std::sync::Arc::as_ptr(&p.body))
+                        && c.room == n.room
+                });
+                if !hit {
+                    *cache = Some(PresenceJson::new(&n.room, &p.body));
+                }
+                let c = cache.as_ref().expect("just filled");
+                let mut out = String::with_capacity(c.head.len() + c.tail.len() + 24);
+                out.push_str(&c.head);
+                if let Some(position) = p.position {
+                    use std::fmt::Write;
+                    let _ = write!(out, ",\"position\":{position}");
+                }
+                out.push_str(&c.tail);
+                out
+            }),
+            _ => Event::from_notice(n).to_json(),
+        }
+    }
+
     /// The event for a notice.
     pub fn from_notice(n: &Notice) -> Event {
         let room = n.room.clone();
@@ -518,6 +551,48 @@ impl Event {
     /// The JSON value of this event.
     pub fn to_value(&self) -> Value {
         serde_json::to_value(self).expect("events always serialize")
+    }
+}
+
+thread_local! {
+    /// The last presence body encoded on this thread (see [`Event::notice_json`]).
+    static PRESENCE_JSON: std::cell::RefCell<Option<PresenceJson>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A presence event's JSON around the recipient's `position`, which sits between `holder` and
+/// `waiting` (the field order of [`Event::Presence`]; a test holds the two in step).
+struct PresenceJson {
+    body: std::sync::Weak<PresenceBody>,
+    room: RoomId,
+    /// `{"ev":"presence","room":…,"version":…,"holder":…`
+    head: String,
+    /// `,"waiting":…,"occupants":[…]}`
+    tail: String,
+}
+
+impl PresenceJson {
+    fn new(room: &RoomId, body: &std::sync::Arc<PresenceBody>) -> Self {
+        fn json<T: Serialize + ?Sized>(v: &T) -> String {
+            serde_json::to_string(v).expect("event fields always serialize")
+        }
+        let head = format!(
+            "{{\"ev\":\"presence\",\"room\":{},\"version\":{},\"holder\":{}",
+            json(room),
+            body.version,
+            json(&body.holder)
+        );
+        let tail = format!(
+            ",\"waiting\":{},\"occupants\":{}}}",
+            body.waiting,
+            json(&body.occupants)
+        );
+        PresenceJson {
+            body: std::sync::Arc::downgrade(body),
+            room: room.clone(),
+            head,
+            tail,
+        }
     }
 }
 
@@ -630,5 +705,64 @@ mod tests {
         for (code, _) in ERROR_CODES {
             assert!(!code.is_empty());
         }
+    }
+
+    /// `notice_json` reuses the shared part of a presence across recipients: every form must be
+    /// byte for byte what the event serializes to, including metadata whose keys look like the
+    /// fields around `position`, a watcher (no place), an empty room, and bodies that change.
+    #[test]
+    fn notice_json_is_the_events_json() {
+        use crate::ids::OccupantKey;
+        use crate::notice::Presence;
+        use std::sync::Arc;
+        let person = |id: &str, meta: Value| Person {
+            id: OccupantKey::User(Arc::from(id)),
+            meta: Meta::from_value(meta).unwrap(),
+        };
+        let tricky = json!({"waiting": 3, "position": "\"x\"", "ü": ["\n", {"holder": null}]});
+        let bodies = [
+            Arc::new(PresenceBody {
+                version: 7,
+                holder: Some(person("al\"ice", tricky.clone())),
+                waiting: 2,
+                occupants: vec![person("al\"ice", tricky), person("bob", json!({}))],
+            }),
+            Arc::new(PresenceBody {
+                version: 8,
+                holder: None,
+                waiting: 0,
+                occupants: vec![],
+            }),
+        ];
+        let rooms = [
+            RoomId::parse("doc/ü \"1\"", 64).unwrap(),
+            RoomId::parse("r", 64).unwrap(),
+        ];
+        for round in 0..2 {
+            for body in &bodies {
+                for room in &rooms {
+                    for position in [Some(0), Some(41), None] {
+                        let n = Notice {
+                            session: SessionId(round),
+                            room: room.clone(),
+                            kind: NoticeKind::Presence(Presence {
+                                body: body.clone(),
+                                position,
+                            }),
+                        };
+                        assert_eq!(Event::notice_json(&n), Event::from_notice(&n).to_json());
+                    }
+                }
+            }
+        }
+        let released = Notice {
+            session: SessionId(1),
+            room: rooms[0].clone(),
+            kind: NoticeKind::Released { version: 9 },
+        };
+        assert_eq!(
+            Event::notice_json(&released),
+            Event::from_notice(&released).to_json()
+        );
     }
 }

@@ -17,20 +17,22 @@
 //!   or it did. Deliveries of one lane never overlap, so no session sees a room's versions out
 //!   of order.
 //! - Urgent first: the machine puts a change's `released` / `displaced` / `occupied` before its
-//!   presences; when a fan-out is queued, those leading urgent notices are delivered as a chunk
-//!   of their own, and the yield after it lets the new holder's connection task write
-//!   `released` before any presence of the fan-out is delivered (on a single core too). Another
-//!   room waits for this fan-out only if it shares the lane (1 in [`LANES`]).
+//!   presences, and a crowded room's presences stay one fan-out entry (`outbox.rs`) whose
+//!   notices are made here, outside the state lock, as they are delivered. The notices before a
+//!   fan-out are delivered as a chunk of their own, and the yield after it lets the new holder's
+//!   connection task write `released` before any presence of the fan-out is made (on a single
+//!   core too). Another room waits for this fan-out only if it shares the lane (1 in [`LANES`]).
 //! - A caller whose future is dropped while it holds work to deliver hands that work to a spawned
-//!   task, so a cancelled request never strands another session's `released`.
+//!   task, so a cancelled request never strands another session's `released`; what it had taken
+//!   from the lane but not delivered stays in the lane's delivery buffer and goes out first.
 
-use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::backend::NoticeSink;
 use crate::machine::Machine;
-use crate::notice::{Notice, NoticeKind};
+use crate::notice::Notice;
+use crate::outbox::{Outbox, Outgoing};
 
 /// How many lanes rooms are spread over.
 pub(crate) const LANES: usize = 1024;
@@ -41,14 +43,15 @@ pub(crate) const CHUNK: usize = 256;
 #[derive(Default)]
 struct Lane {
     /// Notices waiting for delivery, in state order (pushed under the state lock).
-    queued: Mutex<VecDeque<Notice>>,
+    queued: Mutex<Outbox>,
     /// Held while delivering this lane; guards the deliverer's buffer, which is swapped with
-    /// `queued` so that neither allocates in steady state.
-    delivering: tokio::sync::Mutex<VecDeque<Notice>>,
+    /// `queued` so that neither allocates in steady state. Whatever a cancelled deliverer left
+    /// in it goes out before anything queued after.
+    delivering: tokio::sync::Mutex<Outbox>,
 }
 
 impl Lane {
-    fn queued(&self) -> MutexGuard<'_, VecDeque<Notice>> {
+    fn queued(&self) -> MutexGuard<'_, Outbox> {
         self.queued.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -109,6 +112,45 @@ impl Touched {
     }
 }
 
+/// One delivery between two yields: at most `left` notices, and never the start of a fan-out
+/// after other notices — the urgent notices of a change (the machine queues them before its
+/// fan-out) are handed over on their own, and the yield after them lets the new holder's
+/// connection task write `released` before any presence of the fan-out is delivered (on a
+/// single core too). Another room waits for a fan-out only if it shares the lane (1 in
+/// [`LANES`]).
+struct Run<'a> {
+    from: &'a mut Outbox,
+    /// How many more notices this run may take.
+    left: usize,
+    /// The last notice came from a fan-out that has more.
+    in_fanout: bool,
+}
+
+impl<'a> Run<'a> {
+    fn new(from: &'a mut Outbox) -> Self {
+        Run {
+            from,
+            left: CHUNK,
+            in_fanout: false,
+        }
+    }
+}
+
+impl Iterator for Run<'_> {
+    type Item = Notice;
+
+    fn next(&mut self) -> Option<Notice> {
+        let started = self.left < CHUNK;
+        if self.left == 0 || (started && !self.in_fanout && self.from.fanout_next()) {
+            return None;
+        }
+        let (n, more) = self.from.pop_part()?;
+        self.left -= 1;
+        self.in_fanout = more;
+        Some(n)
+    }
+}
+
 impl Relay {
     /// Runs `f` on the machine behind `lock`, queues the notices it produced in their lanes
     /// while still holding the lock (so in state order), then delivers them after releasing it.
@@ -156,42 +198,41 @@ impl Relay {
     /// lock. The common case — one room's change into an idle lane — swaps buffers with the
     /// machine's outbox instead of moving each notice.
     pub(crate) fn queue_from(&self, m: &mut Machine, touched: &mut Touched) {
-        if let Some(first) = m.peek_notice() {
-            let room = first.room.as_str().as_ptr();
-            if m.notices_all_about(room) {
-                let lane = self.lane_of(first.room.as_str());
+        if let Some(room) = m.front_notice_room() {
+            let lane = self.lane_of(room.as_str());
+            if m.notices_all_about(room.as_str().as_ptr()) {
                 let mut q = self.lanes[lane].queued();
                 if q.is_empty() {
-                    m.swap_notices(&mut q);
+                    m.swap_outbox(&mut q);
                     touched.add(lane as u16);
                     return;
                 }
             }
         }
-        self.queue(m.drain_notices(), touched);
+        self.queue(std::iter::from_fn(|| m.pop_outgoing()), touched);
     }
 
-    /// Queues notices in their rooms' lanes. Call while holding the state lock, with the
-    /// notices in the order the machine produced them.
-    pub(crate) fn queue(&self, notices: impl Iterator<Item = Notice>, touched: &mut Touched) {
-        // Consecutive notices are almost always of one room: hash and lock once per run.
+    /// Queues notices (or fan-outs, kept whole) in their rooms' lanes. Call while holding the
+    /// state lock, with the entries in the order the machine produced them.
+    pub(crate) fn queue(&self, entries: impl Iterator<Item = Outgoing>, touched: &mut Touched) {
+        // Consecutive entries are almost always of one room: hash and lock once per run.
         // The notices of one change share one room id allocation: compare addresses (only
         // compared, never followed), and hash a room's name only when it changes.
-        let mut current: Option<(usize, MutexGuard<'_, VecDeque<Notice>>)> = None;
+        let mut current: Option<(usize, MutexGuard<'_, Outbox>)> = None;
         let mut last_room: *const u8 = std::ptr::null();
-        for n in notices {
-            let room = n.room.as_str().as_ptr();
-            if room != last_room {
-                let lane = self.lane_of(n.room.as_str());
+        for e in entries {
+            let room = e.room().as_str();
+            if room.as_ptr() != last_room {
+                let lane = self.lane_of(room);
                 if current.as_ref().map(|(l, _)| *l) != Some(lane) {
                     drop(current.take());
                     current = Some((lane, self.lanes[lane].queued()));
                     touched.add(lane as u16);
                 }
-                last_room = room;
+                last_room = room.as_ptr();
             }
             if let Some((_, q)) = current.as_mut() {
-                q.push_back(n);
+                q.push_entry(e);
             }
         }
     }
@@ -219,40 +260,28 @@ impl Relay {
             Ok(guard) => guard,
             Err(_) => lane.delivering.lock().await,
         };
+        // What a cancelled deliverer left goes first; then everything queued so far, taken by
+        // swapping buffers (no copy, no allocation). Anything queued after the swap is delivered
+        // by whoever queued it: it waits for this lock and takes the lane itself.
+        let mut swapped = false;
         loop {
-            let more = {
-                let mut q = lane.queued();
-                if q.len() <= CHUNK {
-                    // Everything at once, by swapping buffers: no copy, no allocation.
-                    std::mem::swap(&mut *q, &mut *buf);
-                    false
-                } else {
-                    // A fan-out: its urgent notices (the machine puts them first) go out on their
-                    // own, so the new holder's `released` is written before any presence frame.
-                    let urgent = q
-                        .iter()
-                        .take(CHUNK)
-                        .take_while(|n| !matches!(n.kind, NoticeKind::Presence(_)))
-                        .count();
-                    buf.extend(q.drain(..if urgent > 0 { urgent } else { CHUNK }));
-                    true
-                }
-            };
             if buf.is_empty() {
-                return;
+                if swapped {
+                    break;
+                }
+                std::mem::swap(&mut *lane.queued(), &mut *buf);
+                swapped = true;
+                continue;
             }
-            sink.deliver(&mut buf.drain(..));
-            if buf.capacity() > 4 * CHUNK {
-                // After a crowded room's fan-out: do not keep its buffer for ever.
-                buf.shrink_to(CHUNK);
+            sink.deliver(&mut Run::new(&mut buf));
+            if !buf.is_empty() {
+                // Let the sessions just woken (a new holder first) write before the rest.
+                tokio::task::yield_now().await;
             }
-            // Anything queued after the swap is delivered by whoever queued it: it waits for
-            // this lock and drains the lane itself.
-            if !more {
-                return;
-            }
-            // Let the sessions just woken (the new holder first) write before the rest.
-            tokio::task::yield_now().await;
+        }
+        if buf.capacity() > 4 * CHUNK {
+            // After a burst: do not keep its buffer for ever.
+            buf.shrink_to(CHUNK);
         }
     }
 
@@ -260,10 +289,12 @@ impl Relay {
         (self.hasher.hash_one(room) as usize) % LANES
     }
 
-    /// True when nothing is queued in any lane (for tests).
+    /// True when nothing is queued or left half-delivered in any lane (for tests).
     #[cfg(test)]
     fn is_idle(&self) -> bool {
-        self.lanes.iter().all(|l| l.queued().is_empty())
+        self.lanes
+            .iter()
+            .all(|l| l.queued().is_empty() && l.delivering.try_lock().is_ok_and(|b| b.is_empty()))
     }
 }
 
@@ -351,7 +382,10 @@ mod tests {
                         // A fan-out of several chunks now and then, to the same 50 sessions.
                         let n = if i % 50 == 0 { 3 * CHUNK as u64 } else { 3 };
                         let v = *clock;
-                        relay.queue((0..n).map(|s| released(s % 50, &room, v)), &mut touched);
+                        relay.queue(
+                            (0..n).map(|s| released(s % 50, &room, v).into()),
+                            &mut touched,
+                        );
                     }
                     relay.deliver(touched, &sink).await;
                 }
@@ -381,7 +415,8 @@ mod tests {
     /// presences queued behind it.
     #[tokio::test]
     async fn the_urgent_head_of_a_fan_out_is_delivered_alone() {
-        use crate::notice::{Presence, PresenceBody};
+        use crate::notice::PresenceBody;
+        use crate::outbox::Presences;
         #[derive(Default)]
         struct Calls(Mutex<Vec<Vec<bool>>>);
         impl NoticeSink for Calls {
@@ -399,28 +434,76 @@ mod tests {
         let relay = Arc::new(Relay::default());
         let calls = Arc::new(Calls::default());
         let sink: Arc<dyn NoticeSink> = calls.clone();
-        let body = Arc::new(PresenceBody {
+        let room = RoomId::parse("hot", 64).unwrap();
+        let body = || PresenceBody {
             version: 2,
             holder: None,
             waiting: 0,
             occupants: vec![],
-        });
-        let presence = |s: u64| Notice {
-            session: SessionId(s),
-            room: RoomId::parse("hot", 64).unwrap(),
-            kind: NoticeKind::Presence(Presence {
-                body: body.clone(),
-                position: Some(s as u32),
-            }),
         };
-        let fan_out = std::iter::once(released(0, "hot", 2)).chain((1..=300).map(presence));
+        // What the machine queues when the holder of a crowded room leaves: the new holder's
+        // `released`, then one fan-out entry.
+        let mut out = Outbox::default();
+        out.push(released(0, "hot", 2));
+        let mut presences = Presences::new(&room, 300, &mut out);
+        for s in 1..=300 {
+            presences.tell(SessionId(s), Some(s as u32), body);
+        }
+        presences.finish();
         let mut touched = Touched::default();
-        relay.queue(fan_out, &mut touched);
+        relay.queue(std::iter::from_fn(|| out.pop_entry()), &mut touched);
         relay.deliver(touched, &sink).await;
         let calls = calls.0.lock().unwrap();
         assert_eq!(calls[0], vec![false], "the released alone first");
         assert!(calls[1..].iter().flatten().all(|&p| p));
         assert_eq!(calls[1..].iter().map(Vec::len).sum::<usize>(), 300);
+    }
+
+    /// A deliverer dropped at the yield after a fan-out's first chunk leaves the rest in the
+    /// lane's delivery buffer: the task spawned in its place delivers it, in order, once.
+    #[tokio::test]
+    async fn a_fan_out_cancelled_half_way_is_finished_in_order() {
+        use crate::notice::PresenceBody;
+        use crate::outbox::Presences;
+        use std::future::Future;
+        let relay = Arc::new(Relay::default());
+        let record = Arc::new(Record::default());
+        let sink: Arc<dyn NoticeSink> = record.clone();
+        let room = RoomId::parse("hot", 64).unwrap();
+        let mut out = Outbox::default();
+        let mut presences = Presences::new(&room, 3 * CHUNK, &mut out);
+        for s in 0..3 * CHUNK as u64 {
+            presences.tell(SessionId(s), Some(s as u32), || PresenceBody {
+                version: 5,
+                holder: None,
+                waiting: 0,
+                occupants: vec![],
+            });
+        }
+        presences.finish();
+        let mut touched = Touched::default();
+        relay.queue(std::iter::from_fn(|| out.pop_entry()), &mut touched);
+
+        let mut call = Box::pin(relay.deliver(touched, &sink));
+        std::future::poll_fn(|cx| {
+            assert!(
+                call.as_mut().poll(cx).is_pending(),
+                "stops at the first yield"
+            );
+            std::task::Poll::Ready(())
+        })
+        .await;
+        assert_eq!(record.0.lock().unwrap().len(), CHUNK, "one chunk out");
+        drop(call);
+        for _ in 0..100 {
+            if record.0.lock().unwrap().len() == 3 * CHUNK {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let got: Vec<u64> = record.0.lock().unwrap().iter().map(|r| r.0.0).collect();
+        assert_eq!(got, (0..3 * CHUNK as u64).collect::<Vec<_>>());
+        assert!(relay.is_idle());
     }
 
     /// A change queued its notices for room "r" and released the state lock, but its caller has
@@ -436,7 +519,7 @@ mod tests {
         let machine = Mutex::new(crate::Machine::default());
         // The earlier change: queued under the lock, not delivered yet.
         let mut earlier = Touched::default();
-        relay.queue([released(7, "r", 3)].into_iter(), &mut earlier);
+        relay.queue([released(7, "r", 3).into()].into_iter(), &mut earlier);
         // The request about "r": its change makes no notice.
         relay.run(&machine, Some(&sink), Some("r"), |_| ()).await;
         assert_eq!(
@@ -456,7 +539,7 @@ mod tests {
         let record = Arc::new(Record::default());
         let sink: Arc<dyn NoticeSink> = record.clone();
         let mut touched = Touched::default();
-        relay.queue([released(1, "a", 1)].into_iter(), &mut touched);
+        relay.queue([released(1, "a", 1).into()].into_iter(), &mut touched);
         let lane = relay.lane_of("a");
         // Someone else is delivering that lane: our call must wait, and we give up.
         let busy = relay.lanes[lane].delivering.lock().await;
@@ -488,7 +571,7 @@ mod tests {
         let sink: Arc<dyn NoticeSink> = record.clone();
         let mut touched = Touched::default();
         relay.queue(
-            (0..(2 * CHUNK as u64 + 1)).map(|s| released(s, "hot", 7)),
+            (0..(2 * CHUNK as u64 + 1)).map(|s| released(s, "hot", 7).into()),
             &mut touched,
         );
         relay.deliver(touched, &sink).await;

@@ -14,7 +14,7 @@ pub struct OccupantState {
     /// Public metadata shown to others (from the occupant's first join).
     pub meta: Meta,
     /// The occupant's sessions in this room, in order of joining. Never empty.
-    pub sessions: Vec<SessionId>,
+    pub sessions: Sessions,
 }
 
 impl OccupantState {
@@ -24,6 +24,129 @@ impl OccupantState {
             id: self.key.clone(),
             meta: self.meta.clone(),
         }
+    }
+}
+
+/// The sessions of one occupant in one room, in order of joining: a list that keeps a single
+/// session (one tab, the common case) inline.
+///
+/// Why not a `Vec`: when the holder of a room with 10,000 waiting leaves, the machine walks the
+/// line to note who is told which place. With a `Vec` per occupant, each step read memory
+/// somewhere else on the heap, and those cache misses were 95% of the change's time in a
+/// server (0.4–0.9 ms, all of it under the state lock). Inline, the walk reads the line alone.
+///
+/// It dereferences to a slice (`len`, `iter`, `contains`, indexing) and is built from a `Vec`
+/// or an iterator: `vec![s].into()`, `[s].into_iter().collect()`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Sessions(Repr);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Repr {
+    One(SessionId),
+    /// None, or two and more.
+    Many(Vec<SessionId>),
+}
+
+impl Sessions {
+    /// One session.
+    pub fn one(session: SessionId) -> Self {
+        Sessions(Repr::One(session))
+    }
+
+    /// Appends a session (a further tab joining).
+    pub fn push(&mut self, session: SessionId) {
+        match &mut self.0 {
+            Repr::One(first) => self.0 = Repr::Many(vec![*first, session]),
+            Repr::Many(v) if v.is_empty() => self.0 = Repr::One(session),
+            Repr::Many(v) => v.push(session),
+        }
+    }
+
+    /// Keeps only the sessions for which `keep` is true, in order.
+    pub fn retain(&mut self, mut keep: impl FnMut(&SessionId) -> bool) {
+        match &mut self.0 {
+            Repr::One(s) => {
+                if !keep(s) {
+                    self.0 = Repr::Many(Vec::new());
+                }
+            }
+            Repr::Many(v) => {
+                v.retain(|s| keep(s));
+                if let [one] = v[..] {
+                    self.0 = Repr::One(one);
+                }
+            }
+        }
+    }
+
+    /// Removes every session.
+    pub fn clear(&mut self) {
+        self.0 = Repr::Many(Vec::new());
+    }
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions(Repr::Many(Vec::new()))
+    }
+}
+
+impl std::ops::Deref for Sessions {
+    type Target = [SessionId];
+
+    fn deref(&self) -> &[SessionId] {
+        match &self.0 {
+            Repr::One(s) => std::slice::from_ref(s),
+            Repr::Many(v) => v,
+        }
+    }
+}
+
+impl From<Vec<SessionId>> for Sessions {
+    fn from(v: Vec<SessionId>) -> Self {
+        match v[..] {
+            [one] => Sessions::one(one),
+            _ => Sessions(Repr::Many(v)),
+        }
+    }
+}
+
+impl FromIterator<SessionId> for Sessions {
+    fn from_iter<I: IntoIterator<Item = SessionId>>(iter: I) -> Self {
+        Vec::from_iter(iter).into()
+    }
+}
+
+impl<'a> IntoIterator for &'a Sessions {
+    type Item = &'a SessionId;
+    type IntoIter = std::slice::Iter<'a, SessionId>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl PartialEq<[SessionId]> for Sessions {
+    fn eq(&self, other: &[SessionId]) -> bool {
+        **self == *other
+    }
+}
+
+impl PartialEq<Vec<SessionId>> for Sessions {
+    fn eq(&self, other: &Vec<SessionId>) -> bool {
+        **self == **other
+    }
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Sessions {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
     }
 }
 
@@ -95,5 +218,49 @@ impl<'a> From<&'a RoomState> for RoomRef<'a> {
             version: s.version,
             occupants: &s.occupants,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(s: &Sessions) -> Vec<u64> {
+        s.iter().map(|s| s.0).collect()
+    }
+
+    #[test]
+    fn sessions_keep_order_through_push_and_retain() {
+        let mut s = Sessions::one(SessionId(1));
+        assert_eq!(ids(&s), [1]);
+        s.push(SessionId(2));
+        s.push(SessionId(3));
+        assert_eq!(ids(&s), [1, 2, 3]);
+        s.retain(|x| x.0 != 1);
+        assert_eq!(ids(&s), [2, 3]);
+        s.retain(|x| x.0 != 3);
+        assert_eq!(ids(&s), [2]);
+        assert!(matches!(s.0, Repr::One(_)), "one left is kept inline");
+        s.retain(|_| false);
+        assert!(s.is_empty());
+        s.push(SessionId(9));
+        assert_eq!(ids(&s), [9]);
+        assert_eq!(s, Sessions::from(vec![SessionId(9)]));
+        s.clear();
+        assert_eq!(s, Sessions::default());
+    }
+
+    #[test]
+    fn sessions_compare_and_serialize_as_a_list() {
+        let s: Sessions = [SessionId(4), SessionId(5)].into_iter().collect();
+        assert_eq!(s, vec![SessionId(4), SessionId(5)]);
+        assert_eq!(
+            format!("{s:?}"),
+            format!("{:?}", [SessionId(4), SessionId(5)])
+        );
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            serde_json::to_string(&[SessionId(4), SessionId(5)]).unwrap()
+        );
     }
 }

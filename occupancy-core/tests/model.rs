@@ -529,7 +529,7 @@ impl Harness {
                     .map(|s| {
                         s.occupants
                             .iter()
-                            .map(|o| (o.key.clone(), o.sessions.clone()))
+                            .map(|o| (o.key.clone(), o.sessions.to_vec()))
                             .collect()
                     })
                     .unwrap_or_default()

@@ -94,7 +94,7 @@ impl Driver {
             .map(|s| {
                 s.occupants
                     .iter()
-                    .map(|o| (o.key.clone(), o.sessions.clone()))
+                    .map(|o| (o.key.clone(), o.sessions.to_vec()))
                     .collect()
             })
             .unwrap_or_default()
