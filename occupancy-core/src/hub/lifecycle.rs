@@ -180,9 +180,15 @@ impl HubInner {
             }
         };
         let now = now();
+        // Graces that end close together end in one batch: the timer waits `slack` past the
+        // first deadline and then expires everything due. A storm of dropped connections (whose
+        // resets reach the server over ~150 ms, so whose graces end over ~150 ms too) is then a
+        // few changes per room instead of one per millisecond tick, each telling everyone still
+        // in the line their new place (DESIGN.md "Storms are batched").
+        let slack = expiry_slack(self.config.grace);
         let due = next(self.backend.poll_timeout().await, &self.registry);
-        if due.is_none_or(|t| t > now) {
-            return due;
+        if due.is_none_or(|t| t + slack > now) {
+            return due.map(|t| t + slack);
         }
         {
             let _lifecycle = self.lifecycle.lock().await;
@@ -206,6 +212,13 @@ impl HubInner {
         // Never spin on a backend that keeps reporting a past deadline.
         due.map(|t| t.max(now + Duration::from_millis(1)))
     }
+}
+
+/// How late a grace may end so that graces ending close together end in one batch: 1/64 of the
+/// grace (78 ms of the default 5 s), at most 100 ms. A resume is still refused from the deadline
+/// on; only the removal (and the next holder's `released`) waits for the batch.
+pub(super) fn expiry_slack(grace: Duration) -> Duration {
+    (grace / 64).min(Duration::from_millis(100))
 }
 
 /// Runs queued work and the timers until the Hub is gone. It holds only a weak reference, so the
@@ -326,7 +339,8 @@ mod tests {
         let token = a.resume_token();
         a.disconnect().await;
 
-        tokio::time::sleep(GRACE - Duration::from_millis(1)).await;
+        // The grace ends at GRACE; the timer removes the session once the batch's slack is over.
+        tokio::time::sleep(GRACE + expiry_slack(GRACE) - Duration::from_millis(1)).await;
         settle().await;
         assert!(hub.inner.registry.lock().slots.contains_key(&a.id()));
 
@@ -373,5 +387,72 @@ mod tests {
             assert!(m.contains_session(b_id) && !m.is_live(b_id), "in grace");
             assert_eq!(m.position(b_id, "doc"), Some(0), "released by the kick");
         });
+    }
+
+    /// Three waiters dropped 10 ms apart: their graces end 10 ms apart, and end in one batch, so
+    /// the one behind them is told its final place once, not once per expiry.
+    #[tokio::test(start_paused = true)]
+    async fn graces_ending_close_together_end_in_one_batch() {
+        let backend = MemoryBackend::new();
+        let hub = hub_on(&backend);
+        let (holder, _hn) = hub.connect(None, Meta::empty()).await.unwrap();
+        holder.join("doc", None).await.unwrap();
+        let mut dropped = Vec::new();
+        for _ in 0..3 {
+            let (s, n) = hub.connect(None, Meta::empty()).await.unwrap();
+            s.join("doc", None).await.unwrap();
+            dropped.push((s, n));
+        }
+        let (last, mut last_n) = hub.connect(None, Meta::empty()).await.unwrap();
+        last.join("doc", None).await.unwrap();
+        settle().await;
+        while last_n.try_recv().is_some() {}
+
+        for (s, _) in &dropped {
+            s.disconnect().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Now 30 ms after the first drop. Past the first deadline, inside the slack:
+        // nothing removed yet, but the first session's grace is over.
+        tokio::time::sleep(GRACE - Duration::from_millis(30) + Duration::from_millis(25)).await;
+        settle().await;
+        assert_eq!(
+            backend.with_machine(|m| m.position(last.id(), "doc")),
+            Some(4)
+        );
+        assert!(last_n.try_recv().is_none(), "nothing told yet");
+
+        tokio::time::sleep(expiry_slack(GRACE)).await;
+        settle().await;
+        assert_eq!(
+            backend.with_machine(|m| m.position(last.id(), "doc")),
+            Some(1)
+        );
+        let told: Vec<_> = std::iter::from_fn(|| last_n.try_recv()).collect();
+        assert_eq!(told.len(), 1, "told its final place once: {told:?}");
+        match &told[0].kind {
+            crate::notice::NoticeKind::Presence(p) => assert_eq!(p.position, Some(1)),
+            k => panic!("expected a presence, got {k:?}"),
+        }
+    }
+
+    /// The batch's slack delays the removal, not the end of the grace: a resume after the
+    /// deadline is refused while the batch waits.
+    #[tokio::test(start_paused = true)]
+    async fn a_resume_after_the_deadline_is_refused_during_the_slack() {
+        let backend = MemoryBackend::new();
+        let hub = hub_on(&backend);
+        let (a, _an) = hub.connect(None, Meta::empty()).await.unwrap();
+        a.join("doc", None).await.unwrap();
+        let token = a.resume_token();
+        a.disconnect().await;
+        tokio::time::sleep(GRACE + Duration::from_millis(1)).await;
+        settle().await;
+        assert!(
+            backend.with_machine(|m| m.contains_session(a.id())),
+            "not removed yet"
+        );
+        assert!(matches!(hub.resume(token).await, Err(Error::ResumeInvalid)));
+        assert!(!backend.with_machine(|m| m.contains_session(a.id())));
     }
 }

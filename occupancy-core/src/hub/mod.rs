@@ -153,6 +153,11 @@ impl fmt::Debug for HubBuilder {
 
 impl HubBuilder {
     /// How long a disconnected session keeps its places (default 5 s; zero: none).
+    ///
+    /// A resume is accepted until the grace ends. The session is then removed from its rooms at
+    /// most 1/64 of the grace later (at most 100 ms; 78 ms of the default), so that graces ending
+    /// close together — a storm of dropped connections — end in one batch, and each remaining
+    /// occupant is told its new place once rather than once per expiry.
     pub fn grace(mut self, d: Duration) -> Self {
         self.config.grace = d;
         self
