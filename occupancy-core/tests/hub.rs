@@ -301,10 +301,12 @@ async fn authorization_hook_sees_each_request() {
 
 // ----- timers -----------------------------------------------------------------------------------
 
-/// On paused time: a resume just before the grace ends keeps the place; just after, the session
-/// is gone and the next in line was released by the Hub's own timer task.
+/// On paused time: a resume just before the grace ends keeps the place; from the deadline on it
+/// is refused, and once the expiry batch's slack is over (`HubBuilder::grace`: 1/64 of the grace,
+/// at most 100 ms) the session is gone and the next in line was released by the Hub's own timer
+/// task.
 #[tokio::test(start_paused = true)]
-async fn grace_ends_exactly_on_time() {
+async fn grace_ends_on_time_and_the_removal_follows_within_its_slack() {
     let backend = MemoryBackend::new();
     let hub = hub_on(&backend, Duration::from_secs(5));
     let (a, _an) = hub.connect(None, Meta::empty()).await.unwrap();
@@ -318,10 +320,18 @@ async fn grace_ends_exactly_on_time() {
     assert_eq!(resumed.rooms[0].position, 0);
 
     a.disconnect().await;
+    let slack = Duration::from_secs(5) / 64;
     tokio::time::sleep(Duration::from_millis(4_999)).await;
     assert!(backend.with_machine(|m| m.contains_session(a.id())));
     while bn.try_recv().is_some() {}
-    tokio::time::sleep(Duration::from_millis(2)).await;
+    tokio::time::sleep(slack - Duration::from_millis(1)).await;
+    assert!(
+        backend.with_machine(|m| m.contains_session(a.id())),
+        "the grace is over, the batch not yet"
+    );
+    assert!(bn.try_recv().is_none());
+    // The timer's clock has 1 ms ticks: its wake-up at the deadline + 78.125 ms is at +79 ms.
+    tokio::time::sleep(Duration::from_millis(3)).await;
     assert!(!backend.with_machine(|m| m.contains_session(a.id())));
     let n = bn.recv().await.unwrap();
     assert!(
@@ -455,12 +465,13 @@ async fn earlier_deadline_wakes_the_timer() {
     let (b, _bn) = hub.connect(None, Meta::empty()).await.unwrap();
     b.disconnect().await; // deadline t+15
     let (c, _cn) = hub.connect(None, Meta::empty()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(5_001)).await; // t+10.001
+    // Removed once the expiry batch's slack (100 ms for a 10 s grace) is over.
+    tokio::time::sleep(Duration::from_millis(5_101)).await; // t+10.101
     backend.with_machine(|m| {
         assert!(!m.contains_session(a.id()));
         assert!(m.contains_session(b.id()));
     });
-    tokio::time::sleep(Duration::from_secs(5)).await; // t+15.001
+    tokio::time::sleep(Duration::from_secs(5)).await; // t+15.101
     backend.with_machine(|m| {
         assert!(!m.contains_session(b.id()));
         assert!(m.contains_session(c.id()));
