@@ -7,6 +7,8 @@
 //! This facade re-exports [`occupancy_core`] (the state machine) and, behind features, the
 //! adapters.
 #![warn(missing_docs)]
+// On docs.rs (nightly, `--cfg docsrs`): badges saying which feature an item needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use occupancy_core::*;
 

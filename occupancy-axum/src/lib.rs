@@ -202,6 +202,8 @@
 //! rejoins your rooms when the session could not be resumed, keeps a per-room view and emits
 //! `room` events.
 #![warn(missing_docs)]
+// On docs.rs (nightly, `--cfg docsrs`): badges saying which feature an item needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod connection;
 mod endpoint;

@@ -38,6 +38,8 @@
 //! # let _ = Instant::now();
 //! ```
 #![warn(missing_docs)]
+// On docs.rs (nightly, `--cfg docsrs`): badges saying which feature an item needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
 mod change;

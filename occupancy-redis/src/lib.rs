@@ -94,6 +94,8 @@
 //!   sessions are ended ([`Error::Unavailable`](occupancy_core::Error::Unavailable) as their
 //!   close reason) rather than put back in front of people who were released meanwhile.
 #![warn(missing_docs)]
+// On docs.rs (nightly, `--cfg docsrs`): badges saying which feature an item needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
 mod lua;

@@ -108,6 +108,8 @@
 //! axum::serve(listener, app).await?;
 //! ```
 #![warn(missing_docs)]
+// On docs.rs (nightly, `--cfg docsrs`): badges saying which feature an item needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod conn;
 mod identify;
