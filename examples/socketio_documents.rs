@@ -72,7 +72,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // responses.
     let mut check = OriginLayer::same_host();
     for o in &origins {
-        check = check.allow(o);
+        check = check.allow(o)?;
     }
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::list(

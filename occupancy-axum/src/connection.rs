@@ -14,28 +14,17 @@ use futures_util::future::{Either, Ready, ready};
 use tokio::time::{Instant, Sleep, sleep, sleep_until, timeout};
 
 use occupancy_core::protocol::{Event, PROTOCOL_VERSION, Request};
-use occupancy_core::{Error, Notice, Notices, ResumeToken, Session};
+use occupancy_core::{Error, Identity, Notice, Notices, ResumeToken, Session};
 
-use crate::endpoint::Inner;
+use crate::close_code;
 use crate::frames::{Frame, Gate, Outcome};
-use crate::identity::Identity;
+use crate::settings::Settings;
 
-/// Close codes this adapter uses (besides 1000 and 1001).
-pub mod close_code {
-    /// Policy violation: too many bad or rate-limited messages, or a slow consumer.
-    pub const POLICY: u16 = 1008;
-    /// A frame over the size limit.
-    pub const TOO_BIG: u16 = 1009;
-    /// The Hub ended the session for a reason of its own, or could not start it (for example
-    /// metadata from the identify hook over the limit).
-    pub const INTERNAL: u16 = 1011;
-    /// The server could not set the session up (backend unavailable): retry later, with the same
-    /// resume token.
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-    /// The session was resumed by another connection (the same resume token used twice).
-    pub const REPLACED: u16 = 4000;
-    /// Nothing arrived within the liveness timeout.
-    pub const LIVENESS: u16 = 4001;
+/// What every connection of one endpoint shares: its Hub and its settings. (The endpoint
+/// keeps these and its upgrade-time hooks; a connection needs nothing else of it.)
+pub(crate) struct Shared {
+    pub(crate) hub: occupancy_core::Hub,
+    pub(crate) settings: Settings,
 }
 
 /// How the connection ended, deciding what happens to the session.
@@ -60,7 +49,7 @@ struct Stop(Exit);
 /// sized into the task.
 struct Conn {
     socket: WebSocket,
-    ep: Arc<Inner>,
+    ep: Arc<Shared>,
     gate: Gate,
 }
 
@@ -76,7 +65,7 @@ type Started = (Session, Notices, bool, Option<Error>);
 /// made the task 16 bytes larger (enough to cross a 128-byte step of tokio's task cells).
 pub(crate) fn run(
     socket: WebSocket,
-    ep: Arc<Inner>,
+    ep: Arc<Shared>,
     started: Starting,
 ) -> impl Future<Output = ()> + Send {
     let gate = Gate::new(&ep.settings, std::time::Instant::now());
@@ -125,13 +114,13 @@ pub(crate) fn run(
 pub(crate) type Starting = Pin<Box<dyn Future<Output = Result<Started, (u16, String)>> + Send>>;
 
 /// The session of a connection that is about to be upgraded: [`start`], boxed.
-pub(crate) fn starting(ep: Arc<Inner>, identity: Identity, resume: Option<String>) -> Starting {
+pub(crate) fn starting(ep: Arc<Shared>, identity: Identity, resume: Option<String>) -> Starting {
     Box::pin(start(ep, identity, resume))
 }
 
 /// The session: resumed with the token, or new. Otherwise the close code and reason.
 async fn start(
-    ep: Arc<Inner>,
+    ep: Arc<Shared>,
     identity: Identity,
     resume: Option<String>,
 ) -> Result<Started, (u16, String)> {
@@ -527,7 +516,7 @@ mod size {
             return;
         }
         let ep = Endpoint::new(Hub::new());
-        let inner = ep.inner.clone();
+        let inner = ep.inner.conn.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
         let app = axum::Router::new().route(

@@ -16,9 +16,10 @@ use axum::routing::get;
 use occupancy_core::{Error, Hub};
 
 use crate::connection;
-use crate::identity::{IdentifyFn, Identity, Rejection, anonymous_hook, query_param};
-use crate::origin::OriginPolicy;
+use crate::identity::{IdentifyFn, Rejection, anonymous_hook, query_param};
 use crate::settings::Settings;
+use occupancy_core::Identity;
+use occupancy_core::OriginPolicy;
 
 /// A protocol v1 WebSocket endpoint on a [`Hub`]. Cheap to clone (an `Arc` inside); use it as
 /// axum state with [`handler`], or get a ready `Router` from [`Endpoint::router`].
@@ -28,8 +29,8 @@ pub struct Endpoint {
 }
 
 pub(crate) struct Inner {
-    pub(crate) hub: Hub,
-    pub(crate) settings: Settings,
+    /// What the connections share (the Hub, the settings).
+    pub(crate) conn: Arc<connection::Shared>,
     origins: OriginPolicy,
     identify: IdentifyFn,
 }
@@ -37,7 +38,7 @@ pub(crate) struct Inner {
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
-            .field("settings", &self.inner.settings)
+            .field("settings", &self.inner.conn.settings)
             .field("origins", &self.inner.origins)
             .finish_non_exhaustive()
     }
@@ -59,12 +60,12 @@ impl Endpoint {
 
     /// The Hub behind this endpoint.
     pub fn hub(&self) -> &Hub {
-        &self.inner.hub
+        &self.inner.conn.hub
     }
 
     /// The transport settings.
     pub fn settings(&self) -> &Settings {
-        &self.inner.settings
+        &self.inner.conn.settings
     }
 
     /// A `Router` serving this endpoint at `path` (e.g. `"/occupancy"`), to `merge` into your
@@ -83,7 +84,7 @@ impl Endpoint {
     /// [`handler`] does not fit.
     pub async fn upgrade(&self, req: Request) -> Response {
         let (mut parts, _body) = req.into_parts();
-        if let Err(reason) = self.inner.origins.check(&parts.headers) {
+        if let Err(reason) = crate::origin::check(&self.inner.origins, &parts.headers) {
             tracing::info!(%reason, "refused a WebSocket upgrade");
             return (StatusCode::FORBIDDEN, reason).into_response();
         }
@@ -96,8 +97,8 @@ impl Endpoint {
             Err(rejection) => return rejection.into_response(),
         };
         let resume = query_param(&parts, "resume");
-        let s = &self.inner.settings;
-        let inner = self.inner.clone();
+        let s = &self.inner.conn.settings;
+        let inner = self.inner.conn.clone();
         let starting = connection::starting(inner.clone(), identity, resume);
         // The read buffer is allocated for the connection's whole life (tungstenite reads in
         // chunks of its size; a larger frame grows it), so it was most of an idle connection's
@@ -246,8 +247,10 @@ impl EndpointBuilder {
         self.settings.validate()?;
         Ok(Endpoint {
             inner: Arc::new(Inner {
-                hub: self.hub,
-                settings: self.settings,
+                conn: Arc::new(connection::Shared {
+                    hub: self.hub,
+                    settings: self.settings,
+                }),
                 origins: self.origins,
                 identify: self.identify,
             }),

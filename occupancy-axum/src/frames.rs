@@ -24,11 +24,10 @@
 
 use std::time::Instant;
 
-use occupancy_core::Error;
 use occupancy_core::protocol::{Event, Ref, Request};
+use occupancy_core::{Error, Rate, TokenBucket};
 
-use crate::connection::close_code;
-use crate::rate::{Rate, TokenBucket};
+use crate::close_code;
 use crate::settings::Settings;
 
 /// One received WebSocket frame, as far as the gate cares (a text frame's text; the payload of

@@ -205,22 +205,22 @@
 // On docs.rs (nightly, `--cfg docsrs`): badges saying which feature an item needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod close_code;
 mod connection;
 mod endpoint;
 mod frames;
 mod identity;
 mod listener;
 mod origin;
-mod rate;
 mod settings;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use connection::close_code;
 pub use endpoint::{Endpoint, EndpointBuilder, handler};
-pub use identity::{Identity, Rejection, query_param};
+pub use identity::{Rejection, query_param};
 pub use listener::{NodelayListener, nodelay};
-pub use origin::OriginPolicy;
+pub use occupancy_core::Identity;
+pub use occupancy_core::OriginPolicy;
 pub use settings::Settings;
 
 pub use occupancy_core::protocol;

@@ -1,152 +1,20 @@
-//! The Origin check made before a WebSocket upgrade. CORS does not protect WebSocket upgrades: a
-//! page on any site can open a WebSocket to your server and the browser sends your cookies along
-//! (cross-site WebSocket hijacking). Browsers always send `Origin` on an upgrade, so the server
-//! refuses origins it does not trust; non-browser clients send none and are let through (they
-//! cannot carry a victim's cookies).
+//! The Origin check made before a WebSocket upgrade: the core's [`OriginPolicy`] (one policy
+//! for both adapters) applied to the request's headers.
 
 use axum::http::HeaderMap;
 use axum::http::header::{HOST, ORIGIN};
 
-use occupancy_core::Error;
+use occupancy_core::OriginPolicy;
 
-/// Which browser origins may open a WebSocket.
-///
-/// The default, [`OriginPolicy::same_host`], allows a page served by the same host (`Host`
-/// header, port included) as the WebSocket endpoint. Behind a reverse proxy that rewrites `Host`,
-/// or for a frontend served from another origin (a dev server on `localhost:5173`), list the
-/// origins with [`OriginPolicy::allow`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OriginPolicy {
-    same_host: bool,
-    any: bool,
-    /// Normalized `scheme://host[:port]` (lowercase, default port removed), or `null`.
-    list: Vec<String>,
-}
-
-impl Default for OriginPolicy {
-    fn default() -> Self {
-        Self::same_host()
-    }
-}
-
-impl OriginPolicy {
-    /// Only pages whose origin's host and port equal the request's `Host` (the default).
-    pub fn same_host() -> Self {
-        OriginPolicy {
-            same_host: true,
-            any: false,
-            list: Vec::new(),
-        }
-    }
-
-    /// Exactly the listed origins (`"https://app.example.com"`, `"http://localhost:5173"`); the
-    /// same-host rule no longer applies unless [`OriginPolicy::with_same_host`] adds it back.
-    /// Each must be `http` or `https` with a host and an optional port, and no path, or the
-    /// literal `null` (sandboxed iframes, `file:` pages — rarely what you want).
-    pub fn allow<I, S>(origins: I) -> Result<Self, Error>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        let mut list = Vec::new();
-        for o in origins {
-            let o = o.as_ref();
-            let n = normalize_origin(o).ok_or_else(|| {
-                Error::Config(format!(
-                    "allowed origin {o:?} is not like \"https://host[:port]\" (no path, no trailing slash)"
-                ))
-            })?;
-            list.push(n);
-        }
-        Ok(OriginPolicy {
-            same_host: false,
-            any: false,
-            list,
-        })
-    }
-
-    /// Also allow same-host pages (see [`OriginPolicy::same_host`]).
-    pub fn with_same_host(mut self) -> Self {
-        self.same_host = true;
-        self
-    }
-
-    /// No check at all: any site's page may connect with the user's cookies. Only for endpoints
-    /// that do not authenticate by cookie (or for local experiments).
-    pub fn any() -> Self {
-        OriginPolicy {
-            same_host: false,
-            any: true,
-            list: Vec::new(),
-        }
-    }
-
-    /// Whether a request with these headers may upgrade. `Ok(())` when allowed; otherwise the
-    /// reason, for the 403 response.
-    pub fn check(&self, headers: &HeaderMap) -> Result<(), String> {
-        let Some(origin) = headers.get(ORIGIN) else {
-            // Not a browser: it cannot be carrying a victim's cookies.
-            return Ok(());
-        };
-        if self.any {
-            return Ok(());
-        }
-        let Some(origin) = origin.to_str().ok().and_then(normalize_origin) else {
-            return Err("malformed Origin header".into());
-        };
-        if self.list.contains(&origin) {
-            return Ok(());
-        }
-        if self.same_host
-            && let Some(host) = headers.get(HOST).and_then(|h| h.to_str().ok())
-            && same_host(&origin, host)
-        {
-            return Ok(());
-        }
-        Err(format!(
-            "origin {origin} is not allowed to open this WebSocket"
-        ))
-    }
-}
-
-/// Lowercases an origin and drops its default port: `HTTPS://Example.com:443` → `https://example.com`.
-/// `None` when it is not `scheme://authority` with scheme http(s) (ws(s) accepted too), or `null`.
-fn normalize_origin(origin: &str) -> Option<String> {
-    let origin = origin.trim();
-    if origin == "null" {
-        return Some("null".into());
-    }
-    let (scheme, authority) = origin.split_once("://")?;
-    let scheme = scheme.to_ascii_lowercase();
-    let default_port = match scheme.as_str() {
-        "http" | "ws" => ":80",
-        "https" | "wss" => ":443",
-        _ => return None,
+/// Whether a request with these headers may upgrade; otherwise the reason, for the 403 response.
+pub(crate) fn check(policy: &OriginPolicy, headers: &HeaderMap) -> Result<(), String> {
+    let text = |name| {
+        headers
+            .get(name)
+            // Not valid text: refused as malformed by the policy.
+            .map(|v: &axum::http::HeaderValue| v.to_str().unwrap_or("\u{0}"))
     };
-    if authority.is_empty()
-        || authority.contains(['/', '?', '#', '@', ' '])
-        || authority.chars().any(|c| c.is_control())
-    {
-        return None;
-    }
-    let authority = authority.to_ascii_lowercase();
-    let authority = authority.strip_suffix(default_port).unwrap_or(&authority);
-    Some(format!("{scheme}://{authority}"))
-}
-
-/// True when the normalized origin's authority equals the Host header (default port ignored).
-fn same_host(origin: &str, host: &str) -> bool {
-    let Some((scheme, authority)) = origin.split_once("://") else {
-        return false;
-    };
-    let host = host.trim().to_ascii_lowercase();
-    let default_port = if matches!(scheme, "https" | "wss") {
-        ":443"
-    } else {
-        ":80"
-    };
-    let host = host.strip_suffix(default_port).unwrap_or(&host);
-    authority == host
+    policy.check(text(ORIGIN), text(HOST))
 }
 
 #[cfg(test)]
@@ -154,118 +22,23 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
-    fn headers(origin: Option<&str>, host: Option<&str>) -> HeaderMap {
+    #[test]
+    fn headers_reach_the_policy_and_a_binary_origin_is_malformed() {
         let mut h = HeaderMap::new();
-        if let Some(o) = origin {
-            h.insert(ORIGIN, HeaderValue::from_str(o).unwrap());
-        }
-        if let Some(x) = host {
-            h.insert(HOST, HeaderValue::from_str(x).unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn same_host_is_the_default() {
-        let p = OriginPolicy::default();
+        h.insert(HOST, HeaderValue::from_static("example.com"));
         assert!(
-            p.check(&headers(
-                Some("http://127.0.0.1:3000"),
-                Some("127.0.0.1:3000")
-            ))
-            .is_ok()
+            check(&OriginPolicy::default(), &h).is_ok(),
+            "no Origin: not a browser"
         );
-        assert!(
-            p.check(&headers(
-                Some("https://Example.COM"),
-                Some("example.com:443")
-            ))
-            .is_ok()
+        h.insert(ORIGIN, HeaderValue::from_static("https://example.com"));
+        assert!(check(&OriginPolicy::default(), &h).is_ok());
+        h.insert(
+            ORIGIN,
+            HeaderValue::from_bytes(b"https://\xffexample.com").unwrap(),
         );
-        assert!(
-            p.check(&headers(Some("http://example.com:80"), Some("example.com")))
-                .is_ok()
+        assert_eq!(
+            check(&OriginPolicy::default(), &h),
+            Err("malformed Origin header".to_string())
         );
-        // Another port is another origin.
-        assert!(
-            p.check(&headers(
-                Some("http://127.0.0.1:3001"),
-                Some("127.0.0.1:3000")
-            ))
-            .is_err()
-        );
-        assert!(
-            p.check(&headers(Some("https://evil.example"), Some("example.com")))
-                .is_err()
-        );
-        assert!(
-            p.check(&headers(Some("null"), Some("example.com")))
-                .is_err()
-        );
-        assert!(
-            p.check(&headers(Some("garbage"), Some("example.com")))
-                .is_err()
-        );
-        // No Host: nothing to compare with.
-        assert!(p.check(&headers(Some("http://a"), None)).is_err());
-    }
-
-    #[test]
-    fn no_origin_header_means_not_a_browser_and_is_allowed() {
-        assert!(OriginPolicy::default().check(&headers(None, None)).is_ok());
-        let p = OriginPolicy::allow(["https://app.example.com"]).unwrap();
-        assert!(p.check(&headers(None, Some("x"))).is_ok());
-    }
-
-    #[test]
-    fn allow_list_replaces_same_host_unless_added_back() {
-        let p = OriginPolicy::allow(["https://app.example.com", "http://localhost:5173"]).unwrap();
-        assert!(
-            p.check(&headers(
-                Some("https://app.example.com:443"),
-                Some("api.example.com")
-            ))
-            .is_ok()
-        );
-        assert!(
-            p.check(&headers(
-                Some("http://localhost:5173"),
-                Some("localhost:3000")
-            ))
-            .is_ok()
-        );
-        assert!(
-            p.check(&headers(
-                Some("http://localhost:3000"),
-                Some("localhost:3000")
-            ))
-            .is_err()
-        );
-        let p = p.with_same_host();
-        assert!(
-            p.check(&headers(
-                Some("http://localhost:3000"),
-                Some("localhost:3000")
-            ))
-            .is_ok()
-        );
-        assert!(
-            OriginPolicy::any()
-                .check(&headers(Some("https://evil"), None))
-                .is_ok()
-        );
-    }
-
-    #[test]
-    fn malformed_allowed_origins_are_config_errors() {
-        for bad in [
-            "example.com",
-            "https://a/",
-            "ftp://a",
-            "https://",
-            "https://a/path",
-        ] {
-            assert!(OriginPolicy::allow([bad]).is_err(), "{bad}");
-        }
     }
 }

@@ -7,43 +7,15 @@
 use std::path::PathBuf;
 
 use occupancy_axum::testing::fuzz::frames;
+use occupancy_core::testing::fuzz::{Rng, corpus};
 
-fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            let data = std::fs::read(&p).expect("readable corpus file");
-            (p, data)
-        })
-        .collect()
-}
-
-/// xorshift64*: a fixed-seed source of bytes, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn bytes(&mut self, max_len: usize) -> Vec<u8> {
-        let len = self.below(max_len + 1);
-        (0..len).map(|_| self.next() as u8).collect()
-    }
+/// The committed corpus of `target` in the repository's `fuzz/corpus/`.
+fn corpus_of(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    corpus(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus")
+            .join(target),
+    )
 }
 
 /// An input made of whole steps of the target's format: mostly requests, with bursts (repeat),
@@ -83,7 +55,7 @@ fn steps(rng: &mut Rng) -> Vec<u8> {
 
 #[test]
 fn axum_frames_corpus_and_generated_inputs() {
-    let files = corpus("axum_frames");
+    let files = corpus_of("axum_frames");
     assert!(!files.is_empty(), "no committed corpus for axum_frames");
     for (path, data) in &files {
         eprintln!("{}", path.display());

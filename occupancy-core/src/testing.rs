@@ -54,33 +54,8 @@ where
             $name(factory().await).await;
         )*};
     }
-    run!(
-        join_is_idempotent,
-        leave_releases_next,
-        leave_is_idempotent,
-        disconnect_releases_without_grace,
-        dropping_the_session_disconnects,
-        disconnect_ends_the_connection,
-        grace_keeps_place,
-        holder_in_grace_blocks,
-        grace_expiry_releases_next,
-        resume_restores_place,
-        resume_while_live_replaces_old_connection,
-        close_leaves_at_once,
-        takeover_displaces_holder,
-        takeover_requires_membership,
-        watch_and_unwatch,
-        versions_increase,
-        limits_are_exact_and_change_nothing,
-        two_tabs_hold_together,
-        released_once_per_handover_to_each_session,
-        everyone_learns_the_line_moved,
-        occupied_names_holder_and_place,
-        authorization_denies_without_change,
-        slow_consumer_is_closed,
-        stats_count,
-        concurrent_calls_keep_order,
-    );
+    // The list of checks is written once, in `__conformance_checks!`.
+    crate::__conformance_checks!(run run);
 }
 
 /// Makes one `#[tokio::test]` (multi-thread runtime, real time) per conformance check, each with
@@ -93,8 +68,31 @@ where
 /// The calling crate needs `tokio` (with `macros` and `rt-multi-thread`) as a dev-dependency.
 #[macro_export]
 macro_rules! conformance_tests {
+    (@each $factory:expr; $($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let factory = $factory;
+            $crate::testing::$name(factory().await).await;
+        }
+    )*};
     ($factory:expr) => {
-        $crate::conformance_tests!(@each $factory;
+        $crate::__conformance_checks!(tests $factory);
+    };
+}
+
+/// The one list of conformance checks, handed to [`run_all`] (`run <macro>`) or to
+/// [`conformance_tests!`](crate::conformance_tests) (`tests <factory>`). Not for direct use.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_checks {
+    (@list [tests $factory:expr] $($name:ident),*) => {
+        $crate::conformance_tests!(@each $factory; $($name),*);
+    };
+    (@list [run $m:ident] $($name:ident),*) => {
+        $m!($($name),*);
+    };
+    ($($how:tt)*) => {
+        $crate::__conformance_checks!(@list [$($how)*]
             join_is_idempotent,
             leave_releases_next,
             leave_is_idempotent,
@@ -119,16 +117,9 @@ macro_rules! conformance_tests {
             authorization_denies_without_change,
             slow_consumer_is_closed,
             stats_count,
-            concurrent_calls_keep_order,
+            concurrent_calls_keep_order
         );
     };
-    (@each $factory:expr; $($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let factory = $factory;
-            $crate::testing::$name(factory().await).await;
-        }
-    )*};
 }
 
 // ----- helpers ----------------------------------------------------------------------------------

@@ -6,44 +6,15 @@
 
 use std::path::PathBuf;
 
-use occupancy_core::testing::fuzz::{machine_ops, protocol_frame};
+use occupancy_core::testing::fuzz::{Rng, corpus, machine_ops, protocol_frame};
 
-fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            let data = std::fs::read(&p).expect("readable corpus file");
-            (p, data)
-        })
-        .collect()
-}
-
-/// xorshift64*: a fixed-seed source of bytes, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn bytes(&mut self, max_len: usize) -> Vec<u8> {
-        let len = self.below(max_len + 1);
-        (0..len).map(|_| self.next() as u8).collect()
-    }
+/// The committed corpus of `target` in the repository's `fuzz/corpus/`.
+fn corpus_of(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    corpus(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus")
+            .join(target),
+    )
 }
 
 /// A frame glued from protocol pieces: mostly well-formed JSON objects, some slightly broken.
@@ -93,7 +64,7 @@ fn frame(rng: &mut Rng) -> Vec<u8> {
 
 #[test]
 fn protocol_frame_corpus_and_random_frames() {
-    let files = corpus("protocol_frame");
+    let files = corpus_of("protocol_frame");
     assert!(!files.is_empty(), "no committed corpus for protocol_frame");
     for (path, data) in &files {
         eprintln!("{}", path.display());
@@ -108,7 +79,7 @@ fn protocol_frame_corpus_and_random_frames() {
 
 #[test]
 fn machine_ops_corpus_and_random_streams() {
-    let files = corpus("machine_ops");
+    let files = corpus_of("machine_ops");
     assert!(!files.is_empty(), "no committed corpus for machine_ops");
     for (path, data) in &files {
         eprintln!("{}", path.display());

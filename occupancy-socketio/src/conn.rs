@@ -25,7 +25,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use occupancy_core::protocol::{Event, OpKind, PROTOCOL_VERSION, Request};
-use occupancy_core::{Error, Hub, Notice, NoticeKind, Notices, ResumeToken, RoomId, Session};
+use occupancy_core::{
+    Error, Hub, Notice, NoticeKind, Notices, ResumeToken, RoomId, Session, TokenBucket,
+};
 use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::adapter::LocalAdapter;
@@ -118,7 +120,7 @@ async fn connecting(
     let inbox = Arc::new(Inbox {
         queue: Mutex::new(Queue::default()),
         wake: Notify::new(),
-        bucket: Mutex::new(Bucket::new(shared.rate)),
+        bucket: Mutex::new(shared.rate.rate().full(Instant::now())),
         shared: shared.clone(),
     });
     let n = &shared.names;
@@ -228,36 +230,6 @@ fn answer(names: &EventNames, s: &SocketRef, reply: Reply, ev: &Event) {
     }
 }
 
-/// A token bucket: `per_second` refill, `burst` capacity.
-struct Bucket {
-    rate: RateLimit,
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn new(rate: RateLimit) -> Self {
-        Bucket {
-            rate,
-            tokens: f64::from(rate.burst),
-            at: Instant::now(),
-        }
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.at = now;
-        self.tokens = (self.tokens + elapsed * f64::from(self.rate.per_second))
-            .min(f64::from(self.rate.burst));
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// What the worker is asked to do.
 enum Body {
     /// A well-formed request.
@@ -279,7 +251,7 @@ struct Cmd {
 struct Inbox {
     queue: Mutex<Queue>,
     wake: Notify,
-    bucket: Mutex<Bucket>,
+    bucket: Mutex<TokenBucket>,
     shared: Arc<Shared>,
 }
 
@@ -310,7 +282,7 @@ impl Inbox {
             .bucket
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .take(Instant::now());
+            .try_take(&self.shared.rate.rate(), Instant::now());
         if !allowed {
             return answer(&self.shared.names, s, reply, &limited());
         }

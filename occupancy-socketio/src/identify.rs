@@ -2,7 +2,7 @@
 //! payload and the HTTP request) into the principal and public metadata of its Hub session.
 
 use http::request::Parts;
-use occupancy_core::Meta;
+use occupancy_core::{Identity, Meta};
 use serde_json::Value;
 
 /// What the hook sees of a connecting socket.
@@ -13,24 +13,6 @@ pub struct Handshake<'a> {
     /// The HTTP request that opened the connection (headers such as `Cookie` or `Authorization`,
     /// the URI with its query).
     pub request: &'a Parts,
-}
-
-/// Who the socket is, as decided by the hook.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Identity {
-    /// The authenticated user id: all sockets of one principal are one occupant (two tabs never
-    /// wait behind each other). `None`: the socket is its own anonymous occupant.
-    pub principal: Option<String>,
-    /// Public metadata shown to the others in the room (a display name). Checked against the
-    /// Hub's `max_meta_bytes`.
-    pub meta: Meta,
-}
-
-impl Identity {
-    /// An anonymous occupant with no metadata.
-    pub fn anonymous() -> Self {
-        Identity::default()
-    }
 }
 
 /// Decides who a connecting socket is. `Err(message)` refuses the connection: the client's

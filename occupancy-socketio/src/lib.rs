@@ -124,8 +124,10 @@ use occupancy_core::{Error, Hub, Session};
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 
-pub use identify::{Anonymous, Handshake, Identify, Identity};
+pub use identify::{Anonymous, Handshake, Identify};
 pub use names::EventNames;
+pub use occupancy_core::Identity;
+pub use occupancy_core::OriginPolicy;
 pub use origin::{OriginLayer, OriginService};
 
 /// Attaches `hub` to the root namespace `/` of `io` with the defaults: the article's events and
@@ -141,6 +143,13 @@ pub struct RateLimit {
     pub per_second: u32,
     /// Requests allowed at once.
     pub burst: u32,
+}
+
+impl RateLimit {
+    /// The core's token bucket constants (the bucket both adapters use).
+    pub(crate) fn rate(&self) -> occupancy_core::Rate {
+        occupancy_core::Rate::new(f64::from(self.per_second), self.burst)
+    }
 }
 
 impl Default for RateLimit {

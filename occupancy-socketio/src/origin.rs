@@ -8,7 +8,6 @@
 //! only a defence for browser users. Put the layer *inside* a CORS layer, so preflight requests
 //! are answered by the CORS layer and refusals still carry no CORS headers.
 
-use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -18,8 +17,11 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use occupancy_core::{Error, OriginPolicy};
+
 /// Which `Origin`s may connect: a tower layer refusing, with 403, browser requests whose
-/// `Origin` is not allowed. CORS does not protect a WebSocket upgrade and Socket.IO polling is
+/// `Origin` is not allowed by an [`OriginPolicy`] (the same policy, with the same normalization,
+/// as the axum endpoint's). CORS does not protect a WebSocket upgrade and Socket.IO polling is
 /// plain `GET`/`POST`, so without it any page a user visits could connect in their name. Requests
 /// without an `Origin` header (non-browser clients) pass. Put it inside a CORS layer (in axum,
 /// `.layer(origin_layer)` before `.layer(cors)`), so preflights are answered by CORS.
@@ -27,134 +29,74 @@ use tower_service::Service;
 /// ```
 /// use occupancy_socketio::OriginLayer;
 /// // The page's own host, plus the article's Vite dev server.
-/// let layer = OriginLayer::same_host().allow("http://localhost:5173");
+/// let layer = OriginLayer::same_host().allow("http://localhost:5173")?;
 /// assert!(layer.is_allowed(Some("http://localhost:5173"), Some("localhost:9000")));
 /// assert!(layer.is_allowed(Some("http://localhost:9000"), Some("localhost:9000")));
 /// assert!(!layer.is_allowed(Some("https://evil.example"), Some("localhost:9000")));
 /// assert!(layer.is_allowed(None, Some("localhost:9000")), "non-browser clients send no Origin");
+/// # Ok::<(), occupancy_core::Error>(())
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Debug, Default)]
 pub struct OriginLayer {
-    inner: Arc<Allowed>,
+    policy: Arc<OriginPolicy>,
 }
 
-#[derive(Debug, Default)]
-struct Allowed {
-    any: bool,
-    same_host: bool,
-    origins: Vec<String>,
-}
-
-impl Default for OriginLayer {
-    /// Same as [`OriginLayer::same_host`].
-    fn default() -> Self {
-        OriginLayer::same_host()
-    }
-}
-
-impl fmt::Debug for OriginLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OriginLayer")
-            .field("any", &self.inner.any)
-            .field("same_host", &self.inner.same_host)
-            .field("origins", &self.inner.origins)
-            .finish()
-    }
-}
-
-fn normalize(origin: &str) -> String {
-    origin.trim().trim_end_matches('/').to_ascii_lowercase()
-}
-
-/// `host[:port]` with the scheme's default port removed, lowercased.
-fn authority(scheme: &str, authority: &str) -> String {
-    let a = authority.to_ascii_lowercase();
-    let default = match scheme {
-        "http" | "ws" => Some(":80"),
-        "https" | "wss" => Some(":443"),
-        _ => None,
-    };
-    match default {
-        Some(port) if a.ends_with(port) => a[..a.len() - port.len()].to_owned(),
-        _ => a,
+impl From<OriginPolicy> for OriginLayer {
+    fn from(policy: OriginPolicy) -> Self {
+        OriginLayer {
+            policy: Arc::new(policy),
+        }
     }
 }
 
 impl OriginLayer {
     /// Allows browser pages served from the same host (and port) as the request's `Host` header:
-    /// the library's default.
+    /// the library's default ([`OriginPolicy::same_host`]).
     pub fn same_host() -> Self {
-        OriginLayer {
-            inner: Arc::new(Allowed {
-                same_host: true,
-                ..Allowed::default()
-            }),
-        }
+        OriginPolicy::same_host().into()
     }
 
     /// Allows exactly these origins (`scheme://host[:port]`, e.g. `http://localhost:5173`), and
-    /// not the same host unless listed.
-    pub fn list<I, S>(origins: I) -> Self
+    /// not the same host unless listed ([`OriginPolicy::allow`]). A malformed origin (a path, a
+    /// trailing slash, another scheme) is an [`Error::Config`] naming it.
+    pub fn list<I, S>(origins: I) -> Result<Self, Error>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        OriginLayer {
-            inner: Arc::new(Allowed {
-                origins: origins.into_iter().map(|o| normalize(o.as_ref())).collect(),
-                ..Allowed::default()
-            }),
-        }
+        Ok(OriginPolicy::allow(origins)?.into())
     }
 
     /// Allows every origin: only for development, or when another layer checks it.
     pub fn any() -> Self {
-        OriginLayer {
-            inner: Arc::new(Allowed {
-                any: true,
-                ..Allowed::default()
-            }),
-        }
+        OriginPolicy::any().into()
     }
 
-    /// Also allows `origin` (`scheme://host[:port]`).
-    pub fn allow(self, origin: impl AsRef<str>) -> Self {
-        let mut a = Allowed {
-            any: self.inner.any,
-            same_host: self.inner.same_host,
-            origins: self.inner.origins.clone(),
-        };
-        a.origins.push(normalize(origin.as_ref()));
-        OriginLayer { inner: Arc::new(a) }
+    /// Also allows `origin` (`scheme://host[:port]`); a malformed one is an [`Error::Config`].
+    pub fn allow(self, origin: impl AsRef<str>) -> Result<Self, Error> {
+        Ok(OriginPolicy::clone(&self.policy)
+            .also(origin.as_ref())?
+            .into())
+    }
+
+    /// The policy this layer applies.
+    pub fn policy(&self) -> &OriginPolicy {
+        &self.policy
     }
 
     /// Whether a request with this `Origin` and `Host` is let through.
     pub fn is_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
-        let Some(origin) = origin else {
-            return true;
-        };
-        let a = &self.inner;
-        if a.any {
-            return true;
-        }
-        let origin = normalize(origin);
-        if a.origins.contains(&origin) {
-            return true;
-        }
-        if a.same_host
-            && let (Some((scheme, auth)), Some(host)) = (origin.split_once("://"), host)
-        {
-            return !auth.contains('/') && authority(scheme, auth) == authority(scheme, host);
-        }
-        false
+        self.policy.is_allowed(origin, host)
     }
 
     fn check<B>(&self, req: &Request<B>) -> bool {
         let header = |name| {
             req.headers()
                 .get(name)
-                .map(|v: &HeaderValue| v.to_str().unwrap_or("\u{0}invalid"))
+                // Not valid text: refused as malformed by the policy.
+                .map(|v: &HeaderValue| v.to_str().unwrap_or("\u{0}"))
         };
+        // HTTP/2 has no `Host` header: the URI's authority stands in for it.
         let host = header(HOST).or_else(|| req.uri().authority().map(|a| a.as_str()));
         self.is_allowed(header(ORIGIN), host)
     }
@@ -250,10 +192,16 @@ mod tests {
 
     #[test]
     fn lists_and_any() {
-        let l = OriginLayer::list(["http://localhost:5173/"]);
+        let l = OriginLayer::list(["http://localhost:5173"]).unwrap();
         assert!(l.is_allowed(Some("http://LOCALHOST:5173"), Some("localhost:9000")));
         assert!(!l.is_allowed(Some("http://localhost:9000"), Some("localhost:9000")));
-        let l = OriginLayer::same_host().allow("http://a.test");
+        // The same check as the axum endpoint's: a trailing slash is refused, not trimmed.
+        let e = OriginLayer::list(["http://localhost:5173/"]).unwrap_err();
+        assert!(
+            matches!(e, Error::Config(ref m) if m.contains("no trailing slash")),
+            "{e}"
+        );
+        let l = OriginLayer::same_host().allow("http://a.test").unwrap();
         assert!(l.is_allowed(Some("http://a.test"), Some("b.test")));
         assert!(l.is_allowed(Some("http://b.test"), Some("b.test")));
         assert!(OriginLayer::any().is_allowed(Some("null"), None));

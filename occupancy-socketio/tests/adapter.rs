@@ -626,7 +626,9 @@ async fn origins_are_checked_on_polling_and_websocket_upgrades() {
         hub(0),
         same_io,
         same_occ,
-        OriginLayer::same_host().allow("http://localhost:5173"),
+        OriginLayer::same_host()
+            .allow("http://localhost:5173")
+            .unwrap(),
     )
     .await;
     let host = srv.addr.to_string();

@@ -37,7 +37,7 @@ use tokio::runtime::Runtime;
 use occupancy_core::protocol::{ERROR_CODES, Event, OpKind, Ref, Request};
 use occupancy_core::{Hub, Limits, Meta, NoticeKind, Notices, RoomId, Session, Stats};
 
-use crate::connection::close_code;
+use crate::close_code;
 use crate::frames::{Frame, Gate, Outcome};
 use crate::settings::Settings;
 

@@ -17,6 +17,7 @@
 //!   dispatch to the session, reply serialized), here against a [`Machine`] instead of a socket.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
@@ -544,4 +545,50 @@ pub fn protocol_frame(data: &[u8]) {
     m.close(me).expect("known");
     m.close(SessionId(2)).expect("known");
     assert_eq!(m.stats(), crate::machine::Stats::default());
+}
+
+// ----- what the corpus replay tests share -------------------------------------------------------
+
+/// The committed corpus of a fuzz target: every file in `dir` (`fuzz/corpus/<target>/`), sorted
+/// by name, with its bytes. Panics with the path when the folder cannot be read.
+pub fn corpus(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let data = std::fs::read(&p).expect("readable corpus file");
+            (p, data)
+        })
+        .collect()
+}
+
+/// xorshift64*: a fixed-seed source of bytes for generated fuzz inputs, no dependency.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `n` (`n` at least 1).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    /// Up to `max_len` random bytes.
+    pub fn bytes(&mut self, max_len: usize) -> Vec<u8> {
+        let len = self.below(max_len + 1);
+        (0..len).map(|_| self.next() as u8).collect()
+    }
 }

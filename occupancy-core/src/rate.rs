@@ -1,6 +1,6 @@
-//! A token bucket with the time passed in (no clock inside, so tests drive it exactly). Used for
-//! the per-connection message rate and for counting protocol violations before a connection is
-//! closed.
+//! A token bucket with the time passed in (no clock inside, so tests drive it exactly): the one
+//! both adapters use for a connection's message rate, and the axum adapter for counting
+//! protocol violations before a connection is closed.
 
 use std::time::{Duration, Instant};
 
