@@ -19,8 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::lua;
 use crate::wire::{
-    self, Decoded, Reply, bad, code_error, decode_room, occupant_key, parse_meta, parse_session,
-    session_hex,
+    Decoded, Reply, bad, code_error, decode_room, parse_meta, parse_session, session_hex,
 };
 
 /// Settings of a [`RedisBackend`].
@@ -144,12 +143,6 @@ struct LocalSession {
     joined: Vec<RoomId>,
     watching: Vec<RoomId>,
     grace_until: Option<Instant>,
-}
-
-impl LocalSession {
-    fn key(&self, id: SessionId) -> OccupantKey {
-        OccupantKey::of(id, self.principal.as_ref())
-    }
 }
 
 /// A room this node follows (it has local sessions or watchers in it, or a call in flight).
@@ -1404,7 +1397,6 @@ impl Backend for RedisBackend {
         }
         let local = inner.lock();
         for (id, s) in &local.sessions {
-            let _ = occupant_key(*id, s.principal.as_deref());
             for r in s.joined.iter().chain(&s.watching) {
                 if !local.rooms.contains_key(r.as_str()) {
                     return Err(format!(
@@ -1412,13 +1404,7 @@ impl Backend for RedisBackend {
                     ));
                 }
             }
-            let _ = s.key(*id);
         }
         Ok(())
     }
-}
-
-#[allow(dead_code)]
-fn _assert_wire_used() {
-    let _ = wire::list::<serde_json::Value, Vec<u8>>;
 }

@@ -67,14 +67,6 @@ pub(crate) fn parse_session(s: &str) -> Result<SessionId, Error> {
     u64::from_str_radix(s, 16).map(SessionId).map_err(bad)
 }
 
-/// The occupant key as stored: `u:<principal>` or `a:<session hex>`.
-pub(crate) fn occupant_key(session: SessionId, principal: Option<&str>) -> String {
-    match principal {
-        Some(p) => format!("u:{p}"),
-        None => format!("a:{}", session_hex(session)),
-    }
-}
-
 fn parse_key(k: &str) -> Result<OccupantKey, Error> {
     if let Some(u) = k.strip_prefix("u:") {
         Ok(OccupantKey::User(Arc::from(u)))
