@@ -8,15 +8,38 @@ use occupancy_core::Error;
 
 /// Transport settings; see each field for its default. Build with [`Settings::default`] and
 /// change fields, or use the [`EndpointBuilder`](crate::EndpointBuilder) methods.
+///
+/// With the `serde` feature they deserialize from a configuration file: every field optional,
+/// unknown ones refused by name, durations in milliseconds (`ping_interval_ms`,
+/// `liveness_timeout_ms`); the endpoint's `build` validates them.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
 #[non_exhaustive]
 pub struct Settings {
     /// How often the server sends a WebSocket ping (default 4 s). Also announced to clients as
     /// `heartbeat_ms`, the interval for their app-level `ping` op.
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            rename = "ping_interval_ms",
+            deserialize_with = "occupancy_core::serde_millis::deserialize"
+        )
+    )]
     pub ping_interval: Duration,
     /// A connection from which nothing (no pong, no message) arrives for this long is dead: it is
     /// dropped and its session closed at once, releasing its rooms (default 10 s; must be longer
     /// than `ping_interval`). A write that cannot complete for this long counts the same.
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            rename = "liveness_timeout_ms",
+            deserialize_with = "occupancy_core::serde_millis::deserialize"
+        )
+    )]
     pub liveness_timeout: Duration,
     /// Largest accepted text frame in bytes (default 16 KiB); a larger one is answered with
     /// `frame_too_large` and not processed.
@@ -97,6 +120,24 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(feature = "serde")]
+    #[test]
+    fn settings_deserialize_from_a_config_file() {
+        let s: super::Settings =
+            serde_json::from_str(r#"{"ping_interval_ms": 1000, "max_violations": 3}"#).unwrap();
+        assert_eq!(s.ping_interval, std::time::Duration::from_secs(1));
+        assert_eq!(s.max_violations, 3);
+        assert_eq!(
+            s.liveness_timeout,
+            super::Settings::default().liveness_timeout
+        );
+        let e = serde_json::from_str::<super::Settings>(r#"{"ping_interval": 1}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("unknown field `ping_interval`"),
+            "{e}"
+        );
+    }
+
     use super::*;
 
     #[test]

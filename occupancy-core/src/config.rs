@@ -1,5 +1,10 @@
 //! Configuration of the state machine: limits and the grace period. The runtime (`Hub`) adds its
 //! own settings (notice buffer size, hooks) on top.
+//!
+//! With the `serde` feature, [`Config`] and [`Limits`] deserialize from a configuration file
+//! (config-rs, figment, TOML, JSON): every field optional (missing ones keep their default),
+//! unknown fields refused by name, durations in milliseconds (`grace_ms`). Call
+//! [`Config::validate`] (or build the Hub, which does) on the result.
 
 use std::time::Duration;
 
@@ -8,6 +13,11 @@ use crate::ids::RoomId;
 
 /// Limits enforced by the state machine; each breach is a typed [`Error`] and changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
 pub struct Limits {
     /// Maximum room id length in bytes (default 256).
     pub max_room_id_len: usize,
@@ -31,12 +41,34 @@ impl Default for Limits {
 }
 
 /// Configuration of the [`Machine`](crate::Machine).
+///
+/// ```
+/// # #[cfg(feature = "serde")] {
+/// // With the `serde` feature: from a configuration file's section.
+/// let c: occupancy_core::Config =
+///     serde_json::from_str(r#"{"grace_ms": 2000, "limits": {"max_rooms_per_session": 8}}"#)
+///         .unwrap();
+/// assert_eq!(c.grace, std::time::Duration::from_secs(2));
+/// assert_eq!(c.limits.max_rooms_per_session, 8);
+/// assert_eq!(c.presence_occupants, 8, "missing fields keep their default");
+/// c.validate().unwrap();
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
 pub struct Config {
     /// The limits.
     pub limits: Limits,
     /// How long a disconnected session keeps its places, waiting for a resume (default 5 s;
-    /// zero disables grace: a disconnect leaves at once).
+    /// zero disables grace: a disconnect leaves at once). `grace_ms` in a configuration file.
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "grace_ms", deserialize_with = "millis::deserialize")
+    )]
     pub grace: Duration,
     /// How many occupants (from the front) a presence notice lists (default 8).
     pub presence_occupants: usize,
@@ -80,5 +112,53 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+/// Durations in configuration files: a whole number of milliseconds.
+#[cfg(feature = "serde")]
+#[doc(hidden)]
+pub mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    /// Reads a number of milliseconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(all(test, feature = "serde"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_overrides_what_it_names_and_keeps_the_rest() {
+        let c: Config =
+            serde_json::from_str(r#"{"grace_ms": 0, "presence_occupants": 3}"#).unwrap();
+        assert_eq!(
+            c,
+            Config {
+                grace: Duration::ZERO,
+                presence_occupants: 3,
+                ..Config::default()
+            }
+        );
+        let empty: Config = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty, Config::default());
+    }
+
+    #[test]
+    fn unknown_or_mistyped_fields_are_refused_by_name() {
+        let e = serde_json::from_str::<Config>(r#"{"grace": 5}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `grace`"), "{e}");
+        let e = serde_json::from_str::<Config>(r#"{"limits": {"max_rooms": 5}}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `max_rooms`"), "{e}");
+        let e = serde_json::from_str::<Config>(r#"{"grace_ms": "5s"}"#).unwrap_err();
+        assert!(e.to_string().contains("invalid type"), "{e}");
+        // Deserializing does not validate: the Hub (or `validate`) refuses what cannot work.
+        let c: Config = serde_json::from_str(r#"{"limits": {"max_meta_bytes": 1}}"#).unwrap();
+        assert!(matches!(c.validate(), Err(Error::Config(_))));
     }
 }

@@ -71,6 +71,9 @@ pub use hub::{
 pub use memory::MemoryBackend;
 pub use sharded::{MAX_SHARDS, ShardedBackend};
 
+#[cfg(feature = "serde")]
+#[doc(hidden)]
+pub use config::millis as serde_millis;
 pub use config::{Config, Limits};
 pub use error::{Error, RoomIdError};
 pub use identity::Identity;

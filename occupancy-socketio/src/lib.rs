@@ -136,8 +136,15 @@ pub fn attach(io: &SocketIo, hub: Hub) -> Result<(), Error> {
     Occupancy::new(hub).attach(io)
 }
 
-/// A per-socket rate limit: a token bucket of `burst` requests refilled at `per_second`.
+/// A per-socket rate limit: a token bucket of `burst` requests refilled at `per_second`. With the
+/// `serde` feature it deserializes from a configuration file (fields optional, unknown ones
+/// refused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
 pub struct RateLimit {
     /// Sustained requests per second.
     pub per_second: u32,
