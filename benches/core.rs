@@ -19,14 +19,16 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use occupancy::{Config, Limits, Machine, Meta, ResumeToken, SessionId};
 
 fn machine(grace: Duration) -> Machine {
-    Machine::new(Config {
-        limits: Limits {
-            max_rooms_per_session: 1_000_000,
-            max_occupants_per_room: 1_000_000,
-            ..Limits::default()
-        },
-        grace,
-        ..Config::default()
+    Machine::new({
+        let mut c = Config::default();
+        c.limits = {
+            let mut l = Limits::default();
+            l.max_rooms_per_session = 1_000_000;
+            l.max_occupants_per_room = 1_000_000;
+            l
+        };
+        c.grace = grace;
+        c
     })
     .unwrap()
 }

@@ -24,9 +24,10 @@ use occupancy::{Config, Hub, Machine, Meta, ResumeToken, SessionId};
 const ROOM: &str = "document-1";
 
 fn machine() -> Machine {
-    Machine::new(Config {
-        grace: Duration::ZERO,
-        ..Config::default()
+    Machine::new({
+        let mut c = Config::default();
+        c.grace = Duration::ZERO;
+        c
     })
     .unwrap()
 }

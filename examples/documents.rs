@@ -42,11 +42,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let check_invariants = std::env::var("OCCUPANCY_CHECK_INVARIANTS").is_ok_and(|v| v == "1");
     let hub = Hub::builder()
-        .config(Config {
-            grace,
-            check_invariants,
-            ..Config::default()
-        })
+        .grace(grace)
+        .check_invariants(check_invariants)
         .build()?;
     if check_invariants {
         tracing::info!("checking the state machine's invariants after every operation");

@@ -13,10 +13,9 @@ use serde_json::json;
 const DOC: &str = "document-42";
 
 fn main() -> Result<(), occupancy::Error> {
-    let mut m = Machine::new(Config {
-        grace: Duration::from_secs(5),
-        ..Config::default()
-    })?;
+    let mut config = Config::default();
+    config.grace = Duration::from_secs(5);
+    let mut m = Machine::new(config)?;
     let mut now = Instant::now();
     let names = ["", "Alice", "Bob", "Carol"];
     let person = |s: SessionId| names[s.0 as usize];
@@ -55,6 +54,8 @@ fn main() -> Result<(), occupancy::Error> {
                         p.body.waiting
                     )
                 }
+                // `NoticeKind` is `#[non_exhaustive]`: later versions may add kinds.
+                other => println!("  {who}: {other:?}"),
             }
         }
     };

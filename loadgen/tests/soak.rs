@@ -30,10 +30,11 @@ fn one_minute_churn_soak_against_the_documents_app() {
         .unwrap();
     let addr = rt.block_on(async {
         let hub = Hub::builder()
-            .config(Config {
-                check_invariants: true,
-                grace,
-                ..Config::default()
+            .config({
+                let mut c = Config::default();
+                c.check_invariants = true;
+                c.grace = grace;
+                c
             })
             .build()
             .unwrap();

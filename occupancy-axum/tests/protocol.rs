@@ -244,11 +244,13 @@ async fn expect_raw_error(c: &mut Client, text: &str, code: &str, r: Option<Valu
 async fn every_error_code_with_its_ref_and_nothing_stored() {
     let down = Arc::new(AtomicBool::new(false));
     let hub = Hub::builder()
-        .limits(Limits {
-            max_rooms_per_session: 2,
-            max_occupants_per_room: 2,
-            max_meta_bytes: 64,
-            max_room_id_len: 32,
+        .limits({
+            let mut l = Limits::default();
+            l.max_rooms_per_session = 2;
+            l.max_occupants_per_room = 2;
+            l.max_meta_bytes = 64;
+            l.max_room_id_len = 32;
+            l
         })
         .authorize(|req: &AuthRequest<'_>| match (req.room, req.action) {
             ("secret", _) => Err("members only".to_string()),

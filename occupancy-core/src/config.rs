@@ -12,12 +12,24 @@ use crate::error::{Error, check_duration};
 use crate::ids::RoomId;
 
 /// Limits enforced by the state machine; each breach is a typed [`Error`] and changes nothing.
+///
+/// `#[non_exhaustive]` (limits may be added): start from the defaults and set what you change.
+///
+/// ```
+/// let mut limits = occupancy_core::Limits::default();
+/// limits.max_meta_bytes = 4096;
+/// let mut config = occupancy_core::Config::default();
+/// config.limits = limits;
+/// let machine = occupancy_core::Machine::new(config).unwrap();
+/// assert_eq!(machine.config().limits.max_meta_bytes, 4096);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(
     feature = "serde",
     derive(serde::Deserialize),
     serde(default, deny_unknown_fields)
 )]
+#[non_exhaustive]
 pub struct Limits {
     /// Maximum room id length in bytes (default 256).
     pub max_room_id_len: usize,
@@ -40,7 +52,8 @@ impl Default for Limits {
     }
 }
 
-/// Configuration of the [`Machine`](crate::Machine).
+/// Configuration of the [`Machine`](crate::Machine). `#[non_exhaustive]`: start from
+/// [`Config::default`] and set fields, or use the [`HubBuilder`](crate::HubBuilder) methods.
 ///
 /// ```
 /// # #[cfg(feature = "serde")] {
@@ -60,6 +73,7 @@ impl Default for Limits {
     derive(serde::Deserialize),
     serde(default, deny_unknown_fields)
 )]
+#[non_exhaustive]
 pub struct Config {
     /// The limits.
     pub limits: Limits,

@@ -35,8 +35,9 @@ impl Notice {
     }
 }
 
-/// What a notice says.
+/// What a notice says. More kinds may come (`#[non_exhaustive]`).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum NoticeKind {
     /// You joined and someone else holds the room (the article's `is_occupied`).
     Occupied {

@@ -242,6 +242,7 @@ fn truncate(s: &str, max: usize) -> &str {
 /// A server → client message, serialized with its kind in `ev`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "ev", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Event {
     /// First message on a connection.
     Hello {

@@ -234,16 +234,18 @@ fn fail(msg: String) -> TestCaseError {
 impl Harness {
     fn new(setup: &Setup) -> Self {
         let grace = if setup.grace { GRACE } else { 0 };
-        let config = Config {
-            limits: Limits {
-                max_occupants_per_room: setup
+        let config = {
+            let mut c = Config::default();
+            c.limits = {
+                let mut l = Limits::default();
+                l.max_occupants_per_room = setup
                     .max_occupants
-                    .unwrap_or(Limits::default().max_occupants_per_room),
-                ..Limits::default()
-            },
-            grace: Duration::from_secs(grace),
-            presence_occupants: setup.presence_occupants,
-            ..Config::default()
+                    .unwrap_or(Limits::default().max_occupants_per_room);
+                l
+            };
+            c.grace = Duration::from_secs(grace);
+            c.presence_occupants = setup.presence_occupants;
+            c
         };
         Harness {
             m: Machine::new(config).unwrap(),

@@ -617,9 +617,10 @@ async fn enabled_invariant_checks_run_after_every_operation() {
     }
 
     let hub = Hub::builder()
-        .config(Config {
-            check_invariants: true,
-            ..Config::default()
+        .config({
+            let mut c = Config::default();
+            c.check_invariants = true;
+            c
         })
         .build()
         .unwrap();

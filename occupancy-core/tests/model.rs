@@ -252,15 +252,17 @@ enum Outcome {
 
 impl Harness {
     fn new(p: Params) -> Self {
-        let config = Config {
-            limits: Limits {
-                max_rooms_per_session: p.max_rooms,
-                max_occupants_per_room: p.max_occupants,
-                ..Limits::default()
-            },
-            grace: Duration::from_secs(GRACE),
-            presence_occupants: 3,
-            ..Config::default()
+        let config = {
+            let mut c = Config::default();
+            c.limits = {
+                let mut l = Limits::default();
+                l.max_rooms_per_session = p.max_rooms;
+                l.max_occupants_per_room = p.max_occupants;
+                l
+            };
+            c.grace = Duration::from_secs(GRACE);
+            c.presence_occupants = 3;
+            c
         };
         Harness {
             p,
@@ -597,6 +599,7 @@ impl Harness {
                 NoticeKind::Occupied { .. } => *occupied.entry(key).or_default() += 1,
                 NoticeKind::Displaced { .. } => *displaced.entry(key).or_default() += 1,
                 NoticeKind::Presence(p) => presence.entry(key).or_default().push(p.position),
+                other => prop_assert!(false, "a notice kind the model does not know: {other:?}"),
             }
         }
         for (r, v) in step_versions {

@@ -86,12 +86,14 @@ fn for_session(notices: &[Notice], s: SessionId) -> Vec<&NoticeKind> {
 
 #[test]
 fn room_ids_are_validated_and_nothing_is_stored_for_a_bad_one() {
-    let mut w = World::with(Config {
-        limits: Limits {
-            max_room_id_len: 8,
-            ..Limits::default()
-        },
-        ..Config::default()
+    let mut w = World::with({
+        let mut c = Config::default();
+        c.limits = {
+            let mut l = Limits::default();
+            l.max_room_id_len = 8;
+            l
+        };
+        c
     });
     let a = w.anon(1);
     let before = w.m.stats();
@@ -259,9 +261,10 @@ fn bug6_everyone_waiting_learns_the_queue_moved() {
 
 #[test]
 fn presence_lists_the_first_few_with_metadata() {
-    let mut w = World::with(Config {
-        presence_occupants: 2,
-        ..Config::default()
+    let mut w = World::with({
+        let mut c = Config::default();
+        c.presence_occupants = 2;
+        c
     });
     let a = w.user(1, "ann");
     let b = w.user(2, "ben");
@@ -302,9 +305,10 @@ fn join_meta_overrides_the_session_default() {
 
 #[test]
 fn bug3_disconnect_touches_only_the_sessions_own_rooms() {
-    let mut w = World::with(Config {
-        grace: Duration::ZERO,
-        ..Config::default()
+    let mut w = World::with({
+        let mut c = Config::default();
+        c.grace = Duration::ZERO;
+        c
     });
     let filler = w.anon(1);
     let a = w.anon(2);
@@ -462,9 +466,10 @@ fn resuming_a_live_session_says_so_so_the_driver_can_close_the_old_connection() 
 
 #[test]
 fn zero_grace_leaves_at_once() {
-    let mut w = World::with(Config {
-        grace: Duration::ZERO,
-        ..Config::default()
+    let mut w = World::with({
+        let mut c = Config::default();
+        c.grace = Duration::ZERO;
+        c
     });
     let (a, b) = (w.anon(1), w.anon(2));
     w.m.join(a, DOC, None).unwrap();
@@ -516,9 +521,10 @@ fn take_over_moves_the_taker_first_and_displaces_the_holder_to_second() {
 
 #[test]
 fn watchers_see_presence_never_hold_and_stop_on_unwatch_or_disconnect() {
-    let mut w = World::with(Config {
-        grace: Duration::ZERO,
-        ..Config::default()
+    let mut w = World::with({
+        let mut c = Config::default();
+        c.grace = Duration::ZERO;
+        c
     });
     let watcher = w.anon(1);
     let a = w.user(2, "ann");
@@ -565,14 +571,17 @@ fn versions_strictly_increase_even_when_a_room_is_emptied_and_created_again() {
 // ----- limits -----------------------------------------------------------------------------------
 
 fn small_limits() -> Config {
-    Config {
-        limits: Limits {
-            max_room_id_len: 32,
-            max_rooms_per_session: 2,
-            max_occupants_per_room: 2,
-            max_meta_bytes: 32,
-        },
-        ..Config::default()
+    {
+        let mut c = Config::default();
+        c.limits = {
+            let mut l = Limits::default();
+            l.max_room_id_len = 32;
+            l.max_rooms_per_session = 2;
+            l.max_occupants_per_room = 2;
+            l.max_meta_bytes = 32;
+            l
+        };
+        c
     }
 }
 
@@ -686,12 +695,14 @@ fn unknown_sessions_and_duplicate_ids_are_typed_errors() {
 
 #[test]
 fn bad_config_is_refused() {
-    let bad = Config {
-        limits: Limits {
-            max_rooms_per_session: 0,
-            ..Limits::default()
-        },
-        ..Config::default()
+    let bad = {
+        let mut c = Config::default();
+        c.limits = {
+            let mut l = Limits::default();
+            l.max_rooms_per_session = 0;
+            l
+        };
+        c
     };
     assert!(matches!(Machine::new(bad), Err(Error::Config(_))));
 }

@@ -177,6 +177,7 @@ impl Side {
                     .map(|o| self.person(o))
                     .collect::<Vec<_>>()
             ),
+            other => format!("{other:?}"),
         };
         format!("{slot:?} {what}")
     }
@@ -433,16 +434,20 @@ impl Side {
 }
 
 fn config(rooms_per_session: usize, occupants_per_room: usize, grace: Duration) -> Config {
-    Config {
-        limits: Limits {
-            max_room_id_len: MAX_ROOM_ID_LEN,
-            max_rooms_per_session: rooms_per_session,
-            max_occupants_per_room: occupants_per_room,
-            max_meta_bytes: MAX_META_BYTES,
-        },
-        grace,
-        presence_occupants: 2,
-        check_invariants: true,
+    {
+        let mut c = Config::default();
+        c.limits = {
+            let mut l = Limits::default();
+            l.max_room_id_len = MAX_ROOM_ID_LEN;
+            l.max_rooms_per_session = rooms_per_session;
+            l.max_occupants_per_room = occupants_per_room;
+            l.max_meta_bytes = MAX_META_BYTES;
+            l
+        };
+        c.grace = grace;
+        c.presence_occupants = 2;
+        c.check_invariants = true;
+        c
     }
 }
 
@@ -564,9 +569,10 @@ fn racing_joins_against_disconnects_resumes_and_closes() {
         let hub = Hub::builder()
             .backend(backend.clone())
             .grace(Duration::from_secs(30))
-            .limits(Limits {
-                max_rooms_per_session: 3,
-                ..Limits::default()
+            .limits({
+                let mut l = Limits::default();
+                l.max_rooms_per_session = 3;
+                l
             })
             .notice_buffer(1 << 16)
             .build()

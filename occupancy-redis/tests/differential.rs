@@ -99,6 +99,7 @@ impl Side {
                     .map(|o| self.person(o))
                     .collect::<Vec<_>>()
             ),
+            other => format!("{other:?}"),
         };
         format!("{slot:?} {} {what}", n.room)
     }
@@ -238,10 +239,11 @@ impl Side {
 }
 
 fn limits() -> Limits {
-    Limits {
-        max_rooms_per_session: 2,
-        max_occupants_per_room: 3,
-        ..Limits::default()
+    {
+        let mut l = Limits::default();
+        l.max_rooms_per_session = 2;
+        l.max_occupants_per_room = 3;
+        l
     }
 }
 

@@ -414,9 +414,10 @@ async fn bad_payloads_get_a_clear_error_and_store_nothing() {
 async fn limits_rooms_per_socket_and_rate() {
     let h = Hub::builder()
         .grace(Duration::ZERO)
-        .limits(occupancy_core::Limits {
-            max_rooms_per_session: 3,
-            ..Default::default()
+        .limits({
+            let mut l = occupancy_core::Limits::default();
+            l.max_rooms_per_session = 3;
+            l
         })
         .build()
         .unwrap();

@@ -733,11 +733,13 @@ pub fn frames(data: &[u8]) {
         rt.block_on(async {
             let hub = Hub::builder()
                 .grace(Duration::ZERO)
-                .limits(Limits {
-                    max_room_id_len: MAX_ROOM_ID,
-                    max_rooms_per_session: MAX_ROOMS,
-                    max_occupants_per_room: max_occupants,
-                    max_meta_bytes: MAX_META,
+                .limits({
+                    let mut l = Limits::default();
+                    l.max_room_id_len = MAX_ROOM_ID;
+                    l.max_rooms_per_session = MAX_ROOMS;
+                    l.max_occupants_per_room = max_occupants;
+                    l.max_meta_bytes = MAX_META;
+                    l
                 })
                 .build()
                 .expect("valid hub");

@@ -175,6 +175,13 @@ impl HubBuilder {
         self
     }
 
+    /// Runs the state machine's invariant checks after every operation (default off; see
+    /// [`Config::check_invariants`]: for tests and soak runs, never for production).
+    pub fn check_invariants(mut self, on: bool) -> Self {
+        self.config.check_invariants = on;
+        self
+    }
+
     /// The whole machine configuration at once.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
