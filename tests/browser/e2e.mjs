@@ -72,6 +72,23 @@ try {
     await context.close();
   }
 
+  // Two windows of one browser without a name are two people, each with a name of its own.
+  {
+    const context = await browser.newContext();
+    const one = await context.newPage();
+    const two = await context.newPage();
+    await one.goto(`${base}/doc/9`);
+    await two.goto(`${base}/doc/9`);
+    await one.locator('[data-testid="me"]').filter({ hasText: /\S/ }).waitFor({ timeout: WAIT });
+    await two.locator('[data-testid="me"]').filter({ hasText: /\S/ }).waitFor({ timeout: WAIT });
+    const [n1, n2] = [await text(one, 'me'), await text(two, 'me')];
+    if (n1 === n2) throw new Error(`two windows got the same default name ${n1}`);
+    await expectText(two, 'holder', new RegExp(`Held by ${n1}`), 'the second window sees the first by its name');
+    if ((await one.locator('link[rel="icon"]').count()) !== 1) throw new Error('no favicon');
+    step(`two windows without a name are ${n1} and ${n2}`);
+    await context.close();
+  }
+
   const ann = await open('Ann');
   await expectText(ann.page, 'position', /You hold this document/, 'first page holds');
   await expectText(ann.page, 'status', /live/, 'first page is connected');
@@ -83,6 +100,11 @@ try {
   await expectText(ann.page, 'queue', /Bob/, 'holder sees who waits');
   if (!(await bob.page.locator('[data-testid="takeover"]').isVisible())) {
     throw new Error('the waiting page shows no Take over button');
+  }
+  // "#1 in line" is item 1 of the waiting list (the holder is shown above it, not in it).
+  const firstWaiting = (page) => page.locator('[data-testid="queue"] li').first().innerText();
+  if ((await firstWaiting(bob.page)) !== 'Bob (you)') {
+    throw new Error(`Bob is #1 but the waiting list starts with ${await firstWaiting(bob.page)}`);
   }
   step('Bob waits (#1), sees Ann holding; Ann sees Bob in line');
 
@@ -121,8 +143,17 @@ try {
   await carl.page.locator('[data-testid="takeover"]').click();
   await expectText(carl.page, 'position', /You hold this document/, 'take over');
   await expectText(bob.page, 'position', /You are #1 in line/, 'the displaced holder is next in line');
-  step('Carl took over; Bob is #1 in line');
+  await expectText(bob.page, 'banner', /Carl took the document over from you/, 'the displaced holder is told who');
+  step('Carl took over; Bob is #1 in line and told so');
+  await bob.page.screenshot({ path: join(shots, 'displaced.png') });
   await carl.page.screenshot({ path: join(shots, 'takeover.png') });
+
+  // Bob takes it back: his banner no longer holds and is gone; Carl's says Bob took over.
+  await bob.page.locator('[data-testid="takeover"]').click();
+  await expectText(bob.page, 'position', /You hold this document/, 'take it back');
+  await bob.page.locator('[data-testid="banner"]').waitFor({ state: 'hidden', timeout: WAIT });
+  await expectText(carl.page, 'banner', /Bob took the document over from you/, 'the banner follows who took over');
+  step('Bob took it back: his banner cleared, Carl\'s names Bob');
   console.log(`e2e: screenshots in ${shots}`);
 } catch (e) {
   failed = true;
