@@ -223,18 +223,12 @@ struct Audit {
     watched: Vec<String>,
 }
 
-/// xorshift64*: each client's own random source, no dependency.
-struct Rng(u64);
+/// Each client's own random source (xorshift64*, the one the fuzz tests use), in `u64`s.
+struct Rng(occupancy_core::testing::fuzz::Rng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.0.below(n as usize) as u64
     }
 }
 
@@ -1021,7 +1015,9 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
             id,
             target: target.clone(),
             s: s.clone(),
-            rng: Rng(0x9e37_79b9_7f4a_7c15 ^ (u64::from(id) + 1).wrapping_mul(0x1000_0000_01b3)),
+            rng: Rng(occupancy_core::testing::fuzz::Rng(
+                0x9e37_79b9_7f4a_7c15 ^ (u64::from(id) + 1).wrapping_mul(0x1000_0000_01b3),
+            )),
             c: Counters::default(),
             view: View::default(),
             token: None,
