@@ -101,15 +101,11 @@ impl Endpoint {
         let inner = self.inner.conn.clone();
         let starting = connection::starting(inner.clone(), identity, resume);
         // The read buffer is allocated for the connection's whole life (tungstenite reads in
-        // chunks of its size; a larger frame grows it), so it was most of an idle connection's
-        // memory: 14.1 KiB per idle connection holding one room with an 8 KiB read buffer, 6.9
-        // with 512 bytes. RSS per idle connection holding one room, 10,000 connections to the
-        // documents example (`loadgen/src/bin/idle_conns.rs`): 4.6 KiB, of which 1.8 KiB is a
-        // bare axum WebSocket with the same buffers (`loadgen/src/bin/bare_ws.rs`), about 2.1 KiB
-        // the Hub's session and room (blocks and map slots, in occupancy-core) and 0.5 KiB the
-        // connection task beyond the bare one's (a 1,152-byte task cell against 640;
-        // `loadgen/src/bin/heap_census.rs`, `SIZES=5000`). The write buffer costs nothing while
-        // idle. The session is started inside the task, from a boxed future made here.
+        // chunks of its size; a larger frame grows it), so its size is most of what an idle
+        // connection costs: keep it small (`Settings::read_buffer_bytes`; the crate docs give
+        // the measured figures). The write buffer costs nothing while idle. The session is
+        // started inside the task, from a boxed future made here, so that the task an idle
+        // connection keeps does not carry the start's state.
         ws.max_message_size(s.close_frame_bytes)
             .max_frame_size(s.close_frame_bytes)
             .read_buffer_size(s.read_buffer_bytes)

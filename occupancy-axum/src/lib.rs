@@ -173,10 +173,10 @@
 //! (1009 for oversized frames) and a reason. A rejected request changes nothing, and other
 //! connections never notice.
 //!
-//! Memory: an idle connection holding one room costs about 4.5 KiB of server RSS (10,000
-//! connections to the `documents` example, `loadgen/src/bin/idle_conns.rs`; 3.2 KiB without a
-//! room), of which 1.8 KiB is the bare axum WebSocket (`loadgen/src/bin/bare_ws.rs`, same buffer
-//! settings) and about 2.1 KiB the Hub's session and room. The read buffer is 512 bytes (it grows
+//! Memory: an idle connection holding one room costs about 4 KiB of server RSS (3.99 KiB with
+//! 10,000 connections to the `documents` example, `loadgen/src/bin/idle_conns.rs`), of which
+//! 1.8 KiB is the bare axum WebSocket (`loadgen/src/bin/bare_ws.rs`, same buffer settings) and
+//! the rest the Hub's session and room and the connection's task. The read buffer is 512 bytes (it grows
 //! for a larger frame; [`Settings::read_buffer_bytes`]); the write buffer (8 KiB) holds nothing
 //! while idle. The connection's task is kept small: a Hub request, a close and the session's
 //! start and end are boxed while they run (one allocation per request), so the task an idle

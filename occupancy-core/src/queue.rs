@@ -4,10 +4,10 @@
 //! A presence notice says "this is the room now"; an older one still waiting to be read is only
 //! out of date, and clients drop stale versions anyway. So a new presence for a room replaces the
 //! one still queued for that room — it moves to the back, which keeps each room's notices in
-//! version order. That bounds what a burst can queue: a join burst into a busy room used to send
-//! every front occupant one presence per join, overflow their buffers and cascade into slow-
-//! consumer kicks (each kick moved the line and told everyone). `occupied`, `released` and
-//! `displaced` are never dropped or merged; they count against the capacity like before.
+//! version order. That bounds what a burst can queue: without it, a join burst into a busy room
+//! sends every front occupant one presence per join, overflows their buffers and cascades into
+//! slow-consumer kicks (each kick moves the line and tells everyone). `occupied`, `released` and
+//! `displaced` are never dropped or merged; they count against the capacity.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -1,4 +1,4 @@
-//! The axum adapter's fuzz target as a plain function (GitHub issue 8): `fuzz/` (cargo-fuzz)
+//! The axum adapter's fuzz target as a plain function: `fuzz/` (cargo-fuzz)
 //! calls it from libFuzzer as `axum_frames`, and `tests/fuzz_corpus.rs` replays the committed
 //! corpus plus fixed-seed random inputs through it in an ordinary `cargo test`. It panics on a
 //! bug and returns normally on any input.

@@ -1,4 +1,4 @@
-//! Fuzz targets as plain functions (GitHub issue 8): `fuzz/` (cargo-fuzz) calls them from
+//! Fuzz targets as plain functions: `fuzz/` (cargo-fuzz) calls them from
 //! libFuzzer, and `tests/fuzz_corpus.rs` replays the committed corpus plus fixed-seed random
 //! inputs through them in an ordinary `cargo test`. Each one panics on a bug and returns normally
 //! on any input that is merely invalid.
