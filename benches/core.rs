@@ -247,16 +247,22 @@ fn disconnect(c: &mut Criterion) {
     g.finish();
 }
 
+/// A machine with one room, "hot": a holder and `waiting` behind it, in joining order.
+fn hot_room(waiting: usize) -> (Machine, Vec<SessionId>) {
+    let mut m = machine(Duration::ZERO);
+    let line: Vec<_> = (0..=waiting as u64).map(|i| connect(&mut m, i)).collect();
+    for &s in &line {
+        m.join(s, "hot", None).unwrap();
+    }
+    m.drain_notices().for_each(drop);
+    (m, line)
+}
+
 fn handover(c: &mut Criterion) {
     let mut g = c.benchmark_group("hand-over, waiting");
     g.sample_size(20);
     for waiting in [10usize, 1_000, 10_000, 100_000] {
-        let mut m = machine(Duration::ZERO);
-        let sessions: Vec<_> = (0..=waiting as u64).map(|i| connect(&mut m, i)).collect();
-        for &s in &sessions {
-            m.join(s, "hot", None).unwrap();
-        }
-        m.drain_notices().for_each(drop);
+        let (mut m, _) = hot_room(waiting);
         g.bench_with_input(BenchmarkId::from_parameter(waiting), &waiting, |b, _| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
@@ -285,13 +291,8 @@ fn handover_change(c: &mut Criterion) {
     let mut g = c.benchmark_group("hand-over, change only, waiting");
     g.sample_size(20);
     for waiting in [10usize, 1_000, 10_000] {
-        let mut m = machine(Duration::ZERO);
-        let mut line: std::collections::VecDeque<_> =
-            (0..=waiting as u64).map(|i| connect(&mut m, i)).collect();
-        for &s in &line {
-            m.join(s, "hot", None).unwrap();
-        }
-        m.drain_notices().for_each(drop);
+        let (mut m, line) = hot_room(waiting);
+        let mut line = std::collections::VecDeque::from(line);
         g.bench_with_input(BenchmarkId::from_parameter(waiting), &waiting, |b, _| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
