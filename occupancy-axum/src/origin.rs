@@ -8,13 +8,12 @@ use occupancy_core::OriginPolicy;
 
 /// Whether a request with these headers may upgrade; otherwise the reason, for the 403 response.
 pub(crate) fn check(policy: &OriginPolicy, headers: &HeaderMap) -> Result<(), String> {
-    let text = |name| {
+    let bytes = |name| {
         headers
             .get(name)
-            // Not valid text: refused as malformed by the policy.
-            .map(|v: &axum::http::HeaderValue| v.to_str().unwrap_or("\u{0}"))
+            .map(|v: &axum::http::HeaderValue| v.as_bytes())
     };
-    policy.check(text(ORIGIN), text(HOST))
+    policy.check_header_bytes(bytes(ORIGIN), bytes(HOST))
 }
 
 #[cfg(test)]

@@ -107,6 +107,25 @@ impl OriginPolicy {
         Err(format!("origin {origin} is not allowed to connect"))
     }
 
+    /// [`OriginPolicy::check`] on raw header bytes, as an adapter reads them: a value that is not
+    /// visible ASCII text (what `http::HeaderValue::to_str` accepts) is a malformed `Origin`, and
+    /// a `Host` nothing can equal.
+    pub fn check_header_bytes(
+        &self,
+        origin: Option<&[u8]>,
+        host: Option<&[u8]>,
+    ) -> Result<(), String> {
+        fn text(b: &[u8]) -> &str {
+            let visible = b.iter().all(|&c| (32..127).contains(&c) || c == b'\t');
+            match std::str::from_utf8(b) {
+                Ok(s) if visible => s,
+                // Refused as malformed by `normalize_origin`, equal to no host.
+                _ => "\u{0}",
+            }
+        }
+        self.check(origin.map(text), host.map(text))
+    }
+
     /// [`OriginPolicy::check`] as a yes or no.
     pub fn is_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
         self.check(origin, host).is_ok()
@@ -240,6 +259,31 @@ mod tests {
         ] {
             assert!(OriginPolicy::allow([bad]).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn header_bytes_that_are_not_visible_ascii_are_malformed() {
+        let p = OriginPolicy::same_host();
+        assert_eq!(
+            p.check_header_bytes(Some(b"https://\xffexample.com"), Some(b"example.com")),
+            Err("malformed Origin header".to_string())
+        );
+        assert_eq!(
+            p.check_header_bytes(Some("https://é.com".as_bytes()), Some("é.com".as_bytes())),
+            Err("malformed Origin header".to_string())
+        );
+        assert!(
+            p.check_header_bytes(Some(b"https://a.com"), Some(b"a.com"))
+                .is_ok()
+        );
+        assert!(
+            p.check_header_bytes(Some(b"https://a.com"), Some(b"a\x01.com"))
+                .is_err()
+        );
+        assert!(
+            p.check_header_bytes(None, Some(b"\xff")).is_ok(),
+            "not a browser"
+        );
     }
 
     #[test]

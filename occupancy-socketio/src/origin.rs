@@ -90,15 +90,10 @@ impl OriginLayer {
     }
 
     fn check<B>(&self, req: &Request<B>) -> bool {
-        let header = |name| {
-            req.headers()
-                .get(name)
-                // Not valid text: refused as malformed by the policy.
-                .map(|v: &HeaderValue| v.to_str().unwrap_or("\u{0}"))
-        };
+        let header = |name| req.headers().get(name).map(HeaderValue::as_bytes);
         // HTTP/2 has no `Host` header: the URI's authority stands in for it.
-        let host = header(HOST).or_else(|| req.uri().authority().map(|a| a.as_str()));
-        self.is_allowed(header(ORIGIN), host)
+        let host = header(HOST).or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()));
+        self.policy.check_header_bytes(header(ORIGIN), host).is_ok()
     }
 }
 
