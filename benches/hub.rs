@@ -79,6 +79,37 @@ fn bare(c: &mut Criterion) {
             start.elapsed()
         });
     });
+    // The ceiling of any parallel speed-up on this machine: two threads, each with a machine of
+    // its own (nothing shared). The Hub's "distinct rooms" ratio is read against this one's.
+    g.bench_function("bare machines, 2 threads, one machine each", |b| {
+        let machines: Vec<_> = (0..2)
+            .map(|_| {
+                let mut m = machine();
+                m.connect(SessionId(1), None, Meta::empty(), ResumeToken(1))
+                    .unwrap();
+                m.connect(SessionId(2), None, Meta::empty(), ResumeToken(2))
+                    .unwrap();
+                m.join(SessionId(1), ROOM, None).unwrap();
+                m.drain_notices().for_each(drop);
+                Mutex::new(m)
+            })
+            .collect();
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            std::thread::scope(|scope| {
+                for m in &machines {
+                    let n = iters.div_ceil(2);
+                    scope.spawn(move || {
+                        let mut m = m.lock().unwrap();
+                        for _ in 0..n {
+                            bare_pair(&mut m, SessionId(2));
+                        }
+                    });
+                }
+            });
+            start.elapsed()
+        });
+    });
     g.finish();
 }
 
@@ -190,18 +221,20 @@ fn hub(c: &mut Criterion) {
     // Independent rooms: each task has its own room (with its own holder). What the cost rules
     // ask of the runtime: unrelated rooms proceed in parallel. Both cases run on the same
     // 2-worker runtime, so the ratio of their throughputs is the parallel speed-up.
-    for (tasks, shards) in [(1usize, 0usize), (2, 0), (1, 2), (2, 2)] {
+    // One shard is `HubBuilder::shards(1)` (one machine, as before sharding); 2 shards is what
+    // the Hub builds by default on 2 workers (built here by hand to place the rooms).
+    for (tasks, shards) in [(1usize, 1usize), (2, 1), (1, 2), (2, 2)] {
         let name = match shards {
-            0 => format!("hub, {tasks} task(s), distinct rooms, 2 workers"),
+            1 => format!("hub, {tasks} task(s), distinct rooms, 2 workers, 1 shard"),
             n => format!("hub, {tasks} task(s), distinct rooms, 2 workers, {n} shards"),
         };
         g.bench_function(name, |b| {
             let rt = two_workers();
             let (_hub, sessions) = rt.block_on(async {
                 let builder = Hub::builder().grace(Duration::ZERO).notice_buffer(1 << 16);
-                let sharded = (shards > 0).then(|| occupancy::ShardedBackend::new(shards).unwrap());
+                let sharded = (shards > 1).then(|| occupancy::ShardedBackend::new(shards).unwrap());
                 let hub = match &sharded {
-                    None => builder.build().unwrap(),
+                    None => builder.shards(1).build().unwrap(),
                     Some(b) => builder.backend(b.clone()).build().unwrap(),
                 };
                 // With shards, each task's room in a shard of its own (the hash is keyed at

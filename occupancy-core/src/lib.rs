@@ -11,9 +11,10 @@
 //!   backend uses for states arriving from other nodes.
 //! - [`Hub`]: the tokio runtime: sessions with bounded notice streams, grace timers,
 //!   authorization, slow-consumer handling.
-//! - [`Backend`]: the seam between the Hub and where the state lives; [`MemoryBackend`] keeps it
-//!   in this process; [`ShardedBackend`] (opt-in) too, with the rooms spread over several
-//!   machines so that independent rooms proceed in parallel.
+//! - [`Backend`]: the seam between the Hub and where the state lives. In this process:
+//!   [`ShardedBackend`] spreads rooms over several machines so that independent rooms proceed in
+//!   parallel (the Hub's default: one shard per runtime worker), [`MemoryBackend`] keeps them in
+//!   one (the default on one worker).
 //! - `testing` (feature `testing`): the conformance suite every backend must pass.
 //!
 //! ```

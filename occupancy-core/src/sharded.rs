@@ -1,6 +1,8 @@
 //! [`ShardedBackend`]: the in-memory [`Backend`] with rooms spread over several state machines,
 //! so that independent rooms proceed in parallel (DESIGN.md "Cost rules": rooms spread over
-//! cores). Opt-in for now; [`MemoryBackend`](crate::MemoryBackend) keeps one machine.
+//! cores). The Hub's default on a multi-threaded runtime (one shard per worker,
+//! [`HubBuilder::shards`](crate::HubBuilder::shards)); [`MemoryBackend`](crate::MemoryBackend)
+//! keeps one machine.
 //!
 //! Each room lives in one shard (a [`Machine`] behind its own mutex), chosen by a keyed hash of
 //! its id; every rule of a room is that shard's machine's. A session spans shards: a small table
@@ -10,10 +12,16 @@
 //! session is connected to a shard's machine the first time it joins or watches a room there,
 //! and its disconnect, resume and close touch only the shards it is known to.
 //!
-//! Lock order: a shard, then the table (never the other way round). A join reserves its place in
-//! the session's room count in the table first, then — under the shard's lock — checks the
-//! session is still live, connects it there if needed and joins; so a close or disconnect that
-//! runs meanwhile either sees the shard in the session's set or makes the join fail.
+//! The table is striped by session id ([`STRIPES`] mutexes, each on its own cache line), so two
+//! sessions working in rooms of different shards share no lock at all: a join or leave touches
+//! its room's shard and its own stripe. Resume tokens have an index of their own, touched only
+//! by connect, resume and the end of a session.
+//!
+//! Lock order: a shard, then a stripe, then the token index (never the other way round, and
+//! never two shards or two stripes at once). A join reserves its place in the session's room
+//! count in its stripe first, then — under the shard's lock — checks the session is still live,
+//! connects it there if needed and joins; so a close or disconnect that runs meanwhile either
+//! sees the shard in the session's set or makes the join fail.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::BuildHasher;
@@ -26,13 +34,16 @@ use crate::backend::{Backend, NoticeSink};
 use crate::config::Config;
 use crate::error::Error;
 use crate::ids::{Meta, ResumeToken, RoomId, SessionId};
-use crate::machine::{Joined, Left, Machine, Resumed, Stats};
+use crate::machine::{IdHash, Joined, Left, Machine, Resumed, Stats};
 use crate::notice::PresenceBody;
 use crate::relay::Relay;
 use crate::state::RoomState;
 
 /// At most this many shards (a session's shards are a bit set in a `u64`).
 pub const MAX_SHARDS: usize = 64;
+
+/// How many stripes the session table is split into.
+const STRIPES: usize = 64;
 
 /// The in-memory [`Backend`] with rooms spread over several shards. See the module docs.
 #[derive(Clone)]
@@ -42,17 +53,24 @@ pub struct ShardedBackend {
 
 struct Inner {
     shards: Box<[Mutex<Machine>]>,
-    table: Mutex<Table>,
+    table: Box<[Padded<Mutex<Stripe>>]>,
+    tokens: Mutex<HashMap<ResumeToken, SessionId, IdHash>>,
     config: OnceLock<Config>,
     sink: OnceLock<Arc<dyn NoticeSink>>,
     relay: Arc<Relay>,
     hasher: foldhash::fast::RandomState,
 }
 
+/// Keeps each stripe on a cache line of its own, so that two cores locking different stripes
+/// do not take the line from each other.
+#[repr(align(128))]
 #[derive(Default)]
-struct Table {
-    sessions: HashMap<SessionId, Entry>,
-    tokens: HashMap<ResumeToken, SessionId>,
+struct Padded<T>(T);
+
+/// One stripe of the session table: the sessions whose id hashes to it.
+#[derive(Default)]
+struct Stripe {
+    sessions: HashMap<SessionId, Entry, IdHash>,
     grace: BTreeSet<(Instant, SessionId)>,
 }
 
@@ -92,7 +110,8 @@ impl ShardedBackend {
                 shards: (0..shards)
                     .map(|_| Mutex::new(Machine::default()))
                     .collect(),
-                table: Mutex::new(Table::default()),
+                table: (0..STRIPES).map(|_| Padded::default()).collect(),
+                tokens: Mutex::default(),
                 config: OnceLock::new(),
                 sink: OnceLock::new(),
                 relay: Arc::default(),
@@ -116,8 +135,21 @@ impl ShardedBackend {
         (self.inner.hasher.hash_one(room) as usize) % self.inner.shards.len()
     }
 
-    fn table(&self) -> MutexGuard<'_, Table> {
-        self.inner.table.lock().unwrap_or_else(|p| p.into_inner())
+    /// The stripe of the table that holds `session`.
+    fn table(&self, session: SessionId) -> MutexGuard<'_, Stripe> {
+        let i = (self.inner.hasher.hash_one(session.0) as usize) % STRIPES;
+        self.stripe(i)
+    }
+
+    fn stripe(&self, i: usize) -> MutexGuard<'_, Stripe> {
+        self.inner.table[i]
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tokens(&self) -> MutexGuard<'_, HashMap<ResumeToken, SessionId, IdHash>> {
+        self.inner.tokens.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn shard(&self, i: usize) -> MutexGuard<'_, Machine> {
@@ -151,7 +183,7 @@ impl ShardedBackend {
 
     /// A live session's shard set, or `UnknownSession`.
     fn live_shards(&self, session: SessionId) -> Result<u64, Error> {
-        match self.table().sessions.get(&session) {
+        match self.table(session).sessions.get(&session) {
             Some(e) if e.grace_until.is_none() => Ok(e.shards),
             _ => Err(Error::UnknownSession),
         }
@@ -161,7 +193,7 @@ impl ShardedBackend {
     /// shard as one the session may be known to.
     fn reserve(&self, session: SessionId, shard: usize) -> Result<bool, Error> {
         let limit = self.config().limits.max_rooms_per_session;
-        let mut t = self.table();
+        let mut t = self.table(session);
         let e = match t.sessions.get_mut(&session) {
             Some(e) if e.grace_until.is_none() => e,
             _ => return Err(Error::UnknownSession),
@@ -177,7 +209,7 @@ impl ShardedBackend {
 
     /// Settles a reservation: gives it back unless `entered` (then the room is recorded).
     fn settle(&self, session: SessionId, reserved: bool, entered: Option<(RoomId, bool)>) {
-        let mut t = self.table();
+        let mut t = self.table(session);
         let Some(e) = t.sessions.get_mut(&session) else {
             return;
         };
@@ -198,23 +230,32 @@ impl ShardedBackend {
 
     /// Under shard `m`'s lock: connects the session to it if needed, if it is still live.
     fn ensure_connected(&self, m: &mut Machine, session: SessionId) -> Result<(), Error> {
-        let info = match self.table().sessions.get(&session) {
-            Some(e) if e.grace_until.is_none() => (e.principal.clone(), e.meta.clone(), e.token),
-            _ => return Err(Error::UnknownSession),
+        // Known and live here: the table agrees (a disconnect or close marks the table first,
+        // then each shard in the session's set, which includes this one since `reserve`).
+        if m.is_live(session) {
+            return Ok(());
+        }
+        let t = self.table(session);
+        let Some(e) = t.sessions.get(&session).filter(|e| e.grace_until.is_none()) else {
+            return Err(Error::UnknownSession);
         };
         if !m.contains_session(session) {
-            m.connect(session, info.0.as_deref(), info.1, info.2)?;
+            let (principal, meta, token) = (e.principal.clone(), e.meta.clone(), e.token);
+            drop(t);
+            m.connect(session, principal.as_deref(), meta, token)?;
         }
         Ok(())
     }
 
-    /// Enters a room (join or watch) under the table's room limit.
+    /// Enters a room (join or watch) under the table's room limit. `room_of` gives the room's
+    /// id from the result when it has one (saves parsing it again).
     async fn enter<T>(
         &self,
         session: SessionId,
         room: &str,
         watch: bool,
         op: impl FnOnce(&mut Machine) -> Result<T, Error>,
+        room_of: fn(&T) -> Option<RoomId>,
     ) -> Result<T, Error> {
         let config = self.config();
         RoomId::check(room, config.limits.max_room_id_len)?;
@@ -240,9 +281,13 @@ impl ShardedBackend {
                 (r, entered)
             })
             .await;
-        let room_id = entered
-            .then(|| RoomId::parse(room, usize::MAX))
-            .transpose()?;
+        let room_id = match &result {
+            Ok(v) if entered => Some(match room_of(v) {
+                Some(id) => id,
+                None => RoomId::parse(room, usize::MAX)?,
+            }),
+            _ => None,
+        };
         self.settle(session, reserved, room_id.map(|r| (r, watch)));
         result
     }
@@ -272,7 +317,7 @@ impl ShardedBackend {
         if let Some(v) = &r
             && was(v)
         {
-            let mut t = self.table();
+            let mut t = self.table(session);
             if let Some(e) = t.sessions.get_mut(&session) {
                 e.rooms -= 1;
                 let list = if watch {
@@ -288,30 +333,56 @@ impl ShardedBackend {
 
     /// Removes sessions from the table; returns each one's shard set.
     fn forget(&self, sessions: &[SessionId]) -> Vec<(SessionId, u64)> {
-        let mut t = self.table();
         let mut out = Vec::with_capacity(sessions.len());
+        let mut tokens = Vec::with_capacity(sessions.len());
         for &s in sessions {
+            let mut t = self.table(s);
             if let Some(e) = t.sessions.remove(&s) {
-                t.tokens.remove(&e.token);
                 if let Some(d) = e.grace_until {
                     t.grace.remove(&(d, s));
                 }
+                tokens.push(e.token);
                 out.push((s, e.shards));
             }
+        }
+        let mut index = self.tokens();
+        for token in tokens {
+            index.remove(&token);
         }
         out
     }
 
+    /// How many sessions the table holds (live or in grace).
+    fn session_count(&self) -> usize {
+        (0..STRIPES).map(|i| self.stripe(i).sessions.len()).sum()
+    }
+
     /// Closes forgotten sessions in their shards, one batch per shard.
     async fn close_in_shards(&self, gone: &[(SessionId, u64)]) {
+        self.per_shard(gone, |m, here| {
+            m.close_many(here);
+        })
+        .await
+    }
+
+    /// Runs `f` once in each shard that some of `sessions` (each with its shard set) are known
+    /// to, with those sessions: a batch becomes one change per shard, not one per session.
+    async fn per_shard(
+        &self,
+        sessions: &[(SessionId, u64)],
+        f: impl Fn(&mut Machine, &[SessionId]),
+    ) {
+        let mut here = Vec::new();
         for shard in 0..self.inner.shards.len() {
-            let here: Vec<SessionId> = gone
-                .iter()
-                .filter(|(_, bits)| bits & (1 << shard) != 0)
-                .map(|&(s, _)| s)
-                .collect();
+            here.clear();
+            here.extend(
+                sessions
+                    .iter()
+                    .filter(|(_, bits)| bits & (1 << shard) != 0)
+                    .map(|&(s, _)| s),
+            );
             if !here.is_empty() {
-                self.run(shard, |m| m.close_many(&here)).await;
+                self.run(shard, |m| f(m, &here)).await;
             }
         }
     }
@@ -320,8 +391,7 @@ impl ShardedBackend {
 #[async_trait]
 impl Backend for ShardedBackend {
     fn attach(&self, config: &Config, sink: Arc<dyn NoticeSink>) -> Result<(), Error> {
-        if self.inner.config.get().is_some_and(|c| c != config) || !self.table().sessions.is_empty()
-        {
+        if self.inner.config.get().is_some_and(|c| c != config) || self.session_count() > 0 {
             return Err(Error::Config(
                 "this ShardedBackend is already in use with another configuration".into(),
             ));
@@ -346,12 +416,14 @@ impl Backend for ShardedBackend {
         meta: Meta,
         token: ResumeToken,
     ) -> Result<(), Error> {
-        let mut t = self.table();
-        if t.sessions.contains_key(&session) || t.tokens.contains_key(&token) {
+        let mut t = self.table(session);
+        let mut tokens = self.tokens();
+        if t.sessions.contains_key(&session) || tokens.contains_key(&token) {
             return Err(Error::SessionExists);
         }
         meta.check(self.config().limits.max_meta_bytes)?;
-        t.tokens.insert(token, session);
+        tokens.insert(token, session);
+        drop(tokens);
         t.sessions.insert(
             session,
             Entry {
@@ -371,7 +443,7 @@ impl Backend for ShardedBackend {
     async fn disconnect(&self, session: SessionId, now: Instant) -> Result<(), Error> {
         let grace = self.config().grace;
         let bits = {
-            let mut t = self.table();
+            let mut t = self.table(session);
             let e = t.sessions.get_mut(&session).ok_or(Error::UnknownSession)?;
             if e.grace_until.is_some() {
                 return Ok(());
@@ -401,17 +473,29 @@ impl Backend for ShardedBackend {
     }
 
     async fn disconnect_many(&self, sessions: &[SessionId], now: Instant) -> Result<(), Error> {
-        if self.config().grace.is_zero() {
+        let grace = self.config().grace;
+        if grace.is_zero() {
             let gone = self.forget(sessions);
             self.close_in_shards(&gone).await;
             return Ok(());
         }
+        // Marked in the table first (as `disconnect` does), then one batch per shard.
+        let deadline = now + grace;
+        let mut marked = Vec::with_capacity(sessions.len());
         for &s in sessions {
-            match self.disconnect(s, now).await {
-                Ok(()) | Err(Error::UnknownSession) => {}
-                Err(e) => return Err(e),
+            let mut t = self.table(s);
+            if let Some(e) = t.sessions.get_mut(&s)
+                && e.grace_until.is_none()
+            {
+                e.grace_until = Some(deadline);
+                marked.push((s, e.shards));
+                t.grace.insert((deadline, s));
             }
         }
+        self.per_shard(&marked, |m, here| {
+            m.disconnect_many(here, now);
+        })
+        .await;
         Ok(())
     }
 
@@ -430,39 +514,43 @@ impl Backend for ShardedBackend {
         new_token: ResumeToken,
         now: Instant,
     ) -> Result<Resumed, Error> {
+        let session = *self.tokens().get(&token).ok_or(Error::ResumeInvalid)?;
         let expired = {
-            let t = self.table();
-            let &session = t.tokens.get(&token).ok_or(Error::ResumeInvalid)?;
-            if token != new_token && t.tokens.contains_key(&new_token) {
+            let t = self.table(session);
+            let e = (t.sessions.get(&session))
+                .filter(|e| e.token == token)
+                .ok_or(Error::ResumeInvalid)?;
+            if token != new_token && self.tokens().contains_key(&new_token) {
                 return Err(Error::SessionExists);
             }
-            let e = t.sessions.get(&session).ok_or(Error::ResumeInvalid)?;
-            e.grace_until.is_some_and(|d| d <= now).then_some(session)
+            e.grace_until.is_some_and(|d| d <= now)
         };
-        if let Some(session) = expired {
+        if expired {
             // Expired, but the timer has not run yet: it is gone all the same.
             self.close(session).await?;
             return Err(Error::ResumeInvalid);
         }
-        let (session, was_live, bits, joined, watching) = {
-            let mut t = self.table();
-            let &session = t.tokens.get(&token).ok_or(Error::ResumeInvalid)?;
-            let e = t.sessions.get_mut(&session).ok_or(Error::ResumeInvalid)?;
+        let (was_live, bits, joined, watching) = {
+            let mut t = self.table(session);
+            // Checked again: another resume or a close may have run meanwhile.
+            let e = (t.sessions.get_mut(&session))
+                .filter(|e| e.token == token)
+                .ok_or(Error::ResumeInvalid)?;
+            {
+                let mut tokens = self.tokens();
+                if token != new_token && tokens.contains_key(&new_token) {
+                    return Err(Error::SessionExists);
+                }
+                tokens.remove(&token);
+                tokens.insert(new_token, session);
+            }
             let was_live = e.grace_until.is_none();
             let deadline = e.grace_until.take();
             e.token = new_token;
-            let out = (
-                session,
-                was_live,
-                e.shards,
-                e.joined.clone(),
-                e.watching.clone(),
-            );
+            let out = (was_live, e.shards, e.joined.clone(), e.watching.clone());
             if let Some(d) = deadline {
                 t.grace.remove(&(d, session));
             }
-            t.tokens.remove(&token);
-            t.tokens.insert(new_token, session);
             out
         };
         let mut rooms = Vec::with_capacity(joined.len());
@@ -494,8 +582,14 @@ impl Backend for ShardedBackend {
             self.live_shards(session)?;
             meta.check(self.config().limits.max_meta_bytes)?;
         }
-        self.enter(session, room, false, |m| m.join(session, room, meta))
-            .await
+        self.enter(
+            session,
+            room,
+            false,
+            |m| m.join(session, room, meta),
+            |j| Some(j.room.clone()),
+        )
+        .await
     }
 
     async fn leave(&self, session: SessionId, room: &str) -> Result<Left, Error> {
@@ -533,7 +627,7 @@ impl Backend for ShardedBackend {
     }
 
     async fn watch(&self, session: SessionId, room: &str) -> Result<PresenceBody, Error> {
-        self.enter(session, room, true, |m| m.watch(session, room))
+        self.enter(session, room, true, |m| m.watch(session, room), |_| None)
             .await
     }
 
@@ -549,10 +643,12 @@ impl Backend for ShardedBackend {
     }
 
     async fn stats(&self) -> Result<Stats, Error> {
-        let (sessions, sessions_in_grace) = {
-            let t = self.table();
-            (t.sessions.len(), t.grace.len())
-        };
+        let (mut sessions, mut sessions_in_grace) = (0, 0);
+        for i in 0..STRIPES {
+            let t = self.stripe(i);
+            sessions += t.sessions.len();
+            sessions_in_grace += t.grace.len();
+        }
         let mut stats = Stats {
             sessions,
             sessions_in_grace,
@@ -570,7 +666,9 @@ impl Backend for ShardedBackend {
     }
 
     async fn poll_timeout(&self) -> Option<Instant> {
-        let mut due = self.table().grace.first().map(|&(d, _)| d);
+        let mut due = (0..STRIPES)
+            .filter_map(|i| self.stripe(i).grace.first().map(|&(d, _)| d))
+            .min();
         for i in 0..self.inner.shards.len() {
             if let Some(d) = self.shard(i).poll_timeout() {
                 due = Some(due.map_or(d, |x| x.min(d)));
@@ -580,21 +678,26 @@ impl Backend for ShardedBackend {
     }
 
     async fn handle_timeout(&self, now: Instant) -> Result<usize, Error> {
-        let expired = {
-            let mut t = self.table();
-            let mut expired = 0;
+        let mut tokens = Vec::new();
+        for i in 0..STRIPES {
+            let mut t = self.stripe(i);
             while let Some(&(d, s)) = t.grace.first() {
                 if d > now {
                     break;
                 }
                 t.grace.pop_first();
                 if let Some(e) = t.sessions.remove(&s) {
-                    t.tokens.remove(&e.token);
+                    tokens.push(e.token);
                 }
-                expired += 1;
             }
-            expired
-        };
+        }
+        let expired = tokens.len();
+        {
+            let mut index = self.tokens();
+            for token in tokens {
+                index.remove(&token);
+            }
+        }
         for i in 0..self.inner.shards.len() {
             self.run(i, |m| m.handle_timeout(now)).await;
         }
@@ -607,37 +710,49 @@ impl Backend for ShardedBackend {
             let m = self.shard(i);
             m.check_invariants()
                 .map_err(|e| format!("shard {i}: {e}"))?;
-            let t = self.table();
-            for (&s, e) in &t.sessions {
-                if !m.contains_session(s) {
-                    continue;
+            for j in 0..STRIPES {
+                let t = self.stripe(j);
+                for (&s, e) in &t.sessions {
+                    if !m.contains_session(s) {
+                        continue;
+                    }
+                    if e.shards & (1 << i) == 0 {
+                        return Err(format!(
+                            "{s:?} is in shard {i} but the table does not say so"
+                        ));
+                    }
+                    if m.is_live(s) != e.grace_until.is_none() {
+                        return Err(format!(
+                            "{s:?}: shard {i} and the table disagree on its grace"
+                        ));
+                    }
+                    *counted.entry(s).or_default() += m.session_rooms(s).map_or(0, <[_]>::len)
+                        + m.session_watching(s).map_or(0, <[_]>::len);
                 }
-                if e.shards & (1 << i) == 0 {
-                    return Err(format!(
-                        "{s:?} is in shard {i} but the table does not say so"
-                    ));
-                }
-                if m.is_live(s) != e.grace_until.is_none() {
-                    return Err(format!(
-                        "{s:?}: shard {i} and the table disagree on its grace"
-                    ));
-                }
-                *counted.entry(s).or_default() += m.session_rooms(s).map_or(0, <[_]>::len)
-                    + m.session_watching(s).map_or(0, <[_]>::len);
             }
         }
-        let t = self.table();
-        for (s, e) in &t.sessions {
-            let n = counted.get(s).copied().unwrap_or(0);
-            if n != e.rooms || n != e.joined.len() + e.watching.len() {
-                return Err(format!(
-                    "{s:?}: the table counts {} rooms ({} listed), the shards hold {n}",
-                    e.rooms,
-                    e.joined.len() + e.watching.len()
-                ));
+        let mut sessions = 0;
+        for j in 0..STRIPES {
+            let t = self.stripe(j);
+            sessions += t.sessions.len();
+            for (s, e) in &t.sessions {
+                let n = counted.get(s).copied().unwrap_or(0);
+                if n != e.rooms || n != e.joined.len() + e.watching.len() {
+                    return Err(format!(
+                        "{s:?}: the table counts {} rooms ({} listed), the shards hold {n}",
+                        e.rooms,
+                        e.joined.len() + e.watching.len()
+                    ));
+                }
+                if self.tokens().get(&e.token) != Some(s) {
+                    return Err(format!("{s:?}: the token index does not lead to it"));
+                }
+                if e.grace_until.is_some_and(|d| !t.grace.contains(&(d, *s))) {
+                    return Err(format!("{s:?}: in grace but not in its stripe's timers"));
+                }
             }
         }
-        if t.tokens.len() != t.sessions.len() {
+        if self.tokens().len() != sessions {
             return Err("the table's token index has leftovers".into());
         }
         Ok(())

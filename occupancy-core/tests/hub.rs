@@ -534,6 +534,48 @@ async fn bad_configuration_is_refused() {
     assert_eq!(Hub::new().config(), &Config::default());
 }
 
+/// The built-in backend's shard count: 1 ..= 64, and only when the Hub keeps its own state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shard_count_is_checked() {
+    for n in [0, occupancy_core::MAX_SHARDS + 1] {
+        match Hub::builder().shards(n).build() {
+            Err(Error::Config(msg)) => {
+                assert_eq!(msg, format!("shards must be between 1 and 64, not {n}"))
+            }
+            other => panic!("shards({n}): {other:?}"),
+        }
+    }
+    match Hub::builder()
+        .shards(2)
+        .backend(MemoryBackend::new())
+        .build()
+    {
+        Err(Error::Config(msg)) => assert!(
+            msg.starts_with("HubBuilder::shards is for the built-in memory backend"),
+            "{msg}"
+        ),
+        other => panic!("shards with a backend: {other:?}"),
+    }
+    // 1 (one machine), 2 and the default (the runtime's 2 workers) all serve a hand-over.
+    for hub in [
+        Hub::builder().shards(1).build().unwrap(),
+        Hub::builder().shards(2).build().unwrap(),
+        Hub::new(),
+    ] {
+        let (a, _an) = hub.connect(None, Meta::empty()).await.unwrap();
+        let (b, mut bn) = hub.connect(None, Meta::empty()).await.unwrap();
+        assert!(a.join("doc", None).await.unwrap().holding);
+        assert_eq!(b.join("doc", None).await.unwrap().position, 1);
+        a.leave("doc").await.unwrap();
+        let mut released = false;
+        while let Some(n) = bn.try_recv() {
+            released |= matches!(n.kind, NoticeKind::Released { .. });
+        }
+        assert!(released);
+        hub.backend().check_invariants().await.unwrap();
+    }
+}
+
 /// Ids are random and distinct; tokens print as 32 hex digits and parse back.
 #[tokio::test]
 async fn ids_and_tokens_are_random() {

@@ -1,17 +1,19 @@
 //! Connection lifecycle: disconnect (grace starts), close (no grace), slow-consumer kicks, the
 //! grace timers, and the timer task that runs them.
 //!
-//! Every change here takes the Hub's lifecycle lock, so a resume never races the disconnect of
-//! the connection it replaces. Work noticed where it cannot run (a dropped [`Session`] handle, an
-//! overflow during delivery) arrives as queued [`Cmd`]s: kicks are run before the call that caused
-//! them returns, disconnects by the timer task, so no caller waits for another session's.
+//! Every change here takes the lifecycle lock of the sessions it changes ([`Stripes`]), so a
+//! resume never races the disconnect of the connection it replaces, while other sessions'
+//! lifecycles go on in parallel (nothing global serializes them: DESIGN.md "Cost rules"). Work
+//! noticed where it cannot run (a dropped [`Session`] handle, an overflow during delivery)
+//! arrives as queued [`Cmd`]s: kicks are run before the call that caused them returns,
+//! disconnects by the timer task, so no caller waits for another session's.
 //!
 //! [`Session`]: super::Session
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Mutex, MutexGuard, Notify};
 use tracing::{debug, warn};
 
 use crate::error::Error;
@@ -19,6 +21,57 @@ use crate::ids::SessionId;
 
 use super::registry::{Cmd, Conn, Registry};
 use super::{HubInner, log_error, now};
+
+/// How many lifecycle locks sessions are spread over.
+const STRIPES: usize = 64;
+
+/// The lifecycle locks: one per stripe of session ids. A change of one session takes its
+/// stripe's lock; a batch (disconnects ending together, graces expiring) takes the stripes it
+/// touches in ascending order, so two batches never deadlock. Fair (tokio's mutex), so a resume
+/// waiting behind a batch runs right after it.
+pub(super) struct Stripes(Box<[Mutex<()>]>);
+
+impl Default for Stripes {
+    fn default() -> Self {
+        Stripes((0..STRIPES).map(|_| Mutex::new(())).collect())
+    }
+}
+
+impl Stripes {
+    fn index(id: SessionId) -> usize {
+        // Hub session ids are random; a multiplicative mix keeps test ids (1, 2, 3 ...) spread.
+        (id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % STRIPES
+    }
+
+    /// The lock of one session.
+    pub(super) fn of(&self, id: SessionId) -> &Mutex<()> {
+        &self.0[Self::index(id)]
+    }
+
+    /// The locks of many sessions, taken in ascending order.
+    async fn of_all(&self, ids: impl Iterator<Item = SessionId>) -> Vec<MutexGuard<'_, ()>> {
+        let mut wanted = [false; STRIPES];
+        for id in ids {
+            wanted[Self::index(id)] = true;
+        }
+        let mut guards = Vec::new();
+        for (i, lock) in self.0.iter().enumerate() {
+            if wanted[i] {
+                guards.push(lock.lock().await);
+            }
+        }
+        guards
+    }
+
+    /// Every lock, in ascending order (for changes whose sessions are not known beforehand).
+    async fn all(&self) -> Vec<MutexGuard<'_, ()>> {
+        let mut guards = Vec::with_capacity(STRIPES);
+        for lock in self.0.iter() {
+            guards.push(lock.lock().await);
+        }
+        guards
+    }
+}
 
 impl HubInner {
     /// Closes the slow consumers this call overflowed (if any) before it returns, so that when a
@@ -61,8 +114,9 @@ impl HubInner {
     /// a room many of them stood in changes once and each remaining member is told its final
     /// place once, instead of one change and one fan-out per departure. Each caller queues
     /// itself, yields once so that the connections ending at the same moment queue too, and then
-    /// whoever takes the lifecycle lock first disconnects everyone queued; a caller whose entry
-    /// was taken by an earlier holder returns once that holder is done (the lock is fair).
+    /// whoever takes the flush lock first disconnects everyone queued (under their lifecycle
+    /// locks); a caller whose entry was taken by an earlier holder returns once that holder is
+    /// done (the lock is fair).
     pub(super) async fn disconnect(&self, id: SessionId, conn: &Arc<Conn>) {
         self.queue_disconnect(id, conn.clone());
         tokio::task::yield_now().await;
@@ -87,14 +141,15 @@ impl HubInner {
             .is_empty()
     }
 
-    /// Disconnects everything queued, under the lifecycle lock.
+    /// Disconnects everything queued, under the flush lock and the sessions' lifecycle locks.
     async fn flush_disconnects(&self) {
-        let _lifecycle = self.lifecycle.lock().await;
+        let _flushing = self.flushing.lock().await;
         let batch =
             std::mem::take(&mut *self.disconnecting.lock().unwrap_or_else(|p| p.into_inner()));
         if batch.is_empty() {
             return;
         }
+        let _lifecycle = self.lifecycle.of_all(batch.iter().map(|(id, _)| *id)).await;
         let now = now();
         let deadline = (!self.config.grace.is_zero()).then(|| now + self.config.grace);
         let mut ids = Vec::with_capacity(batch.len());
@@ -144,7 +199,7 @@ impl HubInner {
     }
 
     pub(super) async fn close(&self, id: SessionId, conn: &Arc<Conn>) {
-        let _lifecycle = self.lifecycle.lock().await;
+        let _lifecycle = self.lifecycle.of(id).lock().await;
         if !conn.close(None) {
             return;
         }
@@ -158,7 +213,7 @@ impl HubInner {
     }
 
     async fn kick(&self, id: SessionId, conn: &Arc<Conn>) {
-        let _lifecycle = self.lifecycle.lock().await;
+        let _lifecycle = self.lifecycle.of(id).lock().await;
         // A resume may have replaced the connection meanwhile: then the session stays.
         if !self.registry.remove_if_conn(id, conn) {
             return;
@@ -191,7 +246,9 @@ impl HubInner {
             return due.map(|t| t + slack);
         }
         {
-            let _lifecycle = self.lifecycle.lock().await;
+            // Which sessions expire is the backend's to say: take every lifecycle lock. This
+            // runs once per batch of graces ending together (`expiry_slack`), not per session.
+            let _lifecycle = self.lifecycle.all().await;
             match self.backend.handle_timeout(now).await {
                 Ok(0) => {}
                 Ok(n) => debug!(expired = n, "grace ended"),

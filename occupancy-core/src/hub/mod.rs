@@ -21,6 +21,7 @@ use crate::ids::{Meta, Person, ResumeToken, SessionId};
 use crate::machine::{Resumed, Stats};
 use crate::memory::MemoryBackend;
 use crate::queue;
+use crate::sharded::{MAX_SHARDS, ShardedBackend};
 use crate::state::RoomState;
 
 mod authorize;
@@ -48,8 +49,12 @@ struct HubInner {
     backend: Arc<dyn Backend>,
     registry: Arc<Registry>,
     authorize: Option<Arc<dyn Authorize>>,
-    /// Serializes connection lifecycle changes (disconnect, close, resume, expiry, kicks).
-    lifecycle: tokio::sync::Mutex<()>,
+    /// Orders the lifecycle changes of each session (disconnect, close, resume, expiry, kicks):
+    /// see [`lifecycle::Stripes`].
+    lifecycle: lifecycle::Stripes,
+    /// Held by whoever flushes the queued disconnects, so that a caller whose disconnect another
+    /// caller took returns once that caller is done.
+    flushing: tokio::sync::Mutex<()>,
     /// Connections that ended and wait for the next batch of disconnects (see
     /// `HubInner::disconnect`).
     disconnecting: std::sync::Mutex<Vec<(SessionId, Arc<registry::Conn>)>>,
@@ -97,9 +102,10 @@ impl Drop for HubInner {
 /// - Dropping the last clone of a [`Session`] queues a disconnect (its grace starts); a timer task
 ///   (which holds only a weak reference to the Hub and ends with it) runs queued work and the
 ///   backend's timers, woken early when a disconnect sets an earlier deadline.
-/// - Lifecycle changes of connections (disconnect, close, resume, expiry, slow-consumer kicks) are
-///   serialized by one async lock, so a resume never races the disconnect of the connection it
-///   replaces. Joins, leaves and the rest do not take it.
+/// - Lifecycle changes of a session (disconnect, close, resume, expiry, slow-consumer kicks) are
+///   ordered by an async lock of its own (one of 64 striped by session id), so a resume never
+///   races the disconnect of the connection it replaces, while the lifecycles of other sessions
+///   proceed in parallel. Joins, leaves and the rest do not take it.
 ///
 /// [`NoticeSink`]: crate::NoticeSink
 #[derive(Clone)]
@@ -128,6 +134,7 @@ pub struct HubBuilder {
     notice_buffer: usize,
     authorize: Option<Arc<dyn Authorize>>,
     backend: Option<Arc<dyn Backend>>,
+    shards: Option<usize>,
 }
 
 impl Default for HubBuilder {
@@ -137,6 +144,7 @@ impl Default for HubBuilder {
             notice_buffer: DEFAULT_NOTICE_BUFFER,
             authorize: None,
             backend: None,
+            shards: None,
         }
     }
 }
@@ -147,6 +155,7 @@ impl fmt::Debug for HubBuilder {
             .field("config", &self.config)
             .field("notice_buffer", &self.notice_buffer)
             .field("authorize", &self.authorize.is_some())
+            .field("shards", &self.shards)
             .finish_non_exhaustive()
     }
 }
@@ -203,7 +212,18 @@ impl HubBuilder {
         self
     }
 
-    /// Where the state lives (default: a new [`MemoryBackend`]).
+    /// How many shards the built-in in-memory backend spreads rooms over, so that independent
+    /// rooms are changed in parallel (default: the runtime's worker count, at most
+    /// [`MAX_SHARDS`]). With 1 the Hub keeps every room in one [`MemoryBackend`]; with more, in a
+    /// [`ShardedBackend`]. Both follow the same rules; only the locking differs. Not for a Hub
+    /// given its own backend ([`HubBuilder::backend`]): [`HubBuilder::build`] then refuses.
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = Some(n);
+        self
+    }
+
+    /// Where the state lives (default: the built-in in-memory backend, see
+    /// [`HubBuilder::shards`]).
     pub fn backend(mut self, b: impl Backend) -> Self {
         self.backend = Some(Arc::new(b));
         self
@@ -224,9 +244,24 @@ impl HubBuilder {
         }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Config("a Hub must be built inside a tokio runtime".into()))?;
-        let backend = self
-            .backend
-            .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
+        let backend: Arc<dyn Backend> = match (self.backend, self.shards) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "HubBuilder::shards is for the built-in memory backend; a backend given with \
+                     HubBuilder::backend has its own layout (leave shards out, or build a \
+                     ShardedBackend yourself)"
+                        .into(),
+                ));
+            }
+            (Some(b), None) => b,
+            (None, shards) => {
+                let n = shards.unwrap_or_else(|| runtime.metrics().num_workers().min(MAX_SHARDS));
+                match n {
+                    1 => Arc::new(MemoryBackend::new()),
+                    n => Arc::new(ShardedBackend::new(n)?),
+                }
+            }
+        };
         let wake = Arc::new(Notify::new());
         let registry = Arc::new(Registry::new(self.notice_buffer, wake.clone()));
         backend.attach(&self.config, registry.clone())?;
@@ -235,7 +270,8 @@ impl HubBuilder {
             backend,
             registry,
             authorize: self.authorize,
-            lifecycle: tokio::sync::Mutex::new(()),
+            lifecycle: lifecycle::Stripes::default(),
+            flushing: tokio::sync::Mutex::new(()),
             disconnecting: std::sync::Mutex::new(Vec::new()),
         });
         runtime.spawn(
@@ -248,7 +284,8 @@ impl HubBuilder {
 
 impl Hub {
     /// A builder with the defaults: 5 s grace, default limits, buffers of 256, no authorization
-    /// hook, a [`MemoryBackend`].
+    /// hook, the built-in in-memory backend with one shard per runtime worker
+    /// ([`HubBuilder::shards`]).
     pub fn builder() -> HubBuilder {
         HubBuilder::default()
     }
@@ -357,20 +394,28 @@ impl Hub {
         expected: Option<Option<&str>>,
     ) -> Result<(Session, Notices, Resumed), Error> {
         let hub = &self.inner;
-        let _lifecycle = hub.lifecycle.lock().await;
-        let local = {
-            let st = hub.registry.lock();
-            st.tokens
-                .get(&token)
-                .map(|id| (*id, st.slots[id].principal.clone()))
+        let lookup = || async {
+            let local = {
+                let st = hub.registry.lock();
+                st.tokens
+                    .get(&token)
+                    .map(|id| (*id, st.slots[id].principal.clone()))
+            };
+            match local {
+                Some(found) => Ok(found),
+                None => match hub.backend.session_for_token(token).await? {
+                    Some((id, p)) => Ok((id, p.map(Arc::from))),
+                    None => Err(Error::ResumeInvalid),
+                },
+            }
         };
-        let (id, principal) = match local {
-            Some(found) => found,
-            None => match hub.backend.session_for_token(token).await? {
-                Some((id, p)) => (id, p.map(Arc::from)),
-                None => return Err(Error::ResumeInvalid),
-            },
-        };
+        // The session's lifecycle lock needs its id: look the token up, lock, and look again (a
+        // resume or close that held the lock meanwhile may have spent the token).
+        let (id, principal) = lookup().await?;
+        let _lifecycle = hub.lifecycle.of(id).lock().await;
+        if lookup().await?.0 != id {
+            return Err(Error::ResumeInvalid);
+        }
         if let Some(expected) = expected
             && principal.as_deref() != expected
         {
