@@ -8,13 +8,14 @@
 //! ```
 //!
 //! Open a document in two browsers (or with `?name=Ann` and `?name=Bob`): the first holds it,
-//! the second waits and sees who holds it; close the first and the second holds it. Reload a
-//! page: it keeps its place (the resume token lives in sessionStorage).
+//! the second waits and sees who holds it; close the first and, 2 s later, the second holds it.
+//! Reload a page: it keeps its place (the resume token lives in sessionStorage).
 //!
 //! As a demo, the principal comes from `?user=` and the display name from `?name=` in the
 //! query; real applications take them from their session cookie or token. `GET /stats` shows
 //! the Hub's counters; `GRACE_MS` sets how long a dropped connection keeps its places (default
-//! 5000); `OCCUPANCY_CHECK_INVARIANTS=1` makes the state machine check its invariants after
+//! 5000), `CLOSE_GRACE_MS` how long a closed page does (default 2000: long enough for a reload);
+//! `OCCUPANCY_CHECK_INVARIANTS=1` makes the state machine check its invariants after
 //! every operation (slow: for soak runs, see `loadgen soak`).
 
 mod support;
@@ -40,9 +41,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(ms) => Duration::from_millis(ms.parse().map_err(|e| format!("GRACE_MS={ms:?}: {e}"))?),
         Err(_) => Config::default().grace,
     };
+    let close_grace = match std::env::var("CLOSE_GRACE_MS") {
+        Ok(ms) => Duration::from_millis(
+            ms.parse()
+                .map_err(|e| format!("CLOSE_GRACE_MS={ms:?}: {e}"))?,
+        ),
+        Err(_) => Config::default().close_grace,
+    };
     let check_invariants = std::env::var("OCCUPANCY_CHECK_INVARIANTS").is_ok_and(|v| v == "1");
     let hub = Hub::builder()
         .grace(grace)
+        .close_grace(close_grace)
         .check_invariants(check_invariants)
         .build()?;
     if check_invariants {

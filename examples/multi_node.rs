@@ -13,7 +13,8 @@
 //! page is released once the node's lease ends (`LEASE_MS`, default 10,000).
 //!
 //! Environment: `PORT` (default 3001), `REDIS_URL` (default `redis://127.0.0.1:6379`),
-//! `REDIS_PREFIX` (default `occ`), `LEASE_MS` (default 10000), `GRACE_MS` (default 5000).
+//! `REDIS_PREFIX` (default `occ`), `LEASE_MS` (default 10000), `GRACE_MS` (default 5000),
+//! `CLOSE_GRACE_MS` (default 2000: how long a closed page keeps its places).
 
 mod support;
 
@@ -46,12 +47,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prefix: String = env_or("REDIS_PREFIX", "occ".to_string())?;
     let lease = Duration::from_millis(env_or("LEASE_MS", 10_000)?);
     let grace = Duration::from_millis(env_or("GRACE_MS", 5_000)?);
+    let close_grace = Duration::from_millis(env_or("CLOSE_GRACE_MS", 2_000)?);
 
     let backend = RedisBackend::connect(RedisConfig::new(&url).prefix(prefix).lease(lease))
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     tracing::info!(node = backend.node_id(), %url, ?lease, "joined the shared state");
-    let hub = Hub::builder().backend(backend).grace(grace).build()?;
+    let hub = Hub::builder()
+        .backend(backend)
+        .grace(grace)
+        .close_grace(close_grace)
+        .build()?;
     let app = support::app(hub);
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;

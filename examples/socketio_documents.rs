@@ -10,8 +10,13 @@
 //!
 //! Then run the article's frontend (`npm run dev`, it connects to `http://localhost:9000`) and
 //! open `http://localhost:5173/document/1` in two browser windows: the second shows
-//! "is occupied: Its occupied"; close the first and, once its grace period is over (5 s by
-//! default, `GRACE_MS`), the second shows "is released: this is released".
+//! "is occupied: Its occupied"; close the first and, once its close grace is over (2 s by
+//! default, `CLOSE_GRACE_MS`; a connection lost without a close keeps its places for
+//! `GRACE_MS`, 5 s by default), the second shows "is released: this is released".
+//!
+//! Liveness: the engine pings every 5 s and drops a client that has not answered 5 s later, so a
+//! frozen or vanished client is dropped within 10 s (socketioxide's defaults, 25 s + 20 s, would
+//! let a frozen holder block its document for 45 s before its grace even starts).
 //!
 //! Beside the article's events the server speaks the acked `occupancy:*` events (see the
 //! `occupancy-socketio` crate docs).
@@ -45,6 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let port: u16 = env_or("PORT", 9000)?;
     let grace_ms: u64 = env_or("GRACE_MS", 5000)?;
+    let close_grace_ms: u64 = env_or("CLOSE_GRACE_MS", 2000)?;
     let origins: Vec<String> = std::env::var("ALLOWED_ORIGINS")
         .unwrap_or_else(|_| "http://localhost:5173".into())
         .split(',')
@@ -54,12 +60,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let hub = Hub::builder()
         .grace(Duration::from_millis(grace_ms))
+        .close_grace(Duration::from_millis(close_grace_ms))
         .build()?;
     // 2 MiB payloads: a 1 MB junk room id is answered with an error instead of a closed
     // connection (socketioxide's default polling limit is 100 KB).
     // A 512-byte WebSocket read buffer (larger frames still work: it reads in chunks): about
     // 3.5 KiB less per idle connection than socketioxide's default (see the crate docs).
     let (socketio, io) = SocketIo::builder()
+        .ping_interval(Duration::from_secs(5))
+        .ping_timeout(Duration::from_secs(5))
         .max_payload(2 << 20)
         .ws_max_message_size(2 << 20)
         .ws_max_frame_size(2 << 20)

@@ -49,7 +49,13 @@ fn documents_page_in_headless_chromium() {
     let addr = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = support::app(occupancy::Hub::new());
+        // A long grace for lost connections: a closed tab must be handed over after the close
+        // grace (2 s) instead, which the page test checks.
+        let hub = occupancy::Hub::builder()
+            .grace(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let app = support::app(hub);
         tokio::spawn(async move {
             axum::serve(occupancy::axum::nodelay(listener), app)
                 .await

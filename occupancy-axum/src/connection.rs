@@ -14,7 +14,7 @@ use futures_util::future::{Either, Ready, ready};
 use tokio::time::{Instant, Sleep, sleep, sleep_until, timeout};
 
 use occupancy_core::protocol::{Event, PROTOCOL_VERSION, Request};
-use occupancy_core::{Error, Identity, Notice, Notices, ResumeToken, Session};
+use occupancy_core::{Ending, Error, Identity, Notice, Notices, ResumeToken, Session};
 
 use crate::close_code;
 use crate::frames::{Frame, Gate, Outcome};
@@ -29,8 +29,9 @@ pub(crate) struct Shared {
 
 /// How the connection ended, deciding what happens to the session.
 enum Exit {
-    /// The peer closed or the stream failed: disconnect, the session's grace starts.
-    Gone,
+    /// The peer closed or the stream failed: disconnect as this says, the session's grace
+    /// (for that ending) starts.
+    Gone(Ending),
     /// Nothing heard within the liveness timeout: the peer is dead, close the session now.
     Dead,
     /// The Hub ended the session (slow consumer, resumed elsewhere): nothing left to do.
@@ -156,7 +157,7 @@ async fn start(
 /// What the end of the connection means for the session.
 async fn finish(session: Session, exit: Exit) {
     match exit {
-        Exit::Gone => session.disconnect().await,
+        Exit::Gone(ending) => session.disconnect_as(ending).await,
         Exit::Dead => {
             tracing::debug!(session = %session.id(), "liveness timeout: closing the session");
             session.close().await;
@@ -230,25 +231,25 @@ impl Conn {
         timer: Pin<&mut Sleep>,
     ) -> Step<'a, impl Future<Output = Result<(), Stop>> + Send + 'a> {
         match wake {
-            Wake::Frame(None) => done(Err(Stop(Exit::Gone))),
+            Wake::Frame(None) => done(Err(Stop(Exit::Gone(Ending::Lost)))),
             Wake::Frame(Some(Err(e))) => {
                 let text = e.to_string();
                 if text.contains("Space limit exceeded") || text.contains("too long") {
                     boxed(async move {
                         self.close(close_code::TOO_BIG, "frame over the size limit")
                             .await;
-                        Err(Stop(Exit::Gone))
+                        Err(Stop(Exit::Gone(Ending::Lost)))
                     })
                 } else {
                     tracing::debug!(error = %text, "WebSocket read failed");
-                    done(Err(Stop(Exit::Gone)))
+                    done(Err(Stop(Exit::Gone(Ending::Lost))))
                 }
             }
             Wake::Frame(Some(Ok(msg))) => {
                 clock.deadline = Instant::now() + self.ep.settings.liveness_timeout;
                 match self.decide(&msg) {
                     Outcome::Ignore => done(Ok(())),
-                    Outcome::Gone => done(Err(Stop(Exit::Gone))),
+                    Outcome::Gone(ending) => done(Err(Stop(Exit::Gone(ending)))),
                     outcome => boxed(self.carry_out(session, outcome, notices)),
                 }
             }
@@ -350,7 +351,7 @@ impl Conn {
             Message::Binary(_) => Frame::Binary,
             Message::Ping(_) => Frame::Ping,
             Message::Pong(_) => Frame::Pong,
-            Message::Close(_) => Frame::Close,
+            Message::Close(c) => Frame::Close(c.as_ref().map(|c| c.code)),
         };
         self.gate
             .on_frame(&self.ep.settings, frame, std::time::Instant::now())
@@ -369,10 +370,10 @@ impl Conn {
     ) -> Result<(), Stop> {
         match outcome {
             Outcome::Ignore => Ok(()),
-            Outcome::Gone => Err(Stop(Exit::Gone)),
+            Outcome::Gone(ending) => Err(Stop(Exit::Gone(ending))),
             Outcome::Close { code, reason } => {
                 self.close(code, reason).await;
-                Err(Stop(Exit::Gone))
+                Err(Stop(Exit::Gone(Ending::Lost)))
             }
             Outcome::Reply(event) => {
                 self.feed(text(&event)).await?;
@@ -467,7 +468,7 @@ impl<W: Future<Output = Result<(), axum::Error>> + Unpin> Future for Within<W> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         if let Poll::Ready(r) = Pin::new(&mut this.write).poll(cx) {
-            return Poll::Ready(r.map_err(|_| Stop(Exit::Gone)));
+            return Poll::Ready(r.map_err(|_| Stop(Exit::Gone(Ending::Lost))));
         }
         let limit = this.limit;
         let timer = this.timer.get_or_insert_with(|| Box::pin(sleep(limit)));

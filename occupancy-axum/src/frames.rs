@@ -8,7 +8,10 @@
 //! The rules, in order, for each frame:
 //!
 //! - ping and pong: ignored (pings are answered by the WebSocket layer; any frame proves
-//!   liveness); close: the peer is gone;
+//!   liveness); close: the peer is gone — on purpose with 1000, 1001 (what a browser sends when a
+//!   page closes or navigates away) or no code, so the session keeps its places for the close
+//!   grace only ([`Ending::Closed`](occupancy_core::Ending)); with any other code as if the
+//!   connection were lost (the full grace);
 //! - binary: a violation, answered `bad_message`;
 //! - text over `max_frame_bytes`: a violation, answered `frame_too_large` (closing with 1009);
 //! - text over the message rate (a token taken per text frame within the size limit): a
@@ -25,7 +28,7 @@
 use std::time::Instant;
 
 use occupancy_core::protocol::{Event, Ref, Request};
-use occupancy_core::{Error, Rate, TokenBucket};
+use occupancy_core::{Ending, Error, Rate, TokenBucket};
 
 use crate::close_code;
 use crate::settings::Settings;
@@ -42,8 +45,8 @@ pub(crate) enum Frame<'a> {
     Ping,
     /// A WebSocket pong.
     Pong,
-    /// The peer's close frame.
-    Close,
+    /// The peer's close frame, with its status code if it has one.
+    Close(Option<u16>),
 }
 
 /// What the connection must do with one frame.
@@ -51,8 +54,8 @@ pub(crate) enum Frame<'a> {
 pub(crate) enum Outcome {
     /// Nothing (ping, pong, or a frame after the connection was already ending).
     Ignore,
-    /// The peer closed: stop, the session is disconnected (its grace starts).
-    Gone,
+    /// The peer closed: stop, the session is disconnected as this says (its grace starts).
+    Gone(Ending),
     /// Send this event (the error answering a violation); the connection stays open.
     Reply(Event),
     /// Run this request with [`Session::execute`](occupancy_core::Session::execute) and send its
@@ -66,6 +69,16 @@ pub(crate) enum Outcome {
         /// The close reason (short, fits in a close frame).
         reason: &'static str,
     },
+}
+
+/// What a close frame with this status code says about the session: 1000 (normal), 1001 (going
+/// away: a page closed or navigated) and no code at all are a client leaving on purpose; any other
+/// code (an error the client reports, a policy close) is treated as a lost connection.
+pub(crate) fn ending_of(code: Option<u16>) -> Ending {
+    match code {
+        None | Some(1000) | Some(1001) => Ending::Closed,
+        Some(_) => Ending::Lost,
+    }
 }
 
 /// The per-connection frame gate: its two token buckets. The settings it applies are passed in
@@ -114,7 +127,7 @@ impl Gate {
             return Outcome::Ignore;
         }
         let outcome = self.decide(settings, frame, now);
-        if matches!(outcome, Outcome::Gone | Outcome::Close { .. }) {
+        if matches!(outcome, Outcome::Gone(_) | Outcome::Close { .. }) {
             self.done = true;
         }
         outcome
@@ -139,7 +152,7 @@ impl Gate {
             }
             // Pings are answered by the WebSocket layer; pongs only prove liveness.
             Frame::Ping | Frame::Pong => return Outcome::Ignore,
-            Frame::Close => return Outcome::Gone,
+            Frame::Close(code) => return Outcome::Gone(ending_of(code)),
         };
         if text.len() > settings.max_frame_bytes {
             let message = format!(
@@ -237,9 +250,34 @@ mod tests {
         let mut g = Gate::new(&s, t0);
         assert_eq!(g.on_frame(&s, Frame::Ping, t0), Outcome::Ignore);
         assert_eq!(g.on_frame(&s, Frame::Pong, t0), Outcome::Ignore);
-        assert_eq!(g.on_frame(&s, Frame::Close, t0), Outcome::Gone);
+        assert_eq!(
+            g.on_frame(&s, Frame::Close(Some(1001)), t0),
+            Outcome::Gone(Ending::Closed)
+        );
         let ping = r#"{"op":"ping"}"#;
         assert_eq!(g.on_frame(&s, Frame::Text(ping), t0), Outcome::Ignore);
+        assert_eq!(g.on_frame(&s, Frame::Close(None), t0), Outcome::Ignore);
+    }
+
+    #[test]
+    fn a_close_frame_says_whether_the_client_left_on_purpose() {
+        for (code, ending) in [
+            (None, Ending::Closed),
+            (Some(1000), Ending::Closed),
+            (Some(1001), Ending::Closed),
+            (Some(1002), Ending::Lost),
+            (Some(1011), Ending::Lost),
+            (Some(4000), Ending::Lost),
+        ] {
+            let t0 = Instant::now();
+            let s = settings();
+            let mut g = Gate::new(&s, t0);
+            assert_eq!(
+                g.on_frame(&s, Frame::Close(code), t0),
+                Outcome::Gone(ending),
+                "{code:?}"
+            );
+        }
     }
 
     #[test]

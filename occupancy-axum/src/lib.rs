@@ -143,9 +143,13 @@
 //!
 //! ## Resume
 //!
-//! `hello` carries a resume token: 128 random bits, in hex. When the connection drops (a page
-//! reload, a network change), the Hub keeps the session's places for its grace period (5 s by
-//! default); reconnecting to `…/occupancy?resume=<token>` within it takes them back: `hello` says
+//! `hello` carries a resume token: 128 random bits, in hex. When the connection ends, the Hub
+//! keeps the session's places for a while: after a close frame with code 1000, 1001 (what a
+//! browser sends when a page closes, reloads or navigates away) or no code, for the close grace
+//! (2 s by default, [`HubBuilder::close_grace`](occupancy_core::HubBuilder::close_grace): enough
+//! for a reload, and a closed page hands over quickly); after any other ending (a network drop,
+//! a reset, another close code), for the grace (5 s by default). Reconnecting to
+//! `…/occupancy?resume=<token>` within it takes them back: `hello` says
 //! `"resumed":true`, the session id is the same, a `presence` follows for each kept room, and a
 //! new token is issued. A token works once; after use or expiry it gets a new session and a
 //! `resume_invalid` error right after `hello` (`"resumed":false`: join your rooms again). A token
@@ -158,7 +162,7 @@
 //! themselves. A connection from which nothing arrives for [`Settings::liveness_timeout`] (10 s)
 //! is dropped, and because it already stayed silent longer than the grace, its session is closed
 //! at once: the rooms it held go to the next in line (Socket.IO's defaults take 45 s). A client
-//! that closes its connection gets the grace. Browsers cannot send WebSocket pings, so the
+//! that closes its connection gets the close grace or the grace (see Resume). Browsers cannot send WebSocket pings, so the
 //! `ping` op exists for clients that want to detect a dead server; `heartbeat_ms` in `hello` is a
 //! sensible interval for it.
 //!

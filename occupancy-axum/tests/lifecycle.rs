@@ -1,7 +1,7 @@
 //! The connection's life over real sockets: Origin refusal and the identify hook before the
 //! upgrade, server pings and dead-client detection, resume within the grace (and a token being
-//! useless after use or expiry), a connection replaced by a resume, and TCP_NODELAY on the
-//! documented listener.
+//! useless after use or expiry), a closed page waiting only the close grace, a connection
+//! replaced by a resume, and TCP_NODELAY on the documented listener.
 
 mod common;
 
@@ -232,6 +232,51 @@ async fn resume_keeps_the_place_and_a_token_is_single_use() {
         bob.buf
     );
     assert_eq!(newer.token(), stolen);
+}
+
+/// A page that closes (the browser sends close code 1001) hands its room over after the close
+/// grace; a connection that drops without a close frame keeps its place for the whole grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_page_hands_over_after_the_close_grace_a_dropped_one_keeps_its_grace() {
+    let hub = Hub::builder()
+        .grace(Duration::from_secs(600))
+        .close_grace(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let addr = serve(endpoint(&hub).build().unwrap()).await;
+    let mut ann = Client::connect(addr, "?user=ann").await;
+    ann.request(json!({"op":"join","room":"closed"})).await;
+    let mut cid = Client::connect(addr, "?user=cid").await;
+    cid.request(json!({"op":"join","room":"dropped"})).await;
+    let mut bob = Client::connect(addr, "?user=bob").await;
+    bob.request(json!({"op":"join","room":"closed"})).await;
+    bob.request(json!({"op":"join","room":"dropped"})).await;
+
+    // Cid's connection is cut without a close frame; Ann's page closes.
+    drop(cid);
+    ann.ws
+        .close(Some(tungstenite::protocol::CloseFrame {
+            code: tungstenite::protocol::frame::coding::CloseCode::Away,
+            reason: "".into(),
+        }))
+        .await
+        .unwrap();
+    bob.next("released", "closed").await;
+    assert_eq!(
+        bob.request(json!({"op":"join","room":"closed"})).await["holding"],
+        true
+    );
+    // Cid is still in the grace: the room is still his, Bob still waits.
+    bob.alive().await;
+    assert!(
+        bob.buf
+            .iter()
+            .all(|e| !(e["ev"] == "released" && e["room"] == "dropped")),
+        "{:?}",
+        bob.buf
+    );
+    assert_eq!(hub.stats().await.unwrap().sessions_in_grace, 1);
+    assert_eq!(hub.occupants("dropped").await.unwrap().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

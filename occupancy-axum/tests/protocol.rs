@@ -182,8 +182,13 @@ impl Backend for Flaky {
     ) -> Result<(), Error> {
         self.inner.connect(s, p, m, t).await
     }
-    async fn disconnect(&self, s: SessionId, now: Instant) -> Result<(), Error> {
-        self.inner.disconnect(s, now).await
+    async fn disconnect(
+        &self,
+        s: SessionId,
+        now: Instant,
+        ending: occupancy_core::Ending,
+    ) -> Result<(), Error> {
+        self.inner.disconnect(s, now, ending).await
     }
     async fn close(&self, s: SessionId) -> Result<(), Error> {
         self.inner.close(s).await

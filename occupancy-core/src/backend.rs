@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use crate::config::Config;
+use crate::config::{Config, Ending};
 use crate::error::Error;
 use crate::ids::{Meta, ResumeToken, RoomId, SessionId};
 use crate::machine::{Joined, Left, Resumed, Stats};
@@ -79,18 +79,29 @@ pub trait Backend: Send + Sync + 'static {
         token: ResumeToken,
     ) -> Result<(), Error>;
 
-    /// The session's connection ended; its grace starts at `now`
-    /// (see [`Machine::disconnect`](crate::Machine::disconnect)).
-    async fn disconnect(&self, session: SessionId, now: Instant) -> Result<(), Error>;
+    /// The session's connection ended as `ending` says; its grace
+    /// ([`Config::grace_for`]) starts at `now` (see
+    /// [`Machine::disconnect_as`](crate::Machine::disconnect_as)).
+    async fn disconnect(
+        &self,
+        session: SessionId,
+        now: Instant,
+        ending: Ending,
+    ) -> Result<(), Error>;
 
-    /// Many connections ended at once (see
-    /// [`Machine::disconnect_many`](crate::Machine::disconnect_many)): a backend may merge the
-    /// changes per room, so that with zero grace n sessions leaving one room cost O(n) and each
-    /// remaining member is told its final place once. Unknown sessions are skipped. The default
-    /// calls [`Backend::disconnect`] for each.
-    async fn disconnect_many(&self, sessions: &[SessionId], now: Instant) -> Result<(), Error> {
+    /// Many connections ended at once, the same way (see
+    /// [`Machine::disconnect_many_as`](crate::Machine::disconnect_many_as)): a backend may merge
+    /// the changes per room, so that with zero grace n sessions leaving one room cost O(n) and
+    /// each remaining member is told its final place once. Unknown sessions are skipped. The
+    /// default calls [`Backend::disconnect`] for each.
+    async fn disconnect_many(
+        &self,
+        sessions: &[SessionId],
+        now: Instant,
+        ending: Ending,
+    ) -> Result<(), Error> {
         for &session in sessions {
-            match self.disconnect(session, now).await {
+            match self.disconnect(session, now, ending).await {
                 Ok(()) | Err(Error::UnknownSession) => {}
                 Err(e) => return Err(e),
             }

@@ -84,6 +84,15 @@ pub struct Config {
         serde(rename = "grace_ms", deserialize_with = "millis::deserialize")
     )]
     pub grace: Duration,
+    /// How long a session keeps its places after its client closed the connection on purpose
+    /// ([`Ending::Closed`]: a page closed or navigated away, a Socket.IO client disconnecting),
+    /// long enough for a reload to come back and resume (default 2 s; never longer than
+    /// [`Config::grace`]). `close_grace_ms` in a configuration file.
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "close_grace_ms", deserialize_with = "millis::deserialize")
+    )]
+    pub close_grace: Duration,
     /// How many occupants (from the front) a presence notice lists (default 8).
     pub presence_occupants: usize,
     /// A debugging aid (default off): the in-memory backend runs
@@ -101,16 +110,46 @@ impl Default for Config {
         Config {
             limits: Limits::default(),
             grace: Duration::from_secs(5),
+            close_grace: Duration::from_secs(2),
             presence_occupants: 8,
             check_invariants: false,
         }
     }
 }
 
+/// How a connection ended: it decides how long the session keeps its places
+/// ([`Config::grace_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Ending {
+    /// Lost without a word: a network drop, a TCP reset, a ping timeout, a dropped handle. The
+    /// session keeps its places for [`Config::grace`], waiting for the client to come back.
+    #[default]
+    Lost,
+    /// Closed on purpose by the client: a WebSocket close frame (1000, 1001 — what a browser
+    /// sends when a page closes or navigates away — or no code), a Socket.IO client-side
+    /// disconnect. Nobody is coming back unless the page is reloading, so the session keeps its
+    /// places for [`Config::close_grace`] only and the next in line is told sooner.
+    Closed,
+}
+
 impl Config {
+    /// How long a session whose connection ended this way keeps its places: [`Config::grace`]
+    /// for [`Ending::Lost`], [`Config::close_grace`] (at most `grace`) for [`Ending::Closed`].
+    pub fn grace_for(&self, ending: Ending) -> Duration {
+        match ending {
+            Ending::Lost => self.grace,
+            Ending::Closed => self.close_grace.min(self.grace),
+        }
+    }
+
     /// Checks the configuration for values that cannot work.
     pub fn validate(&self) -> Result<(), Error> {
         check_duration("grace", self.grace, Duration::from_secs(24 * 3600))?;
+        check_duration(
+            "close_grace",
+            self.close_grace,
+            Duration::from_secs(24 * 3600),
+        )?;
         let l = &self.limits;
         if l.max_room_id_len == 0 {
             return Err(Error::Config("max_room_id_len must be at least 1".into()));
@@ -149,12 +188,15 @@ mod tests {
 
     #[test]
     fn a_config_file_overrides_what_it_names_and_keeps_the_rest() {
-        let c: Config =
-            serde_json::from_str(r#"{"grace_ms": 0, "presence_occupants": 3}"#).unwrap();
+        let c: Config = serde_json::from_str(
+            r#"{"grace_ms": 0, "close_grace_ms": 500, "presence_occupants": 3}"#,
+        )
+        .unwrap();
         assert_eq!(
             c,
             Config {
                 grace: Duration::ZERO,
+                close_grace: Duration::from_millis(500),
                 presence_occupants: 3,
                 ..Config::default()
             }

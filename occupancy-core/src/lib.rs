@@ -75,7 +75,7 @@ pub use sharded::{MAX_SHARDS, ShardedBackend};
 #[cfg(feature = "serde")]
 #[doc(hidden)]
 pub use config::millis as serde_millis;
-pub use config::{Config, Limits};
+pub use config::{Config, Ending, Limits};
 pub use error::{Error, RoomIdError};
 pub use identity::Identity;
 pub use ids::{Meta, OccupantKey, Person, ResumeToken, RoomId, SessionId};

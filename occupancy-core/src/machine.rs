@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::change::Change;
-use crate::config::Config;
+use crate::config::{Config, Ending};
 use crate::error::Error;
 use crate::ids::{Meta, OccupantKey, Person, ResumeToken, RoomId, SessionId};
 use crate::line::Line;
@@ -232,11 +232,23 @@ impl Machine {
         Ok(())
     }
 
-    /// The connection of `session` ended. With a non-zero grace the session keeps its places
-    /// until `now + grace` (see [`Machine::resume`]); with zero grace it leaves everything now.
-    /// Idempotent: disconnecting a session already in grace changes nothing.
+    /// The connection of `session` was lost ([`Ending::Lost`]): see [`Machine::disconnect_as`].
     pub fn disconnect(&mut self, session: SessionId, now: Instant) -> Result<(), Error> {
-        let grace = self.config.grace;
+        self.disconnect_as(session, now, Ending::Lost)
+    }
+
+    /// The connection of `session` ended as `ending` says. With a non-zero grace for that
+    /// ending ([`Config::grace_for`]: `grace` when lost, `close_grace` when the client closed
+    /// it) the session keeps its places until `now + grace` (see [`Machine::resume`]); with zero
+    /// it leaves everything now. Idempotent: disconnecting a session already in grace changes
+    /// nothing (its deadline stays).
+    pub fn disconnect_as(
+        &mut self,
+        session: SessionId,
+        now: Instant,
+        ending: Ending,
+    ) -> Result<(), Error> {
+        let grace = self.config.grace_for(ending);
         let entry = self
             .sessions
             .get_mut(&session)
@@ -254,14 +266,26 @@ impl Machine {
         }
     }
 
-    /// [`Machine::disconnect`] for many sessions at once (a network blip, a deploy). With zero
-    /// grace they are closed in one batch ([`Machine::close_many`]). Unknown sessions and
-    /// sessions already in grace are skipped. Returns how many sessions changed state.
+    /// [`Machine::disconnect`] for many sessions at once (a network blip, a deploy): see
+    /// [`Machine::disconnect_many_as`].
     pub fn disconnect_many(&mut self, sessions: &[SessionId], now: Instant) -> usize {
-        if self.config.grace.is_zero() {
+        self.disconnect_many_as(sessions, now, Ending::Lost)
+    }
+
+    /// [`Machine::disconnect_as`] for many sessions whose connections ended the same way. With
+    /// zero grace they are closed in one batch ([`Machine::close_many`]). Unknown sessions and
+    /// sessions already in grace are skipped. Returns how many sessions changed state.
+    pub fn disconnect_many_as(
+        &mut self,
+        sessions: &[SessionId],
+        now: Instant,
+        ending: Ending,
+    ) -> usize {
+        let grace = self.config.grace_for(ending);
+        if grace.is_zero() {
             return self.close_many(sessions);
         }
-        let deadline = now + self.config.grace;
+        let deadline = now + grace;
         let mut n = 0;
         for &s in sessions {
             if let Some(entry) = self.sessions.get_mut(&s)

@@ -11,7 +11,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use crate::backend::{Backend, NoticeSink};
-use crate::config::Config;
+use crate::config::{Config, Ending};
 use crate::error::Error;
 use crate::ids::{Meta, ResumeToken, SessionId};
 use crate::machine::{Joined, Left, Machine, Resumed, Stats};
@@ -122,12 +122,23 @@ impl Backend for MemoryBackend {
             .await
     }
 
-    async fn disconnect(&self, session: SessionId, now: Instant) -> Result<(), Error> {
-        self.run(|m| m.disconnect(session, now)).await
+    async fn disconnect(
+        &self,
+        session: SessionId,
+        now: Instant,
+        ending: Ending,
+    ) -> Result<(), Error> {
+        self.run(|m| m.disconnect_as(session, now, ending)).await
     }
 
-    async fn disconnect_many(&self, sessions: &[SessionId], now: Instant) -> Result<(), Error> {
-        self.run(|m| m.disconnect_many(sessions, now)).await;
+    async fn disconnect_many(
+        &self,
+        sessions: &[SessionId],
+        now: Instant,
+        ending: Ending,
+    ) -> Result<(), Error> {
+        self.run(|m| m.disconnect_many_as(sessions, now, ending))
+            .await;
         Ok(())
     }
 

@@ -31,7 +31,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use crate::backend::{Backend, NoticeSink};
-use crate::config::Config;
+use crate::config::{Config, Ending};
 use crate::error::Error;
 use crate::ids::{Meta, ResumeToken, RoomId, SessionId};
 use crate::machine::{IdHash, Joined, Left, Machine, Resumed, Stats};
@@ -440,8 +440,13 @@ impl Backend for ShardedBackend {
         Ok(())
     }
 
-    async fn disconnect(&self, session: SessionId, now: Instant) -> Result<(), Error> {
-        let grace = self.config().grace;
+    async fn disconnect(
+        &self,
+        session: SessionId,
+        now: Instant,
+        ending: Ending,
+    ) -> Result<(), Error> {
+        let grace = self.config().grace_for(ending);
         let bits = {
             let mut t = self.table(session);
             let e = t.sessions.get_mut(&session).ok_or(Error::UnknownSession)?;
@@ -460,7 +465,7 @@ impl Backend for ShardedBackend {
         match bits {
             Some(bits) => {
                 for shard in Self::shards_of(bits) {
-                    self.run(shard, |m| match m.disconnect(session, now) {
+                    self.run(shard, |m| match m.disconnect_as(session, now, ending) {
                         Ok(()) | Err(Error::UnknownSession) => {}
                         Err(e) => debug_assert!(false, "disconnect in a shard: {e}"),
                     })
@@ -472,8 +477,13 @@ impl Backend for ShardedBackend {
         }
     }
 
-    async fn disconnect_many(&self, sessions: &[SessionId], now: Instant) -> Result<(), Error> {
-        let grace = self.config().grace;
+    async fn disconnect_many(
+        &self,
+        sessions: &[SessionId],
+        now: Instant,
+        ending: Ending,
+    ) -> Result<(), Error> {
+        let grace = self.config().grace_for(ending);
         if grace.is_zero() {
             let gone = self.forget(sessions);
             self.close_in_shards(&gone).await;
@@ -493,7 +503,7 @@ impl Backend for ShardedBackend {
             }
         }
         self.per_shard(&marked, |m, here| {
-            m.disconnect_many(here, now);
+            m.disconnect_many_as(here, now, ending);
         })
         .await;
         Ok(())

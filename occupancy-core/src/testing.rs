@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::backend::Backend;
-use crate::config::Limits;
+use crate::config::{Ending, Limits};
 use crate::error::{Error, RoomIdError};
 use crate::hub::{Action, AuthRequest, Hub, HubBuilder, Notices, Session};
 use crate::ids::{Meta, OccupantKey, Person};
@@ -102,6 +102,7 @@ macro_rules! __conformance_checks {
             grace_keeps_place,
             holder_in_grace_blocks,
             grace_expiry_releases_next,
+            a_closed_page_waits_only_the_close_grace,
             resume_restores_place,
             resume_while_live_replaces_old_connection,
             close_leaves_at_once,
@@ -398,6 +399,33 @@ pub async fn grace_expiry_releases_next<B: Backend>(backend: B) {
     assert_eq!(hub.resume(token).await.err(), Some(Error::ResumeInvalid));
     let stats = hub.stats().await.unwrap();
     assert_eq!((stats.sessions, stats.sessions_in_grace), (1, 0));
+}
+
+/// A connection the client closed on purpose (a closed page) keeps its place for the close
+/// grace only; one lost without a close keeps it for the whole grace.
+pub async fn a_closed_page_waits_only_the_close_grace<B: Backend>(backend: B) {
+    let hub = hub(backend, |b| {
+        b.grace(Duration::from_secs(60))
+            .close_grace(Duration::from_millis(300))
+    });
+    let (a, _an) = user(&hub, "alice").await;
+    let (b, mut bn) = user(&hub, "bob").await;
+    let (c, _cn) = user(&hub, "carol").await;
+    a.join(ROOM, None).await.unwrap();
+    c.join("other", None).await.unwrap();
+    b.join(ROOM, None).await.unwrap();
+    b.join("other", None).await.unwrap();
+    discard(&mut [&mut bn]).await;
+    let token = a.resume_token();
+    a.disconnect_as(Ending::Closed).await;
+    c.disconnect_as(Ending::Lost).await;
+    let released = expect(&mut bn, "released after the close grace", is_released).await;
+    assert_eq!(released.room.as_str(), ROOM);
+    assert_eq!(holder_name(&hub, ROOM).await.as_deref(), Some("bob"));
+    assert_eq!(hub.resume(token).await.err(), Some(Error::ResumeInvalid));
+    assert_eq!(holder_name(&hub, "other").await.as_deref(), Some("carol"));
+    let stats = hub.stats().await.unwrap();
+    assert_eq!((stats.sessions, stats.sessions_in_grace), (2, 1));
 }
 
 /// A page reload keeps your place (article bug 5): resume within the grace gives the same session,

@@ -22,11 +22,26 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use occupancy_core::{
-    Config, Error, Limits, Machine, Meta, NoticeKind, OccupantKey, ResumeToken, SessionId, Stats,
+    Config, Ending, Error, Limits, Machine, Meta, NoticeKind, OccupantKey, ResumeToken, SessionId,
+    Stats,
 };
 use proptest::prelude::*;
 
 const GRACE: u64 = 5;
+/// The grace of a connection the client closed (`Ending::Closed`).
+const CLOSE_GRACE: u64 = 2;
+
+/// The model's grace for an ending, in seconds.
+fn grace_of(ending: Ending) -> u64 {
+    match ending {
+        Ending::Lost => GRACE,
+        Ending::Closed => CLOSE_GRACE,
+    }
+}
+
+fn ending() -> impl Strategy<Value = Ending> {
+    prop_oneof![Just(Ending::Lost), Just(Ending::Closed)]
+}
 
 /// The shape of one property: how many rooms and session slots, the limits, who is who.
 #[derive(Debug, Clone, Copy)]
@@ -74,14 +89,14 @@ enum Op {
     Takeover(usize, usize),
     Watch(usize, usize),
     Unwatch(usize, usize),
-    Disconnect(usize),
+    Disconnect(usize, Ending),
     Close(usize),
     Resume(usize),
     /// Resume with a token that was already used.
     ResumeStale(usize),
     Advance(u64),
-    /// `disconnect_many` of these slots' sessions (an empty slot gives an unknown id).
-    DisconnectMany(Vec<usize>),
+    /// `disconnect_many_as` of these slots' sessions (an empty slot gives an unknown id).
+    DisconnectMany(Vec<usize>, Ending),
     /// `close_many` of these slots' sessions.
     CloseMany(Vec<usize>),
 }
@@ -96,7 +111,7 @@ fn op(p: Params) -> impl Strategy<Value = Op> {
         2 => (s.clone(), r.clone()).prop_map(|(s, r)| Op::Takeover(s, r)),
         1 => (s.clone(), r.clone()).prop_map(|(s, r)| Op::Watch(s, r)),
         1 => (s.clone(), r.clone()).prop_map(|(s, r)| Op::Unwatch(s, r)),
-        2 => s.clone().prop_map(Op::Disconnect),
+        2 => (s.clone(), ending()).prop_map(|(s, e)| Op::Disconnect(s, e)),
         1 => s.clone().prop_map(Op::Close),
         2 => s.clone().prop_map(Op::Resume),
         1 => s.clone().prop_map(Op::ResumeStale),
@@ -112,13 +127,13 @@ fn long_ops() -> impl Strategy<Value = Vec<Op>> {
         12 => op(p).prop_map(|o| vec![o]),
         4 => (0..p.slots, 0..p.rooms).prop_map(|(s, r)| vec![Op::Join(s, r)]),
         1 => slots().prop_map(|v| vec![Op::CloseMany(v)]),
-        1 => slots().prop_map(|v| vec![Op::DisconnectMany(v)]),
+        1 => (slots(), ending()).prop_map(|(v, e)| vec![Op::DisconnectMany(v, e)]),
         // A storm: many disconnect one by one (or in one call), one advance ends their graces.
-        2 => (slots(), any::<bool>(), 0..=2u64).prop_map(|(v, many, extra)| {
+        2 => (slots(), any::<bool>(), 0..=2u64, ending()).prop_map(|(v, many, extra, e)| {
             let mut ops = if many {
-                vec![Op::DisconnectMany(v)]
+                vec![Op::DisconnectMany(v, e)]
             } else {
-                v.into_iter().map(Op::Disconnect).collect()
+                v.into_iter().map(|s| Op::Disconnect(s, e)).collect()
             };
             ops.push(Op::Advance(GRACE + extra));
             ops
@@ -261,6 +276,7 @@ impl Harness {
                 l
             };
             c.grace = Duration::from_secs(GRACE);
+            c.close_grace = Duration::from_secs(CLOSE_GRACE);
             c.presence_occupants = 3;
             c
         };
@@ -296,7 +312,7 @@ impl Harness {
             | Op::Takeover(s, _)
             | Op::Watch(s, _)
             | Op::Unwatch(s, _)
-            | Op::Disconnect(s)
+            | Op::Disconnect(s, _)
             | Op::Close(s) => self.id_of(s),
             _ => SessionId(0),
         };
@@ -427,13 +443,13 @@ impl Harness {
                 };
                 (to_outcome(got), want)
             }
-            Op::Disconnect(slot) => {
-                let got = self.m.disconnect(id, now).map(|_| None);
+            Op::Disconnect(slot, ending) => {
+                let got = self.m.disconnect_as(id, now, ending).map(|_| None);
                 let want = match md.slots[slot].as_mut() {
                     None => Outcome::Err(Error::UnknownSession),
                     Some(s) => {
                         if s.grace_until.is_none() {
-                            s.grace_until = Some(md.now + GRACE);
+                            s.grace_until = Some(md.now + grace_of(ending));
                         }
                         Outcome::Ok(None)
                     }
@@ -484,16 +500,16 @@ impl Harness {
                     .map(|_| None);
                 (to_outcome(got), Outcome::Err(Error::ResumeInvalid))
             }
-            Op::DisconnectMany(ref slots) => {
+            Op::DisconnectMany(ref slots, ending) => {
                 let ids: Vec<SessionId> = slots.iter().map(|&s| self.id_of(s)).collect();
-                let got = self.m.disconnect_many(&ids, now);
+                let got = self.m.disconnect_many_as(&ids, now, ending);
                 let md = &mut self.model;
                 let mut want = 0;
                 for slot in distinct(slots) {
                     if let Some(s) = md.slots[slot].as_mut()
                         && s.grace_until.is_none()
                     {
-                        s.grace_until = Some(md.now + GRACE);
+                        s.grace_until = Some(md.now + grace_of(ending));
                         want += 1;
                     }
                 }
@@ -675,7 +691,7 @@ impl Harness {
     fn finish(&mut self) -> Result<(), TestCaseError> {
         for slot in 0..self.p.slots {
             if self.model.slots[slot].is_some() {
-                self.step(&Op::Disconnect(slot))?;
+                self.step(&Op::Disconnect(slot, Ending::Lost))?;
             }
         }
         self.step(&Op::Advance(GRACE))?;

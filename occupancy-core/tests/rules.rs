@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use occupancy_core::{
-    Config, Error, Limits, Machine, Meta, Notice, NoticeKind, OccupantKey, ResumeToken,
+    Config, Ending, Error, Limits, Machine, Meta, Notice, NoticeKind, OccupantKey, ResumeToken,
     RoomIdError, SessionId, Stats,
 };
 use serde_json::json;
@@ -478,6 +478,89 @@ fn zero_grace_leaves_at_once() {
     w.m.disconnect(a, w.now).unwrap();
     assert_eq!(released_to(&w.notices()), vec![b]);
     assert_eq!(w.m.poll_timeout(), None);
+}
+
+/// A page closed on purpose (`Ending::Closed`) keeps its place for `close_grace` (2 s), long
+/// enough for a reload; a lost connection for the whole `grace` (5 s). A reload within the close
+/// grace resumes as usual.
+#[test]
+fn a_closed_page_hands_over_after_the_close_grace_a_lost_one_after_the_grace() {
+    let mut w = World::new();
+    let (a, b, c) = (w.anon(1), w.anon(2), w.anon(3));
+    w.m.join(a, DOC, None).unwrap();
+    w.m.join(b, DOC, None).unwrap();
+    w.m.join(c, "other", None).unwrap();
+    w.m.join(b, "other", None).unwrap();
+    let start = w.now;
+    w.m.disconnect_as(a, w.now, Ending::Closed).unwrap();
+    w.m.disconnect_as(c, w.now, Ending::Lost).unwrap();
+    // Idempotent, whatever the ending: the first deadline stays.
+    w.m.disconnect_as(a, w.now, Ending::Lost).unwrap();
+    assert_eq!(w.m.poll_timeout(), Some(start + Duration::from_secs(2)));
+    w.notices();
+    w.advance(Duration::from_secs(2));
+    assert_eq!(released_to(&w.notices()), vec![b]);
+    assert_eq!(
+        w.m.room(DOC).unwrap().holder().unwrap().sessions.to_vec(),
+        vec![b]
+    );
+    assert_eq!(
+        w.m.position(c, "other"),
+        Some(0),
+        "a lost connection keeps its place"
+    );
+    w.advance(Duration::from_secs(3));
+    assert_eq!(released_to(&w.notices()), vec![b]);
+    assert!(!w.m.contains_session(c));
+
+    // A reload within the close grace keeps the place.
+    let d = w.anon(4);
+    w.m.join(d, "third", None).unwrap();
+    let token = w.m.resume_token(d).unwrap();
+    w.m.disconnect_as(d, w.now, Ending::Closed).unwrap();
+    w.advance(Duration::from_millis(1_999));
+    let t = w.token();
+    assert_eq!(w.m.resume(token, t, w.now).unwrap().rooms.len(), 1);
+    assert_eq!(w.m.position(d, "third"), Some(0));
+    w.m.check_invariants().unwrap();
+}
+
+/// The close grace is never longer than the grace (with zero grace, a closed page leaves at
+/// once too), and zero close grace leaves at once while a lost connection keeps its grace.
+#[test]
+fn the_close_grace_is_capped_by_the_grace() {
+    let config = |grace: u64, close: u64| {
+        let mut c = Config::default();
+        c.grace = Duration::from_millis(grace);
+        c.close_grace = Duration::from_millis(close);
+        c
+    };
+    assert_eq!(
+        config(1_000, 2_000).grace_for(Ending::Closed),
+        Duration::from_secs(1)
+    );
+    assert_eq!(
+        config(5_000, 2_000).grace_for(Ending::Closed),
+        Duration::from_secs(2)
+    );
+    assert_eq!(
+        config(5_000, 2_000).grace_for(Ending::Lost),
+        Duration::from_secs(5)
+    );
+    for (grace, close) in [(0, 2_000), (5_000, 0)] {
+        let mut w = World::with(config(grace, close));
+        let (a, b) = (w.anon(1), w.anon(2));
+        w.m.join(a, DOC, None).unwrap();
+        w.m.join(b, DOC, None).unwrap();
+        w.notices();
+        w.m.disconnect_as(a, w.now, Ending::Closed).unwrap();
+        assert_eq!(
+            released_to(&w.notices()),
+            vec![b],
+            "grace {grace} close {close}"
+        );
+        assert!(!w.m.contains_session(a));
+    }
 }
 
 // ----- take over, watch ------------------------------------------------------------------------

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use occupancy_core::{
-    Backend, Config, Error, Joined, Left, Meta, NoticeSink, OccupantKey, PresenceBody, ResumeToken,
-    Resumed, RoomId, RoomState, SessionId, Stats, async_trait,
+    Backend, Config, Ending, Error, Joined, Left, Meta, NoticeSink, OccupantKey, PresenceBody,
+    ResumeToken, Resumed, RoomId, RoomState, SessionId, Stats, async_trait,
 };
 use occupancy_core::{Notice, NoticeKind, Presence};
 use redis::aio::ConnectionManager;
@@ -900,9 +900,14 @@ impl Backend for RedisBackend {
         Ok(())
     }
 
-    async fn disconnect(&self, session: SessionId, now: Instant) -> Result<(), Error> {
+    async fn disconnect(
+        &self,
+        session: SessionId,
+        now: Instant,
+        ending: Ending,
+    ) -> Result<(), Error> {
         let inner = &self.inner;
-        let grace = inner.config()?.grace;
+        let grace = inner.config()?.grace_for(ending);
         {
             let local = inner.lock();
             match local.sessions.get(&session) {

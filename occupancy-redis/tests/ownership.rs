@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{RedisServer, test_config};
-use occupancy_core::{Error, Hub, Meta, Notices, Session, SessionId};
+use occupancy_core::{Ending, Error, Hub, Meta, Notices, Session, SessionId};
 use occupancy_redis::RedisBackend;
 use serde_json::json;
 
@@ -93,7 +93,7 @@ async fn stale_calls_after_a_resume_on_another_node_do_not_touch_it() {
     let ab = a.backend();
     assert_eq!(ab.close(id).await.err(), Some(Error::UnknownSession));
     assert_eq!(
-        ab.disconnect(id, Instant::now()).await.err(),
+        ab.disconnect(id, Instant::now(), Ending::Lost).await.err(),
         Some(Error::UnknownSession)
     );
     assert_eq!(

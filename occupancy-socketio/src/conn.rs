@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use occupancy_core::protocol::{Event, OpKind, PROTOCOL_VERSION, Request};
 use occupancy_core::{
-    Error, Hub, Notice, NoticeKind, Notices, ResumeToken, RoomId, Session, TokenBucket,
+    Ending, Error, Hub, Notice, NoticeKind, Notices, ResumeToken, RoomId, Session, TokenBucket,
 };
 use serde_json::Value;
 use socketioxide::SocketIo;
@@ -431,11 +431,16 @@ impl Worker {
         };
         self.inbox.close();
         match end {
-            End::Socket(Some(
-                DisconnectReason::ClientNSDisconnect | DisconnectReason::ServerNSDisconnect,
-            )) => {
-                // An explicit disconnect is a sign-out: leave at once, no grace.
+            End::Socket(Some(DisconnectReason::ServerNSDisconnect)) => {
+                // The application disconnected the socket: a sign-out, leave at once.
                 self.session.close().await;
+            }
+            End::Socket(Some(
+                DisconnectReason::ClientNSDisconnect | DisconnectReason::TransportClose,
+            )) => {
+                // The client left on purpose (`socket.disconnect()`, a page closing): its places
+                // are kept for the close grace only, long enough for a reload to resume.
+                self.session.disconnect_as(Ending::Closed).await;
             }
             End::Socket(_) => self.session.disconnect().await,
             End::Kicked => {

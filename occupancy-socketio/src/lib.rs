@@ -56,10 +56,31 @@
 //! `auth.meta`). A client that reconnects with `auth: { resume: <token from hello> }` within the
 //! grace period gets its places back (the token is single use, and only resumes a session of the
 //! principal the hook names for the new handshake — someone else's token is refused by the Hub,
-//! changes nothing, and the socket starts a new session). A transport drop
-//! starts the grace period; an explicit `socket.disconnect()` by the client, or by the server
-//! (`SocketRef::disconnect`), leaves at once. [`Occupancy::on_socket`] is the place for the
+//! changes nothing, and the socket starts a new session). A connection lost without a word (a
+//! transport error, a ping timeout) keeps its places for the Hub's grace; a client that leaves on
+//! purpose (`socket.disconnect()`, or a transport closed cleanly: a page closing) for its close
+//! grace only (2 s by default, [`HubBuilder::close_grace`](occupancy_core::HubBuilder::close_grace)),
+//! enough for a reload to resume; a disconnect by the server (`SocketRef::disconnect`) is a
+//! sign-out and leaves at once. [`Occupancy::on_socket`] is the place for the
 //! application's own per-socket handlers: it runs before the client is told it is connected.
+//!
+//! ## Liveness
+//!
+//! A client that freezes or vanishes without closing its connection (a laptop lid, a dead
+//! network) is noticed by the engine's pings only, and its grace starts after that. socketioxide
+//! pings every 25 s and waits 20 s for the answer: a frozen holder would block its room for
+//! 45 s before its grace even starts. Configure the engine so a silent client is dropped within
+//! 10 s, as the `socketio_documents` example does (and as the axum adapter does by default):
+//!
+//! ```
+//! # use std::time::Duration;
+//! let (layer, io) = socketioxide::SocketIo::builder()
+//!     .ping_interval(Duration::from_secs(5))
+//!     .ping_timeout(Duration::from_secs(5))
+//!     .build_layer();
+//! ```
+//!
+//! The `heartbeat_ms` of `occupancy:hello` is the engine's ping interval.
 //!
 //! ## Ordering
 //!

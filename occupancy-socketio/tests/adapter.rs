@@ -505,8 +505,13 @@ async fn identity_from_the_auth_payload_through_the_hook() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grace_keeps_the_place_resume_takes_it_back_explicit_disconnect_leaves_at_once() {
-    let srv = server(hub(60_000), same_io, same_occ).await;
+async fn grace_keeps_the_place_resume_takes_it_back_explicit_disconnect_waits_the_close_grace() {
+    let hub = Hub::builder()
+        .grace(Duration::from_secs(60))
+        .close_grace(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let srv = server(hub, same_io, same_occ).await;
     let url = srv.ws_url();
     let mut a = Client::connect(&url).await;
     let mut b = Client::connect(&url).await;
@@ -560,9 +565,45 @@ async fn grace_keeps_the_place_resume_takes_it_back_explicit_disconnect_leaves_a
     );
     again.sync().await;
 
-    // An explicit disconnect is a sign-out: the next in line is released now, not in a minute.
+    // An explicit disconnect is the client leaving on purpose: the next in line is released
+    // after the close grace (300 ms here), not the grace (a minute).
     a2.disconnect();
     b.wait_for("occupancy:released", |_| true).await;
+    srv.until("a gone", |s| s.sessions == 2).await;
+}
+
+/// A page closing (a clean WebSocket close, no Socket.IO goodbye) waits the close grace; a
+/// transport dropped without any close keeps the whole grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_transport_waits_the_close_grace_a_dropped_one_the_grace() {
+    let hub = Hub::builder()
+        .grace(Duration::from_secs(60))
+        .close_grace(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let srv = server(hub, same_io, same_occ).await;
+    let url = srv.ws_url();
+    let mut closing = Client::connect(&url).await;
+    let mut dropping = Client::connect(&url).await;
+    let mut b = Client::connect(&url).await;
+    closing.call("occupancy:join", json!("closed")).await;
+    dropping.call("occupancy:join", json!("dropped")).await;
+    b.call("occupancy:join", json!("closed")).await;
+    b.call("occupancy:join", json!("dropped")).await;
+    dropping.drop_transport();
+    closing.close_transport().await;
+    let released = b.wait_for("occupancy:released", |_| true).await;
+    assert_eq!(released["room"], "closed");
+    srv.until("the dropped one in grace", |s| s.sessions_in_grace == 1)
+        .await;
+    b.sync().await;
+    assert_eq!(
+        b.events("occupancy:released").len(),
+        1,
+        "{:?}",
+        b.all_events()
+    );
+    assert_eq!(srv.hub.occupants("dropped").await.unwrap().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,9 @@
 //   node tests/browser/e2e.mjs <base-url> <screenshot-dir>
 //
 // Two pages open the same document: the first holds it, the second shows who holds it and its
-// place in line. A reload of the holder keeps its place (resume). Then the holder's page is
-// closed and the second page must show that it now holds the document. Finally a third page
+// place in line. A reload of the holder keeps its place (resume). Then the holder's tab is
+// closed and the second page must show that it now holds the document, after the close grace
+// (2 s) and well before the grace of a lost connection (60 s on the test's server). Finally a third page
 // joins and takes the document over. Screenshots go to <screenshot-dir>.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -17,7 +18,10 @@ if (!base) {
   process.exit(2);
 }
 mkdirSync(shots, { recursive: true });
-const WAIT = 30000; // the holder's grace (5 s) plus the liveness timeout, with room to spare
+const WAIT = 30000; // for anything the server does at once, with room to spare
+// A closed tab is handed over after the close grace (2 s); the server's grace for lost
+// connections is 60 s, so a hand-over within this wait can only be the close grace's.
+const CLOSED_WAIT = 20000;
 const step = (s) => console.log(`e2e: ${s}`);
 
 const browser = await chromium.launch({
@@ -49,10 +53,10 @@ async function open(name) {
 }
 
 const text = (page, id) => page.locator(`[data-testid="${id}"]`).innerText();
-async function expectText(page, id, pattern, what) {
+async function expectText(page, id, pattern, what, timeout = WAIT) {
   const loc = page.locator(`[data-testid="${id}"]`);
   try {
-    await loc.filter({ hasText: pattern }).waitFor({ timeout: WAIT });
+    await loc.filter({ hasText: pattern }).waitFor({ timeout });
   } catch (e) {
     throw new Error(`${what}: [${id}] is ${JSON.stringify(await loc.innerText())}, expected ${pattern}`);
   }
@@ -130,11 +134,15 @@ try {
   await ann.page.screenshot({ path: join(shots, 'holder.png') });
   await bob.page.screenshot({ path: join(shots, 'waiting.png') });
 
-  // The holder's page closes: after its grace, Bob holds.
+  // The holder's tab closes (the browser sends close code 1001): after the close grace (2 s),
+  // not the grace of a lost connection (60 s on this server), Bob holds.
+  const closedAt = Date.now();
+  await ann.page.close();
+  await expectText(bob.page, 'position', /You hold this document/, 'after the holder closed the tab, the next in line holds', CLOSED_WAIT);
+  const handover = Date.now() - closedAt;
   await ann.context.close();
-  await expectText(bob.page, 'position', /You hold this document/, 'after the holder left, the next in line holds');
   await expectText(bob.page, 'holder', /Held by you/, 'the new holder sees itself holding');
-  step('Ann closed her page; Bob now holds');
+  step(`Ann closed her tab; Bob holds ${handover} ms later`);
   await bob.page.screenshot({ path: join(shots, 'released.png') });
 
   // A third page joins and takes over: Bob is displaced to #1.

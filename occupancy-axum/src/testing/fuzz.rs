@@ -35,7 +35,7 @@ use serde_json::{Map, Value, json};
 use tokio::runtime::Runtime;
 
 use occupancy_core::protocol::{ERROR_CODES, Event, OpKind, Ref, Request};
-use occupancy_core::{Hub, Limits, Meta, NoticeKind, Notices, RoomId, Session, Stats};
+use occupancy_core::{Ending, Hub, Limits, Meta, NoticeKind, Notices, RoomId, Session, Stats};
 
 use crate::close_code;
 use crate::frames::{Frame, Gate, Outcome};
@@ -90,7 +90,8 @@ enum Owned {
     Binary,
     Ping,
     Pong,
-    Close,
+    /// A close frame with this status code, if any.
+    Close(Option<u16>),
 }
 
 impl Owned {
@@ -100,7 +101,7 @@ impl Owned {
             Owned::Binary => Frame::Binary,
             Owned::Ping => Frame::Ping,
             Owned::Pong => Frame::Pong,
-            Owned::Close => Frame::Close,
+            Owned::Close(code) => Frame::Close(*code),
         }
     }
 }
@@ -206,7 +207,7 @@ impl Bucket {
 #[derive(Debug)]
 enum Expect {
     Ignore,
-    Gone,
+    Gone(Ending),
     Error(&'static str, Option<Ref>),
     Close(u16),
     Dispatch(Request),
@@ -448,7 +449,9 @@ impl Driver {
         let tick = self.tick;
         let (code, r#ref, close) = match frame {
             Owned::Ping | Owned::Pong => return Expect::Ignore,
-            Owned::Close => return Expect::Gone,
+            // On purpose (the close grace) with 1000, 1001 or no code; lost otherwise.
+            Owned::Close(None | Some(1000) | Some(1001)) => return Expect::Gone(Ending::Closed),
+            Owned::Close(Some(_)) => return Expect::Gone(Ending::Lost),
             Owned::Binary => ("bad_message", None, close_code::POLICY),
             Owned::Text(t) if t.len() > MAX_FRAME_BYTES => {
                 ("frame_too_large", readable_ref(t), close_code::TOO_BIG)
@@ -477,11 +480,14 @@ impl Driver {
         let outcome = self.gate.on_frame(&self.settings, frame.as_frame(), now);
         match (outcome, expected) {
             (Outcome::Ignore, Expect::Ignore) => {}
-            (Outcome::Gone, Expect::Gone) => self.client_gone().await,
+            (Outcome::Gone(got), Expect::Gone(want)) => {
+                assert_eq!(got, want, "how {frame:?} ends the session");
+                self.client_gone(got).await
+            }
             (Outcome::Close { code, reason }, Expect::Close(want)) => {
                 assert_eq!(code, want, "close code for {frame:?}");
                 assert!(!reason.is_empty() && reason.len() <= 123, "{reason:?}");
-                self.client_gone().await;
+                self.client_gone(Ending::Lost).await;
             }
             (Outcome::Reply(event), Expect::Error(code, r#ref)) => {
                 let v = send(&event);
@@ -545,9 +551,9 @@ impl Driver {
 
     /// The client is gone (it closed, or was closed for its violations): as the connection does,
     /// its session is disconnected (no grace here, so it leaves every room).
-    async fn client_gone(&mut self) {
+    async fn client_gone(&mut self, ending: Ending) {
         self.done = true;
-        self.me.disconnect().await;
+        self.me.disconnect_as(ending).await;
         assert!(!self.me.is_live());
         self.rooms.gone(Who::Me);
     }
@@ -671,7 +677,12 @@ impl Driver {
                 9 => Owned::Binary,
                 10 => Owned::Ping,
                 11 => Owned::Pong,
-                12 => Owned::Close,
+                12 => Owned::Close(match b.byte() % 4 {
+                    0 => None,
+                    1 => Some(1000),
+                    2 => Some(1001),
+                    _ => Some(1000 + u16::from(b.byte())),
+                }),
                 13 => {
                     self.tick += u64::from(b.byte());
                     continue;
@@ -697,7 +708,7 @@ impl Driver {
         // The socket ends: the client is gone; then the other session signs out.
         if !self.done {
             let before = self.rooms.clone();
-            self.client_gone().await;
+            self.client_gone(Ending::Lost).await;
             self.settle(&before).await;
         }
         let before = self.rooms.clone();

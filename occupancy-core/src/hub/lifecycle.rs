@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, MutexGuard, Notify};
 use tracing::{debug, warn};
 
+use crate::config::Ending;
 use crate::error::Error;
 use crate::ids::SessionId;
 
@@ -95,7 +96,7 @@ impl HubInner {
             // Disconnects of dropped handles join the batch of connections ending now.
             for cmd in cmds {
                 match cmd {
-                    Cmd::Disconnect { id, conn } => self.queue_disconnect(id, conn),
+                    Cmd::Disconnect { id, conn } => self.queue_disconnect(id, conn, Ending::Lost),
                     Cmd::Kick { id, conn } => {
                         self.flush_disconnects().await;
                         self.kick(id, &conn).await
@@ -117,19 +118,19 @@ impl HubInner {
     /// whoever takes the flush lock first disconnects everyone queued (under their lifecycle
     /// locks); a caller whose entry was taken by an earlier holder returns once that holder is
     /// done (the lock is fair).
-    pub(super) async fn disconnect(&self, id: SessionId, conn: &Arc<Conn>) {
-        self.queue_disconnect(id, conn.clone());
+    pub(super) async fn disconnect(&self, id: SessionId, conn: &Arc<Conn>, ending: Ending) {
+        self.queue_disconnect(id, conn.clone(), ending);
         tokio::task::yield_now().await;
         self.flush_disconnects().await;
     }
 
     /// Queues a disconnect for the next flush. The timer task is woken too, so a queued
     /// disconnect whose caller was cancelled before its flush is still done.
-    fn queue_disconnect(&self, id: SessionId, conn: Arc<Conn>) {
+    fn queue_disconnect(&self, id: SessionId, conn: Arc<Conn>, ending: Ending) {
         self.disconnecting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((id, conn));
+            .push((id, conn, ending));
         self.registry.wake.notify_one();
     }
 
@@ -141,7 +142,8 @@ impl HubInner {
             .is_empty()
     }
 
-    /// Disconnects everything queued, under the flush lock and the sessions' lifecycle locks.
+    /// Disconnects everything queued, under the flush lock and the sessions' lifecycle locks: one
+    /// backend batch per kind of ending (each has its own grace).
     async fn flush_disconnects(&self) {
         let _flushing = self.flushing.lock().await;
         let batch =
@@ -149,41 +151,70 @@ impl HubInner {
         if batch.is_empty() {
             return;
         }
-        let _lifecycle = self.lifecycle.of_all(batch.iter().map(|(id, _)| *id)).await;
+        let _lifecycle = self
+            .lifecycle
+            .of_all(batch.iter().map(|(id, ..)| *id))
+            .await;
         let now = now();
-        let deadline = (!self.config.grace.is_zero()).then(|| now + self.config.grace);
+        for ending in [Ending::Lost, Ending::Closed] {
+            let part: Vec<_> = batch
+                .iter()
+                .filter(|(.., e)| *e == ending)
+                .map(|(id, conn, _)| (*id, conn))
+                .collect();
+            if !part.is_empty() {
+                self.disconnect_batch(&part, now, ending).await;
+            }
+        }
+        // The grace deadline may be earlier than what the timer task sleeps for.
+        self.registry.wake.notify_one();
+    }
+
+    /// Starts the grace of connections that ended the same way (or, with no grace for that
+    /// ending, removes their sessions).
+    async fn disconnect_batch(
+        &self,
+        batch: &[(SessionId, &Arc<Conn>)],
+        now: Instant,
+        ending: Ending,
+    ) {
+        let grace = self.config.grace_for(ending);
+        let deadline = (!grace.is_zero()).then(|| now + grace);
         let mut ids = Vec::with_capacity(batch.len());
         {
             let mut st = self.registry.lock();
-            for (id, conn) in &batch {
+            for &(id, conn) in batch {
                 // Already closed (a second disconnect, a kick) or replaced by a resume: skip.
                 if !conn.close(None)
-                    || !st.slots.get(id).is_some_and(|s| Arc::ptr_eq(&s.conn, conn))
+                    || !st
+                        .slots
+                        .get(&id)
+                        .is_some_and(|s| Arc::ptr_eq(&s.conn, conn))
                 {
                     continue;
                 }
                 match deadline {
                     Some(d) => {
-                        let slot = st.slots.get_mut(id).expect("checked");
+                        let slot = st.slots.get_mut(&id).expect("checked");
                         slot.tx = None;
                         slot.grace_until = Some(d);
-                        st.grace.insert((d, *id));
+                        st.grace.insert((d, id));
                     }
                     None => {
-                        st.remove(*id);
+                        st.remove(id);
                     }
                 }
-                ids.push(*id);
+                ids.push(id);
             }
         }
         let result = match ids[..] {
             [] => return,
-            [id] => self.backend.disconnect(id, now).await,
-            _ => self.backend.disconnect_many(&ids, now).await,
+            [id] => self.backend.disconnect(id, now, ending).await,
+            _ => self.backend.disconnect_many(&ids, now, ending).await,
         };
         match result {
             Ok(()) => {
-                debug!(sessions = ids.len(), first = %ids[0], grace = ?self.config.grace, "disconnected")
+                debug!(sessions = ids.len(), first = %ids[0], ?ending, ?grace, "disconnected")
             }
             Err(e) => {
                 let mut st = self.registry.lock();
@@ -194,8 +225,6 @@ impl HubInner {
                 log_error("disconnect", ids[0], "", &e);
             }
         }
-        // The grace deadline may be earlier than what the timer task sleeps for.
-        self.registry.wake.notify_one();
     }
 
     pub(super) async fn close(&self, id: SessionId, conn: &Arc<Conn>) {
@@ -327,6 +356,42 @@ mod tests {
         }
     }
 
+    /// Lifecycle changes are ordered per session, not globally: while one session's lock is
+    /// held (a slow resume, say, on a backend across the network), another session closes at
+    /// once, and the first session's own close waits its turn.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_lifecycle_lock_holds_up_only_its_own_sessions() {
+        let backend = MemoryBackend::new();
+        let hub = hub_on(&backend);
+        let (a, _a_notices) = hub.connect(None, Meta::empty()).await.unwrap();
+        let mut b = hub.connect(None, Meta::empty()).await.unwrap();
+        // Ids are random: take a second session whose lock is another stripe's.
+        while Stripes::index(b.0.id()) == Stripes::index(a.id()) {
+            b = hub.connect(None, Meta::empty()).await.unwrap();
+        }
+        let (b, _b_notices) = b;
+        a.join("doc", None).await.unwrap();
+        b.join("doc", None).await.unwrap();
+
+        let held = hub.inner.lifecycle.of(a.id()).lock().await;
+        // Paused time: a close that waited on the held lock would run into this timeout.
+        tokio::time::timeout(Duration::from_secs(1), b.close())
+            .await
+            .expect("another session's close is not held up");
+        assert_eq!(backend.with_machine(|m| m.position(b.id(), "doc")), None);
+
+        let a_close = tokio::spawn({
+            let a = a.clone();
+            async move { a.close().await }
+        });
+        settle().await;
+        assert!(!a_close.is_finished(), "a's own close waits for its lock");
+        assert_eq!(backend.with_machine(|m| m.position(a.id(), "doc")), Some(0));
+        drop(held);
+        a_close.await.unwrap();
+        assert_eq!(backend.with_machine(|m| m.position(a.id(), "doc")), None);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn disconnect_starts_the_grace_only_once() {
         let backend = MemoryBackend::new();
@@ -335,10 +400,10 @@ mod tests {
         let conn = conn_of(&hub, a.id());
         let deadline = now() + GRACE;
 
-        hub.inner.disconnect(a.id(), &conn).await;
+        hub.inner.disconnect(a.id(), &conn, Ending::Lost).await;
         tokio::time::advance(Duration::from_secs(1)).await;
         // Again, directly and through the handle: neither moves the deadline nor adds one.
-        hub.inner.disconnect(a.id(), &conn).await;
+        hub.inner.disconnect(a.id(), &conn, Ending::Lost).await;
         a.disconnect().await;
 
         {
@@ -355,6 +420,53 @@ mod tests {
         assert!(hub.inner.registry.take_cmds(false).is_empty());
     }
 
+    /// A page closed on purpose keeps its place for `close_grace` (2 s by default), a lost
+    /// connection for the whole `grace`; both batches of one moment are flushed together.
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_connection_keeps_its_places_for_close_grace_only() {
+        let backend = MemoryBackend::new();
+        let hub = hub_on(&backend);
+        assert_eq!(hub.config().close_grace, Duration::from_secs(2));
+        let (closed, _) = hub.connect(None, Meta::empty()).await.unwrap();
+        let (lost, _) = hub.connect(None, Meta::empty()).await.unwrap();
+        let (waiter, mut waiter_notices) = hub.connect(None, Meta::empty()).await.unwrap();
+        closed.join("a", None).await.unwrap();
+        lost.join("b", None).await.unwrap();
+        waiter.join("a", None).await.unwrap();
+        waiter.join("b", None).await.unwrap();
+        while waiter_notices.try_recv().is_some() {}
+
+        let t0 = now();
+        tokio::join!(closed.disconnect_as(Ending::Closed), lost.disconnect());
+        {
+            let st = hub.inner.registry.lock();
+            assert_eq!(
+                st.slots[&closed.id()].grace_until,
+                Some(t0 + Duration::from_secs(2))
+            );
+            assert_eq!(st.slots[&lost.id()].grace_until, Some(t0 + GRACE));
+        }
+        // Past the close grace (and its slack): room "a" is handed over, "b" still waits.
+        tokio::time::sleep(Duration::from_secs(2) + expiry_slack(GRACE) + Duration::from_millis(1))
+            .await;
+        settle().await;
+        let mut released = Vec::new();
+        while let Some(n) = waiter_notices.try_recv() {
+            if matches!(n.kind, crate::NoticeKind::Released { .. }) {
+                released.push(n.room.to_string());
+            }
+        }
+        assert_eq!(released, ["a"]);
+        assert_eq!(
+            backend.with_machine(|m| m.position(lost.id(), "b")),
+            Some(0)
+        );
+        assert!(
+            hub.resume(closed.resume_token()).await.is_err(),
+            "its grace is over"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_replaced_connection_cannot_close_kick_or_disconnect_the_session() {
         let backend = MemoryBackend::new();
@@ -366,7 +478,7 @@ mod tests {
         // A kick queued for the old connection before the resume, and the old handle's calls.
         hub.inner.kick(a.id(), &old).await;
         hub.inner.close(a.id(), &old).await;
-        hub.inner.disconnect(a.id(), &old).await;
+        hub.inner.disconnect(a.id(), &old, Ending::Lost).await;
         // A connection the registry never held (still open, so only the slot check stops it).
         let stray = Arc::new(Conn::default());
         hub.inner.kick(a.id(), &stray).await;

@@ -57,7 +57,7 @@ struct HubInner {
     flushing: tokio::sync::Mutex<()>,
     /// Connections that ended and wait for the next batch of disconnects (see
     /// `HubInner::disconnect`).
-    disconnecting: std::sync::Mutex<Vec<(SessionId, Arc<registry::Conn>)>>,
+    disconnecting: std::sync::Mutex<Vec<(SessionId, Arc<registry::Conn>, crate::config::Ending)>>,
 }
 
 impl Drop for HubInner {
@@ -169,6 +169,14 @@ impl HubBuilder {
     /// occupant is told its new place once rather than once per expiry.
     pub fn grace(mut self, d: Duration) -> Self {
         self.config.grace = d;
+        self
+    }
+
+    /// How long a session keeps its places after its client closed the connection on purpose
+    /// (default 2 s; capped by [`HubBuilder::grace`]): a closed page hands over after this,
+    /// while a reload still comes back in time. See [`Ending`](crate::Ending).
+    pub fn close_grace(mut self, d: Duration) -> Self {
+        self.config.close_grace = d;
         self
     }
 

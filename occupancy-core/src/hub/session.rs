@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tracing::debug;
 
+use crate::config::Ending;
 use crate::error::Error;
 use crate::ids::{Meta, ResumeToken, RoomId, SessionId};
 use crate::machine::{Joined, Left};
@@ -219,12 +220,22 @@ impl Session {
         result.unwrap_or_else(|e| Event::error(r#ref, &e))
     }
 
-    /// Ends this connection: the session's grace starts now (its places are kept until it ends
-    /// or the session is resumed). Idempotent; afterwards every call on any clone fails with
-    /// [`Error::UnknownSession`] and the [`Notices`] ends.
+    /// This connection was lost ([`Ending::Lost`]): the session's grace starts now (its places
+    /// are kept until it ends or the session is resumed). Idempotent; afterwards every call on
+    /// any clone fails with [`Error::UnknownSession`] and the [`Notices`] ends.
     pub async fn disconnect(&self) {
+        self.disconnect_as(Ending::Lost).await
+    }
+
+    /// This connection ended as `ending` says; the session keeps its places for the grace of
+    /// that ending ([`Config::grace_for`](crate::Config::grace_for)). Adapters call it with
+    /// [`Ending::Closed`] when the client closed the connection on purpose (a page closed:
+    /// the next in line is told after `close_grace`, 2 s by default, not the full `grace`).
+    /// Otherwise as [`Session::disconnect`].
+    pub async fn disconnect_as(&self, ending: Ending) {
         let hub = &self.inner.hub;
-        hub.disconnect(self.inner.id, &self.inner.conn).await;
+        hub.disconnect(self.inner.id, &self.inner.conn, ending)
+            .await;
         hub.after_op().await;
     }
 

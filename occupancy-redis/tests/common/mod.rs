@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use occupancy_core::{
-    Backend, Config, Error, Joined, Left, Meta, NoticeSink, PresenceBody, ResumeToken, Resumed,
-    RoomState, SessionId, Stats, async_trait,
+    Backend, Config, Ending, Error, Joined, Left, Meta, NoticeSink, PresenceBody, ResumeToken,
+    Resumed, RoomState, SessionId, Stats, async_trait,
 };
 use occupancy_redis::{RedisBackend, RedisConfig};
 pub use server::RedisServer;
@@ -50,8 +50,13 @@ impl Backend for Owned {
     ) -> Result<(), Error> {
         self.backend.connect(session, principal, meta, token).await
     }
-    async fn disconnect(&self, session: SessionId, now: Instant) -> Result<(), Error> {
-        self.backend.disconnect(session, now).await
+    async fn disconnect(
+        &self,
+        session: SessionId,
+        now: Instant,
+        ending: Ending,
+    ) -> Result<(), Error> {
+        self.backend.disconnect(session, now, ending).await
     }
     async fn close(&self, session: SessionId) -> Result<(), Error> {
         self.backend.close(session).await

@@ -355,9 +355,17 @@ impl Client {
         let _ = self.out.send(Message::Close(None));
     }
 
-    /// Drops the TCP connection without a Socket.IO goodbye (a closed laptop lid, a killed tab).
-    pub fn drop_transport(self) {
+    /// Drops the TCP connection without a goodbye of any kind, neither Socket.IO's nor a
+    /// WebSocket close frame (a closed laptop lid, a network change): dropping the client aborts
+    /// its reader and writer, which closes the socket.
+    pub fn drop_transport(self) {}
+
+    /// Closes the WebSocket cleanly (a close frame) without a Socket.IO goodbye: what a browser
+    /// does when a page closes or navigates away.
+    pub async fn close_transport(mut self) {
         let _ = self.out.send(Message::Close(None));
+        // The writer stops after sending it; dropping the client before would abort the send.
+        let _ = tokio::time::timeout(TIMEOUT, &mut self.writer).await;
     }
 
     /// All events received so far named `name`.
@@ -447,8 +455,9 @@ impl occupancy_core::Backend for SlowConnect {
         &self,
         session: occupancy_core::SessionId,
         now: std::time::Instant,
+        ending: occupancy_core::Ending,
     ) -> Result<(), occupancy_core::Error> {
-        self.inner.disconnect(session, now).await
+        self.inner.disconnect(session, now, ending).await
     }
     async fn close(&self, session: occupancy_core::SessionId) -> Result<(), occupancy_core::Error> {
         self.inner.close(session).await
