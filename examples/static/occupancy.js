@@ -103,6 +103,16 @@ export class Occupancy {
     return this._request({ op: 'leave', room });
   }
 
+  /**
+   * Replaces your metadata in a room you stand in, without leaving it ("viewing" → "editing").
+   * Resolves with `joined` (your unchanged place); rejects with code `not_member` otherwise. A
+   * re-join after a lost session uses the new metadata.
+   */
+  update(room, meta) {
+    if (this._joined.has(room)) this._joined.set(room, meta);
+    return this._request({ op: 'update', room, meta });
+  }
+
   /** Takes the room over (you must have joined it). Resolves with `joined`. */
   takeover(room) {
     return this._request({ op: 'takeover', room });

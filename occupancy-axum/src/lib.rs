@@ -95,17 +95,21 @@
 //! | `takeover` | `{"op":"takeover","room":"document-1","ref":3}` (you must have joined) | `joined` |
 //! | `watch` | `{"op":"watch","room":"document-1","ref":4}` | `watching` |
 //! | `unwatch` | `{"op":"unwatch","room":"document-1","ref":5}` | `left` |
+//! | `update` | `{"op":"update","room":"document-1","meta":{"name":"Bob","status":"editing"},"ref":7}` (`meta` required; you must stand in the room) | `joined` (your unchanged place) |
 //! | `ping` | `{"op":"ping","ref":6}` | `pong` |
 //!
 //! `join` and `leave` are idempotent: joining a room you are in returns your place and tells
-//! nobody anything; leaving a room you are not in answers `"was_member":false`.
+//! nobody anything; leaving a room you are not in answers `"was_member":false`. `update` replaces
+//! your metadata in the room without leaving it ("viewing" → "editing"): everyone whose view shows
+//! you (everyone, when you hold or are among the first few listed) gets a `presence`; the same
+//! metadata again changes nothing.
 //!
 //! ### Events
 //!
 //! | ev | when | example |
 //! |---|---|---|
 //! | `hello` | first frame of every connection | `{"ev":"hello","session":"5f0c9a3e1b2d4c6f","resume":"0f8b5c2e9d1a47b3a6c4e2f1d0b9a8c7","protocol":1,"heartbeat_ms":4000,"resumed":false}` |
-//! | `joined` | reply to `join` and `takeover`; `position` 0 = holding, 1 = next in line | `{"ev":"joined","ref":1,"room":"document-1","holding":false,"position":1,"version":7,"holder":{"id":"ann","meta":{"name":"Ann"}}}` |
+//! | `joined` | reply to `join`, `takeover` and `update`; `position` 0 = holding, 1 = next in line | `{"ev":"joined","ref":1,"room":"document-1","holding":false,"position":1,"version":7,"holder":{"id":"ann","meta":{"name":"Ann"}}}` |
 //! | `occupied` | you joined and someone else holds the room (the article's `is_occupied`) | `{"ev":"occupied","room":"document-1","version":7,"holder":{"id":"ann","meta":{"name":"Ann"}},"position":1}` |
 //! | `released` | you now hold the room (the article's `is_released`): exactly once per hand-over, to every connection of the new holder | `{"ev":"released","room":"document-1","version":9}` |
 //! | `presence` | the room changed: holder, your place (absent for a watcher), how many wait, the first few occupants | `{"ev":"presence","room":"document-1","version":9,"holder":{"id":"bob","meta":{"name":"Bob"}},"position":0,"waiting":1,"occupants":[{"id":"bob","meta":{"name":"Bob"}},{"id":"~5f0c9a3e1b2d4c6f","meta":{}}]}` |
@@ -127,7 +131,7 @@
 //! | code | cause | example |
 //! |---|---|---|
 //! | `bad_message` | not JSON, not an object, a missing or wrong-typed field, a binary frame | `{"ev":"error","code":"bad_message","message":"not valid JSON: expected value at line 1 column 1"}` |
-//! | `unknown_op` | `op` is not one of the six | `{"ev":"error","ref":2,"code":"unknown_op","message":"unknown op \"fly\"; expected one of join, leave, takeover, watch, unwatch, ping"}` |
+//! | `unknown_op` | `op` is not one of the seven | `{"ev":"error","ref":2,"code":"unknown_op","message":"unknown op \"fly\"; expected one of join, leave, takeover, watch, unwatch, update, ping"}` |
 //! | `frame_too_large` | a frame over `max_frame_bytes` (16 KiB); not processed | `{"ev":"error","ref":3,"code":"frame_too_large","message":"frame of 20000 bytes is over the limit of 16384 bytes"}` |
 //! | `room_invalid` | room id empty, too long (256 bytes by default) or with control characters | `{"ev":"error","ref":4,"code":"room_invalid","message":"invalid room id: room id is empty; use 1 to the configured maximum bytes of UTF-8 without control characters"}` |
 //! | `too_many_rooms` | this connection already joined or watches the maximum (32) | `{"ev":"error","ref":5,"code":"too_many_rooms","message":"this connection is already in 32 rooms, the limit; leave one first"}` |
@@ -135,6 +139,7 @@
 //! | `meta_too_large` | `meta` over the limit (1 KiB of JSON) | `{"ev":"error","ref":7,"code":"meta_too_large","message":"metadata is 2000 bytes of JSON, the limit is 1024"}` |
 //! | `meta_invalid` | `meta` is not a JSON object | `{"ev":"error","ref":8,"code":"meta_invalid","message":"meta must be a JSON object (or null)"}` |
 //! | `not_in_room` | `takeover` of a room you have not joined | `{"ev":"error","ref":9,"code":"not_in_room","message":"not in this room; join it before taking it over"}` |
+//! | `not_member` | `update` of a room this connection does not stand in | `{"ev":"error","ref":14,"code":"not_member","message":"not a member of this room; join it first"}` |
 //! | `forbidden` | the Hub's authorization hook refused | `{"ev":"error","ref":10,"code":"forbidden","message":"forbidden: only editors take over"}` |
 //! | `rate_limited` | over the message rate (20/s, bursts of 40); not processed | `{"ev":"error","ref":11,"code":"rate_limited","message":"too many messages; slow down (limit 20/s)"}` |
 //! | `unavailable` | the backend (Redis) cannot be reached; retry | `{"ev":"error","ref":12,"code":"unavailable","message":"backend unavailable: connection refused; retry later"}` |

@@ -89,6 +89,30 @@ async fn every_op_gets_its_reply_and_every_notice_arrives() {
     assert_eq!(w["waiting"], 1);
     assert_eq!(w["occupants"].as_array().unwrap().len(), 2);
 
+    // update: Ann starts editing without leaving; Bob and the watcher see it, nobody moves.
+    let u = ann
+        .request(
+            json!({"op": "update", "room": "doc-1", "meta": {"name": "Ann", "status": "editing"}}),
+        )
+        .await;
+    assert_eq!(
+        (
+            u["ev"].clone(),
+            u["position"].clone(),
+            u["holder"]["meta"]["status"].clone()
+        ),
+        (json!("joined"), json!(0), json!("editing"))
+    );
+    for c in [&mut bob, &mut carl] {
+        let p = c
+            .next_where("presence after update", |e| {
+                e["ev"] == "presence" && e["holder"]["meta"]["status"] == "editing"
+            })
+            .await;
+        assert_eq!(p["version"], u["version"]);
+        assert_eq!(p["occupants"][0]["meta"]["status"], "editing");
+    }
+
     // takeover: Bob takes the room, Ann is displaced and told by whom.
     let t = bob
         .request(json!({"op": "takeover", "room": "doc-1"}))
@@ -203,6 +227,9 @@ impl Backend for Flaky {
             });
         }
         self.inner.join(s, room, meta).await
+    }
+    async fn update(&self, s: SessionId, room: &str, meta: Meta) -> Result<Joined, Error> {
+        self.inner.update(s, room, meta).await
     }
     async fn leave(&self, s: SessionId, room: &str) -> Result<Left, Error> {
         self.inner.leave(s, room).await
@@ -383,6 +410,44 @@ async fn every_error_code_with_its_ref_and_nothing_stored() {
         "forbidden",
     )
     .await;
+    // update: not a member (a room never joined, or one only watched), metadata missing, not an
+    // object, too large; Ann's metadata in r1 is unchanged by all of them.
+    expect_error(
+        &mut c,
+        json!({"op": "update", "room": "elsewhere", "meta": {}}),
+        "not_member",
+    )
+    .await;
+    expect_error(
+        &mut c,
+        json!({"op": "update", "room": "r2", "meta": {}}),
+        "not_member",
+    )
+    .await;
+    expect_raw_error(
+        &mut c,
+        r#"{"op":"update","room":"r1","ref":6}"#,
+        "bad_message",
+        Some(json!(6)),
+    )
+    .await;
+    expect_error(
+        &mut c,
+        json!({"op": "update", "room": "r1", "meta": [1]}),
+        "meta_invalid",
+    )
+    .await;
+    expect_error(
+        &mut c,
+        json!({"op": "update", "room": "r1", "meta": {"name": "n".repeat(100)}}),
+        "meta_too_large",
+    )
+    .await;
+    assert_eq!(
+        hub.occupants("r1").await.unwrap()[0].meta.to_value(),
+        json!({}),
+        "as Ann joined (no name)"
+    );
     // room_full: two occupants is the limit here.
     let mut third = Client::connect(addr, "?user=eve").await;
     expect_error(&mut third, json!({"op": "join", "room": "r1"}), "room_full").await;
@@ -440,6 +505,7 @@ async fn every_error_code_with_its_ref_and_nothing_stored() {
         "meta_too_large",
         "meta_invalid",
         "not_in_room",
+        "not_member",
         "forbidden",
         "rate_limited",
         "unavailable",

@@ -129,6 +129,10 @@ pub trait Backend: Send + Sync + 'static {
         meta: Option<Meta>,
     ) -> Result<Joined, Error>;
 
+    /// Changes the metadata the session's occupant shows in a room it stands in
+    /// (see [`Machine::update`](crate::Machine::update)).
+    async fn update(&self, session: SessionId, room: &str, meta: Meta) -> Result<Joined, Error>;
+
     /// Takes the session out of a room's line (see [`Machine::leave`](crate::Machine::leave)).
     async fn leave(&self, session: SessionId, room: &str) -> Result<Left, Error>;
 

@@ -60,6 +60,9 @@ pub enum Error {
     /// Take over was asked for a room the session has not joined.
     #[error("not in this room; join it before taking it over")]
     NotInRoom,
+    /// `update` (or `active`) was asked for a room the session does not stand in.
+    #[error("not a member of this room; join it first")]
+    NotMember,
     /// The session id is not known (never connected, or already gone).
     #[error("unknown or closed session")]
     UnknownSession,
@@ -112,6 +115,7 @@ impl Error {
             Error::MetaTooLarge { .. } => "meta_too_large",
             Error::MetaInvalid => "meta_invalid",
             Error::NotInRoom => "not_in_room",
+            Error::NotMember => "not_member",
             Error::UnknownSession => "unknown_session",
             Error::SessionExists => "session_exists",
             Error::ResumeInvalid => "resume_invalid",

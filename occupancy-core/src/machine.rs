@@ -557,6 +557,60 @@ impl Machine {
         Ok(reply)
     }
 
+    /// Changes the metadata `session`'s occupant shows in `room` ("viewing" → "editing")
+    /// without leaving: same place, same line. Everyone whose view shows the occupant is told —
+    /// everyone in the room and its watchers when it holds or stands among the first
+    /// [`Config::presence_occupants`](crate::Config::presence_occupants); further back only the
+    /// watchers (told of every version; no member's presence lists the occupant), so the cost is
+    /// O(watchers) there, O(line) at the top as for any change of the top. The same metadata
+    /// again changes nothing. Errors, in this order:
+    /// the room id, [`Error::UnknownSession`], the metadata's size and shape, then
+    /// [`Error::NotMember`] when this session does not stand in the room (another tab of the
+    /// same user does not count: join from this one first).
+    pub fn update(&mut self, session: SessionId, room: &str, meta: Meta) -> Result<Joined, Error> {
+        let limits = &self.config.limits;
+        RoomId::check(room, limits.max_room_id_len)?;
+        let key = self.live_session(session)?.key(session);
+        meta.check(limits.max_meta_bytes)?;
+        let r = self.rooms.get(room).ok_or(Error::NotMember)?;
+        let pos = r.line.position(&key).ok_or(Error::NotMember)?;
+        if !r
+            .line
+            .get(pos)
+            .is_some_and(|o| o.sessions.contains(&session))
+        {
+            return Err(Error::NotMember);
+        }
+        if r.line.get(pos).is_some_and(|o| o.meta == meta) {
+            return Ok(joined(r, pos as u32));
+        }
+        let version = self.tick();
+        let k = self.config.presence_occupants;
+        let r = self.rooms.get_mut(room).expect("found above");
+        r.version = version;
+        if let Some(o) = r.line.get_mut(pos) {
+            o.meta = meta;
+        }
+        // The holder is in everyone's presence (and in `occupied`), the first k in everyone's
+        // list; further back no member sees the metadata, and only the watchers (told of every
+        // version) hear of it.
+        let change = Change {
+            version,
+            top_changed: pos == 0 || pos < k,
+            ..Change::default()
+        };
+        let sessions = &self.sessions;
+        change.emit(
+            &r.id,
+            &r.line,
+            &r.watchers,
+            |w| is_member(sessions, &r.line, w),
+            k,
+            &mut self.outbox,
+        );
+        Ok(joined(r, pos as u32))
+    }
+
     /// Takes `session` out of `room`'s line. Idempotent: leaving a room you are not in is not an
     /// error (`was_member: false`). When the holder leaves, the next in line is released.
     /// O(1) at the back; a leave further up tells everyone behind their new place.

@@ -164,6 +164,10 @@ impl Backend for MemoryBackend {
         self.run_in(room, |m| m.join(session, room, meta)).await
     }
 
+    async fn update(&self, session: SessionId, room: &str, meta: Meta) -> Result<Joined, Error> {
+        self.run_in(room, |m| m.update(session, room, meta)).await
+    }
+
     async fn leave(&self, session: SessionId, room: &str) -> Result<Left, Error> {
         self.run_in(room, |m| m.leave(session, room)).await
     }

@@ -55,18 +55,21 @@ pub enum OpKind {
     Watch,
     /// Stop watching.
     Unwatch,
+    /// Change your own metadata in a room you stand in, without leaving.
+    Update,
     /// Application-level ping (browsers cannot send WebSocket pings).
     Ping,
 }
 
 impl OpKind {
     /// Every op, for docs and tests.
-    pub const ALL: [OpKind; 6] = [
+    pub const ALL: [OpKind; 7] = [
         OpKind::Join,
         OpKind::Leave,
         OpKind::Takeover,
         OpKind::Watch,
         OpKind::Unwatch,
+        OpKind::Update,
         OpKind::Ping,
     ];
 
@@ -78,6 +81,7 @@ impl OpKind {
             OpKind::Takeover => "takeover",
             OpKind::Watch => "watch",
             OpKind::Unwatch => "unwatch",
+            OpKind::Update => "update",
             OpKind::Ping => "ping",
         }
     }
@@ -98,7 +102,7 @@ pub struct Request {
     pub op: OpKind,
     /// The room (empty for `ping`).
     pub room: String,
-    /// Metadata for `join`.
+    /// Metadata: optional for `join`, required for `update`, ignored otherwise.
     pub meta: Option<Meta>,
 }
 
@@ -151,8 +155,9 @@ impl Request {
                         r#ref,
                         code: "unknown_op",
                         message: format!(
-                            "unknown op {:?}; expected one of join, leave, takeover, watch, unwatch, ping",
-                            truncate(op, 32)
+                            "unknown op {:?}; expected one of {}",
+                            truncate(op, 32),
+                            OpKind::ALL.map(OpKind::as_str).join(", ")
                         ),
                     });
                 }
@@ -167,7 +172,7 @@ impl Request {
     /// v1 request without `op`. A bare string is accepted as the room.
     pub fn from_payload(op: OpKind, payload: &Value) -> Result<Request, ProtocolError> {
         match payload {
-            Value::String(room) if op != OpKind::Ping => Ok(Request {
+            Value::String(room) if op != OpKind::Ping && op != OpKind::Update => Ok(Request {
                 r#ref: None,
                 op,
                 room: room.clone(),
@@ -183,6 +188,10 @@ impl Request {
                 room: String::new(),
                 meta: None,
             }),
+            _ if op == OpKind::Update => Err(ProtocolError::bad(
+                None,
+                "expected an object like {\"room\": \"document-1\", \"meta\": {\"status\": \"editing\"}}",
+            )),
             _ => Err(ProtocolError::bad(
                 None,
                 "expected an object like {\"room\": \"document-1\"} or a room string",
@@ -202,12 +211,18 @@ impl Request {
             (_, None) => return Err(ProtocolError::bad(r#ref, "missing `room`")),
         };
         let meta = match (op, obj.get("meta")) {
-            (OpKind::Join, Some(v)) => {
+            (OpKind::Join | OpKind::Update, Some(v)) => {
                 Some(Meta::from_value(v.clone()).map_err(|e| ProtocolError {
                     r#ref: r#ref.clone(),
                     code: e.code(),
                     message: "meta must be a JSON object (or null)".into(),
                 })?)
+            }
+            (OpKind::Update, None) => {
+                return Err(ProtocolError::bad(
+                    r#ref,
+                    "missing `meta` (update replaces your metadata in the room)",
+                ));
             }
             _ => None,
         };
@@ -390,6 +405,7 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
     ("meta_too_large", "`meta` is over the size limit"),
     ("meta_invalid", "`meta` is not a JSON object"),
     ("not_in_room", "take over of a room you have not joined"),
+    ("not_member", "`update` of a room you do not stand in"),
     ("forbidden", "the application's authorization hook refused"),
     ("rate_limited", "too many messages per second"),
     (
@@ -612,9 +628,18 @@ mod tests {
         assert_eq!(r.r#ref, Some(Ref::Int(7)));
         assert_eq!(r.meta.unwrap().get("name"), Some(&json!("Ann")));
         for op in OpKind::ALL {
-            let text = json!({"op": op.as_str(), "room": "r", "ref": "a"}).to_string();
+            let text = json!({"op": op.as_str(), "room": "r", "ref": "a", "meta": {}}).to_string();
             assert_eq!(Request::parse(&text).unwrap().op, op);
         }
+        // `update` carries its metadata; without it the request is refused with its ref.
+        let r =
+            Request::parse(r#"{"op":"update","room":"r","meta":{"status":"editing"}}"#).unwrap();
+        assert_eq!(r.meta.unwrap().get("status"), Some(&json!("editing")));
+        let e = Request::parse(r#"{"op":"update","room":"r","ref":9}"#).unwrap_err();
+        assert_eq!((e.code, e.r#ref), ("bad_message", Some(Ref::Int(9))));
+        assert!(e.message.contains("missing `meta`"), "{}", e.message);
+        let e = Request::from_payload(OpKind::Update, &json!("r")).unwrap_err();
+        assert_eq!(e.code, "bad_message");
     }
 
     #[test]

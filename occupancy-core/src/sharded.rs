@@ -621,6 +621,25 @@ impl Backend for ShardedBackend {
         }
     }
 
+    async fn update(&self, session: SessionId, room: &str, meta: Meta) -> Result<Joined, Error> {
+        // In the machine's order: the room id, the session, the metadata, then membership.
+        let limits = &self.config().limits;
+        RoomId::check(room, limits.max_room_id_len)?;
+        let shard = self.shard_of(room);
+        let known_here = Self::shards_of(self.live_shards(session)?).any(|s| s == shard);
+        meta.check(limits.max_meta_bytes)?;
+        if !known_here {
+            return Err(Error::NotMember);
+        }
+        self.run_in(shard, room, |m| {
+            if !m.contains_session(session) {
+                return Err(Error::NotMember);
+            }
+            m.update(session, room, meta)
+        })
+        .await
+    }
+
     async fn takeover(&self, session: SessionId, room: &str) -> Result<Joined, Error> {
         RoomId::check(room, self.config().limits.max_room_id_len)?;
         let shard = self.shard_of(room);

@@ -108,6 +108,7 @@ macro_rules! __conformance_checks {
             close_leaves_at_once,
             takeover_displaces_holder,
             takeover_requires_membership,
+            update_changes_metadata_in_place,
             watch_and_unwatch,
             versions_increase,
             limits_are_exact_and_change_nothing,
@@ -741,6 +742,40 @@ pub async fn limits_are_exact_and_change_nothing<B: Backend>(backend: B) {
     assert_eq!(hub.room("r3").await.unwrap(), None);
     // Other sessions are unaffected.
     assert_eq!(c.join("r4", None).await.unwrap().position, 0);
+}
+
+/// `update` changes the holder's metadata without moving anyone: the one waiting sees it in its
+/// next presence; an update of a room one does not stand in is `not_member` and changes nothing.
+pub async fn update_changes_metadata_in_place<B: Backend>(backend: B) {
+    let hub = hub(backend, |b| b);
+    let (a, _an) = user(&hub, "alice").await;
+    let (b, mut bn) = user(&hub, "bob").await;
+    a.join(ROOM, None).await.unwrap();
+    b.join(ROOM, None).await.unwrap();
+    discard(&mut [&mut bn]).await;
+    let editing = Meta::from_value(json!({ "name": "alice", "status": "editing" })).unwrap();
+    let j = a.update(ROOM, editing.clone()).await.unwrap();
+    assert_eq!((j.holding, j.position), (true, 0));
+    assert_eq!(j.holder.meta, editing);
+    let p = expect(&mut bn, "a presence with the new metadata", |n| {
+        matches!(&n.kind, NoticeKind::Presence(p) if p.body.holder.as_ref().is_some_and(|h| h.meta == editing))
+    })
+    .await;
+    assert_eq!(p.version(), j.version);
+    assert_eq!(hub.occupants(ROOM).await.unwrap()[0].meta, editing);
+    assert_eq!(
+        b.join(ROOM, None).await.unwrap().position,
+        1,
+        "nobody moved"
+    );
+
+    let before = hub.room("other").await.unwrap();
+    assert_eq!(
+        b.update("other", meta("bob")).await.err(),
+        Some(Error::NotMember)
+    );
+    assert_eq!(hub.room("other").await.unwrap(), before);
+    assert_eq!(hub.version(ROOM).await.unwrap(), j.version);
 }
 
 /// Two tabs of one user are one occupant: both hold, neither waits behind the other, and the room

@@ -147,6 +147,8 @@ enum Op {
     Join(Index, usize, bool),
     Leave(Index, usize),
     Takeover(Index, usize),
+    /// Change the occupant's metadata in a room to `{"n": n}` (a small n: sometimes unchanged).
+    Update(Index, usize, u8),
     Watch(Index, usize),
     Unwatch(Index, usize),
     Disconnect(Index),
@@ -171,6 +173,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (s(), r(), prop::bool::weighted(0.2)).prop_map(|(s, r, m)| Op::Join(s, r, m)),
         3 => (s(), r()).prop_map(|(s, r)| Op::Leave(s, r)),
         2 => (s(), r()).prop_map(|(s, r)| Op::Takeover(s, r)),
+        2 => (s(), r(), 0..3u8).prop_map(|(s, r, n)| Op::Update(s, r, n)),
         1 => (s(), r()).prop_map(|(s, r)| Op::Watch(s, r)),
         1 => (s(), r()).prop_map(|(s, r)| Op::Unwatch(s, r)),
         2 => s().prop_map(Op::Disconnect),
@@ -749,6 +752,16 @@ impl Harness {
                 if res.as_ref().is_ok_and(|j| !j.holding || j.position != 0) {
                     return Err(fail(format!("{}: not holding", what())));
                 }
+                self.verify(&what, &all, before, Expect::Reference, None)
+            }
+            Op::Update(i, r, n) => {
+                let slot = self.slot_of(i);
+                let id = self.id_of(slot);
+                let before = self.snapshot(&all);
+                let meta = occupancy_core::Meta::from_value(serde_json::json!({ "n": n }))
+                    .expect("an object");
+                let res = self.m.update(id, &room_name(*r), meta);
+                let what = || format!("update({slot}: {id:?}, room {r}, n {n}) = {res:?}");
                 self.verify(&what, &all, before, Expect::Reference, None)
             }
             Op::Watch(i, r) => self.watch(self.slot_of(i), *r, true),

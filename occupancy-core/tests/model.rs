@@ -87,6 +87,8 @@ enum Op {
     Join(usize, usize),
     Leave(usize, usize),
     Takeover(usize, usize),
+    /// `update` with metadata `{"n": n}` (a small n: the same metadata again now and then).
+    Update(usize, usize, u8),
     Watch(usize, usize),
     Unwatch(usize, usize),
     Disconnect(usize, Ending),
@@ -109,6 +111,7 @@ fn op(p: Params) -> impl Strategy<Value = Op> {
         6 => (s.clone(), r.clone()).prop_map(|(s, r)| Op::Join(s, r)),
         3 => (s.clone(), r.clone()).prop_map(|(s, r)| Op::Leave(s, r)),
         2 => (s.clone(), r.clone()).prop_map(|(s, r)| Op::Takeover(s, r)),
+        2 => (s.clone(), r.clone(), 0..3u8).prop_map(|(s, r, n)| Op::Update(s, r, n)),
         1 => (s.clone(), r.clone()).prop_map(|(s, r)| Op::Watch(s, r)),
         1 => (s.clone(), r.clone()).prop_map(|(s, r)| Op::Unwatch(s, r)),
         2 => (s.clone(), ending()).prop_map(|(s, e)| Op::Disconnect(s, e)),
@@ -310,6 +313,7 @@ impl Harness {
             Op::Join(s, _)
             | Op::Leave(s, _)
             | Op::Takeover(s, _)
+            | Op::Update(s, _, _)
             | Op::Watch(s, _)
             | Op::Unwatch(s, _)
             | Op::Disconnect(s, _)
@@ -406,6 +410,22 @@ impl Harness {
                             md.rooms[r].insert(0, occ);
                             Outcome::Ok(Some(0))
                         }
+                    },
+                };
+                (to_outcome(got), want)
+            }
+            Op::Update(slot, r, n) => {
+                let meta = Meta::from_value(serde_json::json!({ "n": n })).unwrap();
+                let got = self
+                    .m
+                    .update(id, &room_name(r), meta)
+                    .map(|j| Some(j.position as usize));
+                // Nothing moves: the place, or not a member.
+                let want = match md.live(slot) {
+                    None => Outcome::Err(Error::UnknownSession),
+                    Some(_) => match md.position(r, id) {
+                        None => Outcome::Err(Error::NotMember),
+                        Some(p) => Outcome::Ok(Some(p)),
                     },
                 };
                 (to_outcome(got), want)

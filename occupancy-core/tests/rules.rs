@@ -651,6 +651,120 @@ fn versions_strictly_increase_even_when_a_room_is_emptied_and_created_again() {
     }
 }
 
+// ----- update -----------------------------------------------------------------------------------
+
+fn status(s: &str) -> Meta {
+    Meta::from_value(json!({ "status": s })).unwrap()
+}
+
+/// The holder goes from "viewing" to "editing" without leaving: same place, same version order,
+/// and everyone in the room (and its watchers) sees the new metadata. The same metadata again
+/// changes nothing.
+#[test]
+fn update_changes_the_metadata_in_place_and_tells_who_sees_it() {
+    let mut w = World::new();
+    let (a, b, watcher) = (w.user(1, "ann"), w.user(2, "bob"), w.anon(3));
+    w.m.join(a, DOC, Some(status("viewing"))).unwrap();
+    w.m.join(b, DOC, None).unwrap();
+    w.m.watch(watcher, DOC).unwrap();
+    w.notices();
+    let before = w.m.room(DOC).unwrap().version;
+
+    let j = w.m.update(a, DOC, status("editing")).unwrap();
+    assert_eq!((j.holding, j.position), (true, 0));
+    assert!(j.version > before);
+    assert_eq!(j.holder.meta, status("editing"));
+    let told: Vec<SessionId> = w.notices().iter().map(|n| n.session).collect();
+    assert_eq!(
+        told,
+        vec![a, b, watcher],
+        "everyone's presence shows the holder"
+    );
+    assert_eq!(
+        w.m.room(DOC).unwrap().holder().unwrap().meta,
+        status("editing")
+    );
+
+    let again = w.m.update(a, DOC, status("editing")).unwrap();
+    assert_eq!(again.version, j.version, "the same metadata is no change");
+    assert!(w.notices().is_empty());
+    w.m.check_invariants().unwrap();
+}
+
+/// Further back than the presence list shows, an update is news only to the watchers (no
+/// member's view lists that occupant): O(watchers), not O(line).
+#[test]
+fn an_update_deep_in_the_line_tells_only_the_watchers() {
+    let mut w = World::with({
+        let mut c = Config::default();
+        c.presence_occupants = 2;
+        c
+    });
+    let ids: Vec<SessionId> = (1..=5).map(|i| w.anon(i)).collect();
+    for &s in &ids {
+        w.m.join(s, DOC, None).unwrap();
+    }
+    let watcher = w.anon(9);
+    w.m.watch(watcher, DOC).unwrap();
+    w.notices();
+    assert_eq!(
+        w.m.update(ids[4], DOC, status("editing")).unwrap().position,
+        4
+    );
+    let told: Vec<SessionId> = w.notices().iter().map(|n| n.session).collect();
+    assert_eq!(told, vec![watcher]);
+    w.m.update(ids[1], DOC, status("editing")).unwrap();
+    assert_eq!(w.notices().len(), 6, "the second is in everyone's list");
+}
+
+/// Bad updates are refused in the machine's order — room id, session, metadata, membership —
+/// and change nothing. Another tab of the same user standing in the room does not make this
+/// session a member.
+#[test]
+fn bad_updates_are_refused_and_change_nothing() {
+    let mut w = World::with(small_limits());
+    let (a, tab2, b) = (w.user(1, "ann"), w.user(2, "ann"), w.anon(3));
+    w.m.join(a, "r1", None).unwrap();
+    w.m.join(b, "r1", None).unwrap();
+    w.notices();
+    let before = snapshot(&w.m);
+    let big = Meta::from_value(json!({ "x": "y".repeat(64) })).unwrap();
+    assert!(matches!(
+        w.m.update(a, "", status("x")),
+        Err(Error::RoomInvalid(_))
+    ));
+    assert_eq!(
+        w.m.update(SessionId(99), "r1", big.clone()),
+        Err(Error::UnknownSession)
+    );
+    assert!(matches!(
+        w.m.update(a, "r1", big.clone()),
+        Err(Error::MetaTooLarge { .. })
+    ));
+    assert_eq!(
+        w.m.update(a, "r2", status("x")),
+        Err(Error::NotMember),
+        "unknown room"
+    );
+    assert_eq!(
+        w.m.update(tab2, "r1", status("x")),
+        Err(Error::NotMember),
+        "another tab"
+    );
+    w.m.watch(tab2, "r2").unwrap();
+    w.notices();
+    let before_watch = snapshot(&w.m);
+    assert_eq!(
+        w.m.update(tab2, "r2", status("x")),
+        Err(Error::NotMember),
+        "a watcher"
+    );
+    assert_eq!(snapshot(&w.m), before_watch);
+    assert_ne!(before, before_watch);
+    assert!(w.notices().is_empty());
+    assert_eq!(Error::NotMember.code(), "not_member");
+}
+
 // ----- limits -----------------------------------------------------------------------------------
 
 fn small_limits() -> Config {

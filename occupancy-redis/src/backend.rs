@@ -96,6 +96,7 @@ struct Scripts {
     close: redis::Script,
     expire: redis::Script,
     join: redis::Script,
+    update: redis::Script,
     leave: redis::Script,
     takeover: redis::Script,
     watch: redis::Script,
@@ -118,6 +119,7 @@ impl Scripts {
             close: lua::script(lua::CLOSE),
             expire: lua::script(lua::EXPIRE),
             join: lua::script(lua::JOIN),
+            update: lua::script(lua::UPDATE),
             leave: lua::script(lua::LEAVE),
             takeover: lua::script(lua::TAKEOVER),
             watch: lua::script(lua::WATCH),
@@ -1227,6 +1229,32 @@ impl Backend for RedisBackend {
             room: room_id,
             was_member,
         })
+    }
+
+    async fn update(&self, session: SessionId, room: &str, meta: Meta) -> Result<Joined, Error> {
+        let inner = &self.inner;
+        let config = inner.config()?;
+        // In the machine's order: the room id, the session, the metadata, then membership.
+        RoomId::check(room, config.limits.max_room_id_len)?;
+        inner.live(session)?;
+        meta.check(config.limits.max_meta_bytes)?;
+        let meta_json = serde_json::to_string(&meta).map_err(bad)?;
+        let room_id = RoomId::parse(room, usize::MAX)?;
+        let reply = inner
+            .run_session_op(
+                session,
+                &inner.scripts.update,
+                args()
+                    .a(session_hex(session))
+                    .a(&inner.node)
+                    .a(room)
+                    .a(&meta_json),
+            )
+            .await?;
+        let (joined, d) = inner.joined_from(&room_id, &reply)?;
+        let mut local = inner.lock();
+        inner.apply_locked(&mut local, room, d);
+        Ok(joined)
     }
 
     async fn takeover(&self, session: SessionId, room: &str) -> Result<Joined, Error> {

@@ -246,6 +246,26 @@ save_lists(sid, s)
 return reply({p = pos - 1}, room)
 "#;
 
+/// `update(sid, node, room, meta)`: the occupant's metadata in a room the session stands in;
+/// the same metadata again changes nothing (no version, no publish).
+pub(crate) const UPDATE: &str = r#"
+local sid, node, room, meta = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local s, e = live(sid, node)
+if not s then return e end
+local key = okey(sid, s)
+local st, was = load_room(room)
+if not st then return err('not_member') end
+local pos = nil
+for i, occ in ipairs(st.o) do if occ.k == key then pos = i; break end end
+if (not pos) or (not find(st.o[pos].s, sid)) then return err('not_member') end
+if st.o[pos].m ~= meta then
+  st.o[pos].m = meta
+  bump(st)
+  save_room(room, was, st, true)
+end
+return reply({p = pos - 1}, room)
+"#;
+
 /// `leave(sid, node, room)`.
 pub(crate) const LEAVE: &str = r#"
 local sid, node, room = ARGV[3], ARGV[4], ARGV[5]

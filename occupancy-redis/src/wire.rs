@@ -166,6 +166,7 @@ pub(crate) fn code_error(code: &str, limits: &occupancy_core::Limits) -> Error {
         // Another node owns the session: the caller's connection was replaced by a resume there.
         "not_owner" => Error::SessionReplaced,
         "not_in_room" => Error::NotInRoom,
+        "not_member" => Error::NotMember,
         "too_many_rooms" => Error::TooManyRooms {
             limit: limits.max_rooms_per_session,
         },

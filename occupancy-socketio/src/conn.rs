@@ -130,6 +130,7 @@ async fn connecting(
         (&n.takeover, OpKind::Takeover, false),
         (&n.watch, OpKind::Watch, false),
         (&n.unwatch, OpKind::Unwatch, false),
+        (&n.update, OpKind::Update, false),
     ];
     if shared.article {
         ops.push((&n.article_join, OpKind::Join, true));

@@ -21,6 +21,8 @@ pub struct EventNames {
     pub watch: Cow<'static, str>,
     /// Acked: stop watching (default `occupancy:unwatch`).
     pub unwatch: Cow<'static, str>,
+    /// Acked: change your metadata in a room you stand in (default `occupancy:update`).
+    pub update: Cow<'static, str>,
     /// Push: the first event on every socket, with its session id and resume token (default
     /// `occupancy:hello`).
     pub hello: Cow<'static, str>,
@@ -60,6 +62,7 @@ impl Default for EventNames {
             takeover: Cow::Borrowed("occupancy:takeover"),
             watch: Cow::Borrowed("occupancy:watch"),
             unwatch: Cow::Borrowed("occupancy:unwatch"),
+            update: Cow::Borrowed("occupancy:update"),
             hello: Cow::Borrowed("occupancy:hello"),
             occupied: Cow::Borrowed("occupancy:occupied"),
             released: Cow::Borrowed("occupancy:released"),
@@ -82,6 +85,7 @@ impl EventNames {
             takeover: p("takeover"),
             watch: p("watch"),
             unwatch: p("unwatch"),
+            update: p("update"),
             hello: p("hello"),
             occupied: p("occupied"),
             released: p("released"),
@@ -98,13 +102,14 @@ impl EventNames {
     }
 
     /// The names of the events a client sends, for checking they are distinct.
-    pub(crate) fn incoming(&self) -> [&str; 7] {
+    pub(crate) fn incoming(&self) -> [&str; 8] {
         [
             &self.join,
             &self.leave,
             &self.takeover,
             &self.watch,
             &self.unwatch,
+            &self.update,
             &self.article_join,
             &self.article_leave,
         ]
@@ -133,6 +138,6 @@ mod tests {
         let mut incoming = n.incoming().to_vec();
         incoming.sort();
         incoming.dedup();
-        assert_eq!(incoming.len(), 7);
+        assert_eq!(incoming.len(), 8);
     }
 }

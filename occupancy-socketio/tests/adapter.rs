@@ -128,6 +128,34 @@ async fn rich_events_are_acked_with_protocol_v1_objects_and_pushed() {
     w.wait_for("occupancy:presence", |v| v["waiting"] == 1)
         .await;
 
+    // update: Ann starts editing, in place; the watcher and Bob see it. Bob is not a member of
+    // another room, and an update needs its metadata (a bare room string is not enough).
+    let r = a
+        .call(
+            "occupancy:update",
+            json!({"room": "doc", "ref": 2, "meta": {"name": "Ann", "status": "editing"}}),
+        )
+        .await;
+    assert_eq!(
+        (r["ev"].clone(), r["position"].clone(), r["ref"].clone()),
+        (json!("joined"), json!(0), json!(2))
+    );
+    for c in [&w, &b] {
+        c.wait_for("occupancy:presence", |v| {
+            v["holder"]["meta"]["status"] == "editing"
+        })
+        .await;
+    }
+    let r = b
+        .call("occupancy:update", json!({"room": "other", "meta": {}}))
+        .await;
+    assert_eq!(
+        (r["ev"].clone(), r["code"].clone()),
+        (json!("error"), json!("not_member"))
+    );
+    let r = b.call("occupancy:update", json!("doc")).await;
+    assert_eq!(r["code"], "bad_message");
+
     let r = b.call("occupancy:takeover", json!({"room": "doc"})).await;
     assert_eq!(
         (r["ev"].clone(), r["holding"].clone()),

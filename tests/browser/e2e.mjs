@@ -112,6 +112,21 @@ try {
   }
   step('Bob waits (#1), sees Ann holding; Ann sees Bob in line');
 
+  // `update`: Ann's page changes her metadata in place; Bob's page shows the new name at once.
+  const updated = await ann.page.evaluate(async () => {
+    const [room] = [...window.occupancy._joined.keys()];
+    const r = await window.occupancy.update(room, { name: 'Ann (editing)' });
+    return [r.ev, r.position];
+  });
+  if (updated[0] !== 'joined' || updated[1] !== 0) throw new Error(`update answered ${updated}`);
+  await expectText(bob.page, 'holder', /Held by Ann \(editing\)/, 'the other page sees the update');
+  await ann.page.evaluate(async () => {
+    const [room] = [...window.occupancy._joined.keys()];
+    await window.occupancy.update(room, { name: 'Ann' });
+  });
+  await expectText(bob.page, 'holder', /Held by Ann\.$/, 'and the update back');
+  step('Ann updated her metadata in place; Bob saw it');
+
   // A reload keeps the place (resume token in sessionStorage).
   await ann.page.reload();
   await expectText(ann.page, 'position', /You hold this document/, 'holder keeps its place across a reload');

@@ -110,14 +110,15 @@ impl Owned {
 fn request_text(b: &mut Bytes<'_>) -> String {
     let (op, room, r, meta) = (b.byte(), b.byte(), b.byte(), b.byte());
     let mut obj = Map::new();
-    match op % 8 {
-        k @ 0..=5 => {
+    const OPS: u8 = OpKind::ALL.len() as u8;
+    match op % (OPS + 2) {
+        k if k < OPS => {
             obj.insert("op".into(), json!(OpKind::ALL[usize::from(k)].as_str()));
         }
-        6 => {
+        k if k == OPS => {
             obj.insert("op".into(), json!("fly"));
         }
-        _ if op & 8 == 0 => {
+        _ if op & 16 == 0 => {
             obj.insert("op".into(), json!(7));
         }
         _ => {}
@@ -345,6 +346,20 @@ impl Rooms {
             OpKind::Unwatch => Reply::Left {
                 was_member: self.watched.remove(room),
             },
+            OpKind::Update => {
+                let meta = req.meta.clone().expect("parsing requires meta for update");
+                if let Err(e) = meta.check(MAX_META) {
+                    return Reply::Error(e.code());
+                }
+                let line = self.line(room);
+                match line.iter().position(|w| *w == Who::Me) {
+                    Some(position) => Reply::Joined {
+                        position,
+                        holder: line[0],
+                    },
+                    None => Reply::Error("not_member"),
+                }
+            }
             OpKind::Ping => unreachable!("answered above"),
         }
     }

@@ -138,6 +138,19 @@ impl Session {
         self.finish(hub, "join", room, r).await
     }
 
+    /// Changes the metadata this session's occupant shows in `room` ("viewing" → "editing")
+    /// without leaving: same place; everyone whose view shows the occupant gets a presence.
+    /// [`Error::NotMember`] unless this session stands in the room; the metadata limits of
+    /// `join` apply. Not asked of the authorization hook (the session is already in the room).
+    pub async fn update(&self, room: &str, meta: Meta) -> Result<Joined, Error> {
+        let hub = self.hub()?;
+        let r = hub.backend.update(self.inner.id, room, meta).await;
+        if let Ok(j) = &r {
+            debug!(session = %self.inner.id, room, version = j.version, "updated");
+        }
+        self.finish(hub, "update", room, r).await
+    }
+
     /// Leaves `room`'s line (idempotent). When the holder leaves, the next in line is released.
     pub async fn leave(&self, room: &str) -> Result<Left, Error> {
         let hub = self.hub()?;
@@ -179,7 +192,7 @@ impl Session {
         self.finish(hub, "unwatch", room, r).await
     }
 
-    /// Runs one protocol v1 request and returns its reply: `joined` (join, take over), `left`
+    /// Runs one protocol v1 request and returns its reply: `joined` (join, take over, update), `left`
     /// (leave, unwatch), `watching`, `pong`, or `error` with the request's `ref`. What an adapter
     /// does with a request it has parsed ([`Request::parse`] for text frames,
     /// [`Request::from_payload`] for Socket.IO payloads); both adapters use it.
@@ -201,6 +214,14 @@ impl Session {
                 .takeover(&room)
                 .await
                 .map(|j| Event::joined(r#ref.clone(), &j)),
+            // A request built by hand without metadata: what parsing would have refused.
+            OpKind::Update => match meta {
+                Some(meta) => self
+                    .update(&room, meta)
+                    .await
+                    .map(|j| Event::joined(r#ref.clone(), &j)),
+                None => Err(Error::MetaInvalid),
+            },
             OpKind::Leave => self
                 .leave(&room)
                 .await

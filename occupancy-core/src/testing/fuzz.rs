@@ -478,8 +478,10 @@ pub fn protocol_frame(data: &[u8]) {
     if req.op == OpKind::Ping {
         assert!(req.room.is_empty());
     }
-    if req.op != OpKind::Join {
-        assert!(req.meta.is_none());
+    match req.op {
+        OpKind::Join => {}
+        OpKind::Update => assert!(req.meta.is_some(), "update parsed without meta"),
+        _ => assert!(req.meta.is_none()),
     }
 
     // The Socket.IO form of the same request (the object without `op`) gives the same request.
@@ -513,6 +515,9 @@ pub fn protocol_frame(data: &[u8]) {
                 .join(me, room, req.meta.clone())
                 .map(|j| Event::joined(r.clone(), &j)),
             OpKind::Takeover => m.takeover(me, room).map(|j| Event::joined(r.clone(), &j)),
+            OpKind::Update => m
+                .update(me, room, req.meta.clone().expect("checked above"))
+                .map(|j| Event::joined(r.clone(), &j)),
             OpKind::Leave => m.leave(me, room).map(|l| Event::left(r.clone(), &l)),
             OpKind::Watch => m.watch(me, room).and_then(|p| {
                 RoomId::parse(room, usize::MAX).map(|id| Event::watching(r.clone(), id, &p))
@@ -535,8 +540,9 @@ pub fn protocol_frame(data: &[u8]) {
         for n in m.drain_notices() {
             send(&Event::from_notice(&n));
         }
-        // A take over works only for someone in the line: join first, then try again.
-        if req.op == OpKind::Takeover && attempt == 0 {
+        // A take over or an update works only for someone in the line: join first, then try
+        // again.
+        if matches!(req.op, OpKind::Takeover | OpKind::Update) && attempt == 0 {
             let _ = m.join(me, room, None);
             m.drain_notices().for_each(drop);
         }

@@ -72,6 +72,9 @@ impl Backend for Owned {
     async fn join(&self, s: SessionId, room: &str, meta: Option<Meta>) -> Result<Joined, Error> {
         self.backend.join(s, room, meta).await
     }
+    async fn update(&self, s: SessionId, room: &str, meta: Meta) -> Result<Joined, Error> {
+        self.backend.update(s, room, meta).await
+    }
     async fn leave(&self, s: SessionId, room: &str) -> Result<Left, Error> {
         self.backend.leave(s, room).await
     }

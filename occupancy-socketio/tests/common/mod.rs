@@ -478,6 +478,14 @@ impl occupancy_core::Backend for SlowConnect {
     ) -> Result<occupancy_core::Joined, occupancy_core::Error> {
         self.inner.join(session, room, meta).await
     }
+    async fn update(
+        &self,
+        session: occupancy_core::SessionId,
+        room: &str,
+        meta: occupancy_core::Meta,
+    ) -> Result<occupancy_core::Joined, occupancy_core::Error> {
+        self.inner.update(session, room, meta).await
+    }
     async fn leave(
         &self,
         session: occupancy_core::SessionId,
