@@ -313,12 +313,42 @@ fn handover_change(c: &mut Criterion) {
     g.finish();
 }
 
+/// `update` in a line of 10 and of 10,000: by the holder (everyone is told: the holder is in every
+/// presence) and by the last in line (only the room's watchers are told: none here). Alternates
+/// between two metadata values, so every call is a change; notices are taken (made) in the timed
+/// part, as in `hand-over, waiting`.
+fn update(c: &mut Criterion) {
+    let mut g = c.benchmark_group("update, line of");
+    g.sample_size(20);
+    let metas = [
+        Meta::from_value(serde_json::json!({ "status": "viewing" })).unwrap(),
+        Meta::from_value(serde_json::json!({ "status": "editing" })).unwrap(),
+    ];
+    for n in [10usize, 10_000] {
+        let (mut m, line) = hot_room(n - 1);
+        for (who, s) in [("holder", line[0]), ("last", line[n - 1])] {
+            let mut i = 0;
+            let mut notices = 0;
+            g.bench_with_input(BenchmarkId::new(who, n), &n, |b, _| {
+                b.iter(|| {
+                    i += 1;
+                    m.update(s, black_box("hot"), metas[i % 2].clone()).unwrap();
+                    notices = m.drain_notices().count();
+                });
+            });
+            eprintln!("update by the {who} in a line of {n}: {notices} notices");
+        }
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     join_leave,
     crowded,
     disconnect,
     handover,
-    handover_change
+    handover_change,
+    update
 );
 criterion_main!(benches);
