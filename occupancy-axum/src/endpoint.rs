@@ -92,9 +92,18 @@ impl Endpoint {
             Ok(ws) => ws,
             Err(rejection) => return rejection.into_response(),
         };
-        let identity = match (self.inner.identify)(&parts).await {
-            Ok(identity) => identity,
-            Err(rejection) => return rejection.into_response(),
+        let limit = self.inner.conn.settings.identify_timeout;
+        let identity = match tokio::time::timeout(limit, (self.inner.identify)(&parts)).await {
+            Ok(Ok(identity)) => identity,
+            Ok(Err(rejection)) => return rejection.into_response(),
+            Err(_) => {
+                tracing::warn!(?limit, "the identify hook did not answer in time");
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the identify hook did not answer within {limit:?}; try again"),
+                )
+                    .into_response();
+            }
         };
         let resume = query_param(&parts, "resume");
         let s = &self.inner.conn.settings;
@@ -170,7 +179,9 @@ impl EndpointBuilder {
 
     /// Like [`EndpointBuilder::identify`], for a hook that has to wait (a session store, a token
     /// check). The closure gets the request head and returns a `'static` future: copy what it
-    /// needs (a cookie value) out of the head before the `async move` block.
+    /// needs (a cookie value) out of the head before the `async move` block. A hook that takes
+    /// longer than [`Settings::identify_timeout`] (2 s) is abandoned: the upgrade is answered
+    /// 503 and nothing is started.
     pub fn identify_async<F, Fut>(mut self, f: F) -> Self
     where
         F: Fn(&Parts) -> Fut + Send + Sync + 'static,
@@ -229,6 +240,12 @@ impl EndpointBuilder {
     pub fn buffers(mut self, read_bytes: usize, write_bytes: usize) -> Self {
         self.settings.read_buffer_bytes = read_bytes;
         self.settings.write_buffer_bytes = write_bytes;
+        self
+    }
+
+    /// How long the identify hook may take before the upgrade is answered 503 (default 2 s).
+    pub fn identify_timeout(mut self, d: Duration) -> Self {
+        self.settings.identify_timeout = d;
         self
     }
 

@@ -62,9 +62,12 @@
 //! request's head — headers, cookies, query, and the extensions your own auth middleware set —
 //! and returns an [`Identity`]: the principal (user id; all connections of one principal are one
 //! occupant, so two tabs hold together) and public metadata shown to the others (a display name).
-//! It may refuse with a [`Rejection`], whose status is the response (401, 403, ...). The default
-//! makes every connection anonymous. Whether a principal may join, take over or watch a room is
-//! the Hub's authorization hook ([`HubBuilder::authorize`]); a refusal is a `forbidden` error.
+//! It may refuse with a [`Rejection`], whose status is the response (401, 403, ...); a hook that
+//! does not answer within [`Settings::identify_timeout`] (2 s) is answered **503** and starts
+//! nothing. The default makes every connection anonymous. Whether a principal may join, take over
+//! or watch a room is the Hub's authorization hook ([`HubBuilder::authorize`], or
+//! [`HubBuilder::authorize_async`] for a policy that has to wait); a refusal is a `forbidden`
+//! error, a hook that does not answer in time an `unavailable` one.
 //!
 //! ## Origins
 //!

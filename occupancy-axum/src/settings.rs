@@ -65,6 +65,17 @@ pub struct Settings {
     /// 8 KiB): a batch of notices goes out in one write. Costs nothing while idle (the buffer
     /// holds what is waiting, and keeps the largest batch's capacity).
     pub write_buffer_bytes: usize,
+    /// How long the identify hook may take (default 2 s; at most 60 s). A hook that has not
+    /// answered by then (a session store that hangs) is abandoned and the upgrade answered
+    /// **503** Service Unavailable: nothing was started, the client may retry.
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            rename = "identify_timeout_ms",
+            deserialize_with = "occupancy_core::serde_millis::deserialize"
+        )
+    )]
+    pub identify_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -79,6 +90,7 @@ impl Default for Settings {
             max_violations: 10,
             read_buffer_bytes: 512,
             write_buffer_bytes: 8 * 1024,
+            identify_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -113,6 +125,9 @@ impl Settings {
         }
         if self.write_buffer_bytes > 1 << 20 {
             return bad("write_buffer_bytes must be at most 1 MiB");
+        }
+        if self.identify_timeout.is_zero() || self.identify_timeout > Duration::from_secs(60) {
+            return bad("identify_timeout must be between 1 ms and 60 s");
         }
         Ok(())
     }

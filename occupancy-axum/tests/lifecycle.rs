@@ -1,5 +1,5 @@
-//! The connection's life over real sockets: Origin refusal and the identify hook before the
-//! upgrade, server pings and dead-client detection, resume within the grace (and a token being
+//! The connection's life over real sockets: Origin refusal and the identify hook (a refusal, a
+//! hook that hangs) before the upgrade, server pings and dead-client detection, resume within the grace (and a token being
 //! useless after use or expiry), a closed page waiting only the close grace, a connection
 //! replaced by a resume, and TCP_NODELAY on the documented listener.
 
@@ -101,15 +101,27 @@ async fn the_identify_hook_names_or_refuses_the_caller() {
                     Some("Bearer ann-token") => {
                         Ok(Identity::user("ann").with_name(name.unwrap_or_default()))
                     }
+                    Some("Bearer hang") => {
+                        // A session store that never answers.
+                        std::future::pending::<()>().await;
+                        unreachable!()
+                    }
                     Some(_) => Err(Rejection::forbidden("bad token")),
                     None => Err((StatusCode::UNAUTHORIZED, "sign in").into()),
                 }
             }
         })
+        .identify_timeout(Duration::from_millis(200))
         .build()
         .unwrap();
     let addr = serve(ep).await;
     assert_eq!(http_status(open(addr, "", &[]).await), 401);
+    // A hook that does not answer in time: 503, and no session was started.
+    assert_eq!(
+        http_status(open(addr, "", &[("authorization", "Bearer hang")]).await),
+        503
+    );
+    assert_eq!(hub.stats().await.unwrap().sessions, 0);
     assert_eq!(
         http_status(open(addr, "", &[("authorization", "Bearer x")]).await),
         403

@@ -67,7 +67,8 @@ pub mod testing;
 pub use async_trait::async_trait;
 pub use backend::{Backend, NoticeSink};
 pub use hub::{
-    Action, AuthRequest, Authorize, DEFAULT_NOTICE_BUFFER, Hub, HubBuilder, Notices, Session,
+    Action, AuthFuture, AuthQuery, AuthRequest, Authorize, AuthorizeAsync, DEFAULT_NOTICE_BUFFER,
+    Hub, HubBuilder, Notices, Session,
 };
 pub use memory::MemoryBackend;
 pub use sharded::{MAX_SHARDS, ShardedBackend};

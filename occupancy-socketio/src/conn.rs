@@ -38,7 +38,7 @@ use socketioxide::{SendError, SocketError};
 use tokio::sync::Notify;
 use tracing::debug;
 
-use crate::identify::{Handshake, Identify};
+use crate::identify::{Handshake, IdentifyHook};
 use crate::names::EventNames;
 use crate::{RateLimit, SocketHook};
 
@@ -47,7 +47,8 @@ pub(crate) struct Shared {
     pub(crate) hub: Hub,
     pub(crate) names: EventNames,
     pub(crate) article: bool,
-    pub(crate) identify: Arc<dyn Identify>,
+    pub(crate) identify: IdentifyHook,
+    pub(crate) identify_timeout: std::time::Duration,
     pub(crate) queue: usize,
     pub(crate) rate: RateLimit,
     pub(crate) heartbeat_ms: u64,
@@ -86,10 +87,14 @@ async fn connecting(
     auth: Result<Value, socketioxide::ParserError>,
 ) -> Result<(), String> {
     let auth = auth.map_err(|e| format!("bad_message: the auth payload is not JSON ({e})"))?;
-    let identity = shared.identify.identify(&Handshake {
+    let handshake = Handshake {
         auth: &auth,
         request: s.req_parts(),
-    })?;
+    };
+    let identity = shared
+        .identify
+        .run(&handshake, shared.identify_timeout)
+        .await?;
     let refuse = |e: Error| format!("{}: {e}", e.code());
     let token = auth
         .get("resume")

@@ -1,6 +1,11 @@
 //! Who a connecting socket is: the [`Identify`] hook turns the Socket.IO handshake (the auth
 //! payload and the HTTP request) into the principal and public metadata of its Hub session.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
 use http::request::Parts;
 use occupancy_core::{Identity, Meta};
 use serde_json::Value;
@@ -60,6 +65,35 @@ impl Identify for Anonymous {
             principal: None,
             meta,
         })
+    }
+}
+
+/// The future of an async identify hook (see [`Occupancy::identify_async`](crate::Occupancy::identify_async)).
+pub(crate) type IdentifyFuture = Pin<Box<dyn Future<Output = Result<Identity, String>> + Send>>;
+
+/// The hook as the adapter keeps it: either kind.
+#[derive(Clone)]
+pub(crate) enum IdentifyHook {
+    Sync(Arc<dyn Identify>),
+    Async(Arc<dyn Fn(&Handshake<'_>) -> IdentifyFuture + Send + Sync>),
+}
+
+impl IdentifyHook {
+    /// Runs the hook; an async one that has not answered within `limit` refuses the socket
+    /// with `unavailable` (the client may retry).
+    pub(crate) async fn run(&self, h: &Handshake<'_>, limit: Duration) -> Result<Identity, String> {
+        match self {
+            IdentifyHook::Sync(hook) => hook.identify(h),
+            IdentifyHook::Async(hook) => match tokio::time::timeout(limit, hook(h)).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    tracing::warn!(?limit, "the identify hook did not answer in time");
+                    Err(format!(
+                        "unavailable: the identify hook did not answer within {limit:?}; try again"
+                    ))
+                }
+            },
+        }
     }
 }
 

@@ -54,7 +54,9 @@
 //!
 //! Each socket is one Hub [`Session`]. Its principal and metadata come from the Socket.IO auth
 //! payload through the [`Identify`] hook (default [`Anonymous`]: no principal, metadata from
-//! `auth.meta`). A client that reconnects with `auth: { resume: <token from hello> }` within the
+//! `auth.meta`), or an async one ([`Occupancy::identify_async`]: a session store) that must answer
+//! within [`Occupancy::identify_timeout`] (2 s; otherwise the socket is refused with
+//! `unavailable`). A client that reconnects with `auth: { resume: <token from hello> }` within the
 //! grace period gets its places back (the token is single use, and only resumes a session of the
 //! principal the hook names for the new handshake — someone else's token is refused by the Hub,
 //! changes nothing, and the socket starts a new session). A connection lost without a word (a
@@ -140,12 +142,15 @@ mod origin;
 
 use std::borrow::Cow;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use occupancy_core::{Error, Hub, Session};
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 
+use identify::IdentifyHook;
 pub use identify::{Anonymous, Handshake, Identify};
 pub use names::EventNames;
 pub use occupancy_core::Identity;
@@ -222,7 +227,8 @@ pub struct Occupancy {
     namespace: Cow<'static, str>,
     names: EventNames,
     article: bool,
-    identify: Arc<dyn Identify>,
+    identify: IdentifyHook,
+    identify_timeout: Duration,
     queue: usize,
     rate: RateLimit,
     on_socket: Option<SocketHook>,
@@ -251,7 +257,8 @@ impl Occupancy {
             namespace: Cow::Borrowed("/"),
             names: EventNames::default(),
             article: true,
-            identify: Arc::new(Anonymous),
+            identify: IdentifyHook::Sync(Arc::new(Anonymous)),
+            identify_timeout: Duration::from_secs(2),
             queue: 16,
             rate: RateLimit::default(),
             on_socket: None,
@@ -279,7 +286,42 @@ impl Occupancy {
 
     /// Who a socket is: its principal and metadata, from the handshake (default [`Anonymous`]).
     pub fn identify(mut self, hook: impl Identify) -> Self {
-        self.identify = Arc::new(hook);
+        self.identify = IdentifyHook::Sync(Arc::new(hook));
+        self
+    }
+
+    /// Like [`Occupancy::identify`], for a hook that has to wait (a session store, a token check).
+    /// The closure gets the handshake and returns a `'static` future: copy what it needs (a
+    /// token from `auth`, a cookie) out of the handshake before the `async move` block. A hook
+    /// that takes longer than [`Occupancy::identify_timeout`] (2 s) is abandoned: the client's
+    /// `connect_error` gets `"unavailable: ..."` and nothing is started.
+    ///
+    /// ```
+    /// # use occupancy_socketio::{Handshake, Identity, Occupancy};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let occupancy = Occupancy::new(occupancy_core::Hub::new()).identify_async(|h: &Handshake<'_>| {
+    ///     let token = h.auth.get("token").and_then(|t| t.as_str()).map(str::to_owned);
+    ///     async move {
+    ///         // let user = sessions.lookup(token?).await?;
+    ///         let user = token.ok_or("missing token")?;
+    ///         Ok(Identity { principal: Some(user), ..Identity::default() })
+    ///     }
+    /// });
+    /// # let _ = occupancy; }
+    /// ```
+    pub fn identify_async<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Handshake<'_>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Identity, String>> + Send + 'static,
+    {
+        self.identify = IdentifyHook::Async(Arc::new(move |h: &Handshake<'_>| Box::pin(hook(h))));
+        self
+    }
+
+    /// How long the identify hook may take before the connection is refused with
+    /// `unavailable` (default 2 s; more than zero, at most 60 s).
+    pub fn identify_timeout(mut self, d: Duration) -> Self {
+        self.identify_timeout = d;
         self
     }
 
@@ -311,7 +353,8 @@ impl Occupancy {
     pub fn attach(self, io: &SocketIo) -> Result<(), Error> {
         let mut incoming: Vec<&str> = self.names.incoming().to_vec();
         if !self.article {
-            incoming.truncate(5);
+            // The article's two events come last.
+            incoming.truncate(incoming.len() - 2);
         }
         incoming.sort_unstable();
         if let Some(w) = incoming.windows(2).find(|w| w[0] == w[1]) {
@@ -322,6 +365,12 @@ impl Occupancy {
         }
         if self.queue == 0 {
             return Err(Error::Config("queue_capacity must be at least 1".into()));
+        }
+        if self.identify_timeout.is_zero() || self.identify_timeout > Duration::from_secs(60) {
+            return Err(Error::Config(format!(
+                "identify_timeout is {:?}; it must be more than zero and at most 60 s",
+                self.identify_timeout
+            )));
         }
         if self.rate.per_second == 0 || self.rate.burst == 0 {
             return Err(Error::Config(
@@ -337,6 +386,7 @@ impl Occupancy {
                 names: self.names,
                 article: self.article,
                 identify: self.identify,
+                identify_timeout: self.identify_timeout,
                 queue: self.queue,
                 rate: self.rate,
                 heartbeat_ms,

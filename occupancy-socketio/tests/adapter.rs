@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Client, TIMEOUT, hub, server, server_with_origins};
-use occupancy_core::{Hub, Meta};
+use occupancy_core::{Error, Hub, Meta};
 use occupancy_socketio::{Handshake, Identity, OriginLayer, RateLimit};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -482,6 +482,53 @@ async fn limits_rooms_per_socket_and_rate() {
     assert_eq!(srv.hub.stats().await.unwrap().occupants, 3);
 }
 
+/// An async identify hook (a session store): its answer names the socket; one that does not
+/// answer within the identify timeout refuses the socket with `unavailable` and starts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_identify_hook_names_the_socket_or_times_out() {
+    let srv = server(hub(0), same_io, |o| {
+        o.identify_timeout(Duration::from_millis(200))
+            .identify_async(|h: &Handshake<'_>| {
+                let token = h
+                    .auth
+                    .get("token")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                async move {
+                    match token.as_deref() {
+                        Some("hang") => std::future::pending().await,
+                        Some(t) => {
+                            tokio::task::yield_now().await; // the lookup
+                            Ok(Identity {
+                                principal: Some(t.to_owned()),
+                                meta: Meta::empty(),
+                            })
+                        }
+                        None => Err("forbidden: log in first".to_owned()),
+                    }
+                }
+            })
+    })
+    .await;
+    let url = srv.ws_url();
+    let refused = Client::connect_with(&url, Some(json!({"token": "hang"})), &[])
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("unavailable: the identify hook did not answer within 200ms"),
+        "{refused}"
+    );
+    assert_eq!(srv.hub.stats().await.unwrap().sessions, 0);
+    let mut ann = Client::connect_with(&url, Some(json!({"token": "ann"})), &[])
+        .await
+        .unwrap();
+    let r = ann.call("occupancy:join", json!("doc")).await;
+    assert_eq!(r["holder"]["id"], "ann");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_from_the_auth_payload_through_the_hook() {
     let srv = server(hub(0), same_io, |o| {
@@ -767,10 +814,29 @@ fn attach_refuses_clashing_event_names() {
             .attach(&io)
             .unwrap_err();
         assert_eq!(err.code(), "config");
+        // The last rich event is checked too, with the article's events off.
+        let mut names = occupancy_socketio::EventNames::default();
+        names.update = names.join.clone();
+        let err = occupancy_socketio::Occupancy::new(Hub::new())
+            .events(names)
+            .article_events(false)
+            .attach(&io)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            Error::Config("two incoming Socket.IO events are both named \"occupancy:join\"".into())
+        );
         let err = occupancy_socketio::Occupancy::new(Hub::new())
             .queue_capacity(0)
             .attach(&io)
             .unwrap_err();
         assert_eq!(err.code(), "config");
+        for d in [Duration::ZERO, Duration::from_secs(61)] {
+            let err = occupancy_socketio::Occupancy::new(Hub::new())
+                .identify_timeout(d)
+                .attach(&io)
+                .unwrap_err();
+            assert_eq!(err.code(), "config");
+        }
     });
 }

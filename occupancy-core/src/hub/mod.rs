@@ -29,7 +29,7 @@ mod lifecycle;
 mod registry;
 mod session;
 
-pub use authorize::{Action, AuthRequest, Authorize};
+pub use authorize::{Action, AuthFuture, AuthQuery, AuthRequest, Authorize, AuthorizeAsync};
 pub use session::{Notices, Session};
 
 use lifecycle::timer_task;
@@ -48,7 +48,9 @@ struct HubInner {
     config: Config,
     backend: Arc<dyn Backend>,
     registry: Arc<Registry>,
-    authorize: Option<Arc<dyn Authorize>>,
+    authorize: Option<authorize::Hook>,
+    /// How long an async hook may take.
+    hook_timeout: Duration,
     /// Orders the lifecycle changes of each session (disconnect, close, resume, expiry, kicks):
     /// see [`lifecycle::Stripes`].
     lifecycle: lifecycle::Stripes,
@@ -132,7 +134,8 @@ impl Default for Hub {
 pub struct HubBuilder {
     config: Config,
     notice_buffer: usize,
-    authorize: Option<Arc<dyn Authorize>>,
+    authorize: Option<authorize::Hook>,
+    hook_timeout: Duration,
     backend: Option<Arc<dyn Backend>>,
     shards: Option<usize>,
 }
@@ -143,6 +146,7 @@ impl Default for HubBuilder {
             config: Config::default(),
             notice_buffer: DEFAULT_NOTICE_BUFFER,
             authorize: None,
+            hook_timeout: authorize::DEFAULT_HOOK_TIMEOUT,
             backend: None,
             shards: None,
         }
@@ -216,7 +220,22 @@ impl HubBuilder {
 
     /// The authorization hook, asked before every join, take over and watch.
     pub fn authorize(mut self, a: impl Authorize) -> Self {
-        self.authorize = Some(Arc::new(a));
+        self.authorize = Some(authorize::Hook::Sync(Arc::new(a)));
+        self
+    }
+
+    /// The authorization hook, for a policy that has to wait (see [`AuthorizeAsync`]); replaces
+    /// [`HubBuilder::authorize`]. An answer later than [`HubBuilder::hook_timeout`] is not waited
+    /// for: the request fails with [`Error::Unavailable`] and changes nothing.
+    pub fn authorize_async(mut self, a: impl AuthorizeAsync) -> Self {
+        self.authorize = Some(authorize::Hook::Async(Arc::new(a)));
+        self
+    }
+
+    /// How long an [`AuthorizeAsync`] hook may take before the request fails with
+    /// [`Error::Unavailable`] (default 2 s, at most 60 s, not zero).
+    pub fn hook_timeout(mut self, d: Duration) -> Self {
+        self.hook_timeout = d;
         self
     }
 
@@ -250,6 +269,12 @@ impl HubBuilder {
         if self.notice_buffer == 0 {
             return Err(Error::Config("notice_buffer must be at least 1".into()));
         }
+        if self.hook_timeout.is_zero() || self.hook_timeout > Duration::from_secs(60) {
+            return Err(Error::Config(format!(
+                "hook_timeout is {:?}; it must be more than zero and at most 60 s",
+                self.hook_timeout
+            )));
+        }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Config("a Hub must be built inside a tokio runtime".into()))?;
         let backend: Arc<dyn Backend> = match (self.backend, self.shards) {
@@ -278,6 +303,7 @@ impl HubBuilder {
             backend,
             registry,
             authorize: self.authorize,
+            hook_timeout: self.hook_timeout,
             lifecycle: lifecycle::Stripes::default(),
             flushing: tokio::sync::Mutex::new(()),
             disconnecting: std::sync::Mutex::new(Vec::new()),

@@ -128,7 +128,10 @@ impl Session {
     /// room. Asks the authorization hook first.
     pub async fn join(&self, room: &str, meta: Option<Meta>) -> Result<Joined, Error> {
         let hub = self.hub()?;
-        let r = match hub.authorize(self.principal(), room, Action::Join) {
+        let r = match hub
+            .authorize(self.inner.principal.as_ref(), room, Action::Join)
+            .await
+        {
             Ok(()) => hub.backend.join(self.inner.id, room, meta).await,
             Err(e) => Err(e),
         };
@@ -165,7 +168,10 @@ impl Session {
     /// line, and the authorization hook's consent.
     pub async fn takeover(&self, room: &str) -> Result<Joined, Error> {
         let hub = self.hub()?;
-        let r = match hub.authorize(self.principal(), room, Action::Takeover) {
+        let r = match hub
+            .authorize(self.inner.principal.as_ref(), room, Action::Takeover)
+            .await
+        {
             Ok(()) => hub.backend.takeover(self.inner.id, room).await,
             Err(e) => Err(e),
         };
@@ -178,7 +184,10 @@ impl Session {
     /// Watches `room` without standing in line; returns its current presence.
     pub async fn watch(&self, room: &str) -> Result<PresenceBody, Error> {
         let hub = self.hub()?;
-        let r = match hub.authorize(self.principal(), room, Action::Watch) {
+        let r = match hub
+            .authorize(self.inner.principal.as_ref(), room, Action::Watch)
+            .await
+        {
             Ok(()) => hub.backend.watch(self.inner.id, room).await,
             Err(e) => Err(e),
         };
