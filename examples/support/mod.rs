@@ -103,6 +103,41 @@ pub fn stats(hub: Hub) -> Router {
     )
 }
 
+/// Where the demo serves its metrics in the Prometheus text format.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// `GET /metrics`: what the Hub records through the `metrics` facade (the `occupancy_*` series
+/// listed in the occupancy-core docs), rendered by `metrics-exporter-prometheus`, whose recorder
+/// is installed process-wide on first use. The gauges are set just before rendering
+/// (`Hub::record_gauges`). As with [`stats`], a real application would put this behind its own
+/// access control.
+pub fn metrics(hub: Hub) -> Router {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    let handle = HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("no other metrics recorder is installed in this process")
+        })
+        .clone();
+    Router::new().route(
+        METRICS_PATH,
+        get(move || {
+            let (hub, handle) = (hub.clone(), handle.clone());
+            async move {
+                if let Err(e) = hub.record_gauges().await {
+                    tracing::warn!(error = %e, "metrics: the backend's counts are unavailable");
+                }
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    handle.render(),
+                )
+            }
+        }),
+    )
+}
+
 /// `GET /rooms/{id}`: everyone in a room's line, holder first, as a JSON list of public ids
 /// (the soak names the occupant no client claims when an audit finds a gap). A demo convenience,
 /// like [`stats`].
@@ -132,8 +167,8 @@ pub fn room_list(hub: Hub) -> Router {
     )
 }
 
-/// The whole demo app on `hub`: the pages, the WebSocket endpoint at [`WS_PATH`] and the
-/// counters at [`STATS_PATH`] and `/rooms/{id}`.
+/// The whole demo app on `hub`: the pages, the WebSocket endpoint at [`WS_PATH`], the counters
+/// at [`STATS_PATH`] and `/rooms/{id}`, and the metrics at [`METRICS_PATH`].
 pub fn app(hub: Hub) -> Router {
     let endpoint = Endpoint::builder(hub.clone())
         .identify(demo_identity)
@@ -142,5 +177,6 @@ pub fn app(hub: Hub) -> Router {
     pages()
         .merge(endpoint.router(WS_PATH))
         .merge(stats(hub.clone()))
+        .merge(metrics(hub.clone()))
         .merge(room_list(hub))
 }

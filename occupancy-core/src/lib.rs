@@ -38,6 +38,28 @@
 //! assert_eq!(released[0].session, bob);
 //! # let _ = Instant::now();
 //! ```
+//!
+//! ## Metrics
+//!
+//! The [`Hub`] records what happens through the [`metrics`](https://docs.rs/metrics) facade, a
+//! no-op until the application installs a recorder (`metrics-exporter-prometheus`, say; the
+//! `documents` and `multi_node` examples serve `GET /metrics`). Gauges are set when asked
+//! ([`Hub::record_gauges`], before rendering a scrape).
+//!
+//! | name | kind | labels | what |
+//! |---|---|---|---|
+//! | `occupancy_requests_total` | counter | `op`, `result` (`ok` or the error code) | every request of a session (join, leave, takeover, watch, unwatch, update) |
+//! | `occupancy_request_duration_seconds` | histogram | `op` | from the call to its return: the change, and the delivery of its urgent notices (a holder's `leave` returns once the next one's `released` is queued) |
+//! | `occupancy_released_total` | counter | | `released` notices queued (one per session of each new holder) |
+//! | `occupancy_displaced_total` | counter | | `displaced` notices queued (take overs) |
+//! | `occupancy_slow_consumers_total` | counter | | sessions closed because their notice buffer overflowed |
+//! | `occupancy_connects_total` | counter | | sessions started |
+//! | `occupancy_disconnects_total` | counter | `ending` (`lost`, `closed`) | connections ended, by how (which grace applies) |
+//! | `occupancy_closes_total` | counter | | sessions closed at once (sign-out, liveness timeout) |
+//! | `occupancy_resumes_total` | counter | `result` (`accepted`, `refused`) | resume attempts |
+//! | `occupancy_graces_expired_total` | counter | | sessions whose grace ended (this Hub's timer) |
+//! | `occupancy_rooms`, `occupancy_occupants`, `occupancy_watchers`, `occupancy_sessions`, `occupancy_sessions_in_grace` | gauge | | the backend's counts (with a shared backend, of every node) |
+//! | `occupancy_connections` | gauge | | this Hub's live connections |
 #![warn(missing_docs)]
 // On docs.rs (nightly, `--cfg docsrs`): badges saying which feature an item needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]

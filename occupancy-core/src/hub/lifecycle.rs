@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::ids::SessionId;
 
 use super::registry::{Cmd, Conn, Registry};
-use super::{HubInner, log_error, now};
+use super::{HubInner, log_error, metrics, now};
 
 /// How many lifecycle locks sessions are spread over.
 const STRIPES: usize = 64;
@@ -214,7 +214,8 @@ impl HubInner {
         };
         match result {
             Ok(()) => {
-                debug!(sessions = ids.len(), first = %ids[0], ?ending, ?grace, "disconnected")
+                debug!(sessions = ids.len(), first = %ids[0], ?ending, ?grace, "disconnected");
+                metrics::disconnected(ending, ids.len());
             }
             Err(e) => {
                 let mut st = self.registry.lock();
@@ -236,7 +237,10 @@ impl HubInner {
             return;
         }
         match self.backend.close(id).await {
-            Ok(()) | Err(Error::UnknownSession) => debug!(session = %id, "closed"),
+            Ok(()) | Err(Error::UnknownSession) => {
+                debug!(session = %id, "closed");
+                metrics::closed();
+            }
             Err(e) => log_error("close", id, "", &e),
         }
     }
@@ -280,7 +284,10 @@ impl HubInner {
             let _lifecycle = self.lifecycle.all().await;
             match self.backend.handle_timeout(now).await {
                 Ok(0) => {}
-                Ok(n) => debug!(expired = n, "grace ended"),
+                Ok(n) => {
+                    debug!(expired = n, "grace ended");
+                    metrics::graces_expired(n);
+                }
                 Err(e) => {
                     warn!(error = %e, "backend timers failed; retrying");
                     return Some(now + Duration::from_millis(100));

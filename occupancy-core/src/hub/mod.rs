@@ -5,7 +5,7 @@
 //! This file builds the Hub and runs connect and resume; the rest is split by what it guards:
 //! [`authorize`] (the application's policy), [`registry`] (the connections, and the sink the
 //! backend delivers through), [`lifecycle`] (disconnect, close, kicks, grace timers) and
-//! [`session`] (the handles the application holds).
+//! [`session`] (the handles the application holds); [`metrics`] is what it records.
 
 use std::fmt;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use crate::state::RoomState;
 
 mod authorize;
 mod lifecycle;
+mod metrics;
 mod registry;
 mod session;
 
@@ -387,6 +388,7 @@ impl Hub {
             {
                 Ok(()) => {
                     debug!(session = %id, principal = principal.as_deref(), "connected");
+                    metrics::connected();
                     return Ok(self.handle(id, token, principal, conn, rx));
                 }
                 Err(e) => {
@@ -423,6 +425,20 @@ impl Hub {
     }
 
     async fn resume_checked(
+        &self,
+        token: ResumeToken,
+        expected: Option<Option<&str>>,
+    ) -> Result<(Session, Notices, Resumed), Error> {
+        let r = self.try_resume(token, expected).await;
+        match &r {
+            Ok(_) => metrics::resume(true),
+            Err(Error::ResumeInvalid) => metrics::resume(false),
+            Err(_) => {}
+        }
+        r
+    }
+
+    async fn try_resume(
         &self,
         token: ResumeToken,
         expected: Option<Option<&str>>,
@@ -549,6 +565,16 @@ impl Hub {
     /// Counts for metrics (of the backend: with a shared backend, of every node).
     pub async fn stats(&self) -> Result<Stats, Error> {
         self.inner.backend.stats().await
+    }
+
+    /// Sets the gauges of [`metrics`](crate#metrics) (rooms, occupants, watchers, sessions,
+    /// sessions in grace, this Hub's live connections) from the backend's [`Hub::stats`]: call it
+    /// before rendering a scrape (the examples' `GET /metrics` does). Counters and latencies are
+    /// recorded as things happen; gauges only when asked, so an idle Hub does no work for them.
+    pub async fn record_gauges(&self) -> Result<(), Error> {
+        let stats = self.stats().await?;
+        metrics::gauges(&stats, self.live_connections());
+        Ok(())
     }
 
     /// How many connections of this Hub are live (not in grace).

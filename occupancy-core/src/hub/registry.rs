@@ -176,8 +176,13 @@ impl NoticeSink for Registry {
                     continue;
                 };
                 let Some(tx) = &slot.tx else { continue };
-                if let NoticeKind::Released { version } = n.kind {
-                    debug!(session = %n.session, room = %n.room, version, "released");
+                match n.kind {
+                    NoticeKind::Released { version } => {
+                        debug!(session = %n.session, room = %n.room, version, "released");
+                        super::metrics::released();
+                    }
+                    NoticeKind::Displaced { .. } => super::metrics::displaced(),
+                    _ => {}
                 }
                 let session = n.session;
                 match tx.try_send(n) {
@@ -188,6 +193,7 @@ impl NoticeSink for Registry {
                             capacity: self.capacity,
                         };
                         if slot.conn.close(Some(reason)) {
+                            super::metrics::slow_consumer();
                             kicked.push(Cmd::Kick {
                                 id: session,
                                 conn: slot.conn.clone(),

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tracing::debug;
 
@@ -17,7 +18,7 @@ use crate::protocol::{Event, OpKind, Request};
 use crate::queue;
 
 use super::registry::{Cmd, Conn};
-use super::{Action, HubInner, log_error};
+use super::{Action, HubInner, log_error, metrics};
 
 struct SessionInner {
     hub: Arc<HubInner>,
@@ -115,18 +116,21 @@ impl Session {
         hub: &HubInner,
         op: &'static str,
         room: &str,
+        started: Instant,
         r: Result<T, Error>,
     ) -> Result<T, Error> {
         hub.after_op().await;
         if let Err(e) = &r {
             log_error(op, self.inner.id, room, e);
         }
+        metrics::request(op, started, &r);
         r
     }
 
     /// Stands in `room`'s line (idempotent). `meta` overrides the session's metadata for this
     /// room. Asks the authorization hook first.
     pub async fn join(&self, room: &str, meta: Option<Meta>) -> Result<Joined, Error> {
+        let started = Instant::now();
         let hub = self.hub()?;
         let r = match hub
             .authorize(self.inner.principal.as_ref(), room, Action::Join)
@@ -138,7 +142,7 @@ impl Session {
         if let Ok(j) = &r {
             debug!(session = %self.inner.id, room, position = j.position, version = j.version, "joined");
         }
-        self.finish(hub, "join", room, r).await
+        self.finish(hub, "join", room, started, r).await
     }
 
     /// Changes the metadata this session's occupant shows in `room` ("viewing" → "editing")
@@ -146,27 +150,30 @@ impl Session {
     /// [`Error::NotMember`] unless this session stands in the room; the metadata limits of
     /// `join` apply. Not asked of the authorization hook (the session is already in the room).
     pub async fn update(&self, room: &str, meta: Meta) -> Result<Joined, Error> {
+        let started = Instant::now();
         let hub = self.hub()?;
         let r = hub.backend.update(self.inner.id, room, meta).await;
         if let Ok(j) = &r {
             debug!(session = %self.inner.id, room, version = j.version, "updated");
         }
-        self.finish(hub, "update", room, r).await
+        self.finish(hub, "update", room, started, r).await
     }
 
     /// Leaves `room`'s line (idempotent). When the holder leaves, the next in line is released.
     pub async fn leave(&self, room: &str) -> Result<Left, Error> {
+        let started = Instant::now();
         let hub = self.hub()?;
         let r = hub.backend.leave(self.inner.id, room).await;
         if let Ok(l) = &r {
             debug!(session = %self.inner.id, room, was_member = l.was_member, "left");
         }
-        self.finish(hub, "leave", room, r).await
+        self.finish(hub, "leave", room, started, r).await
     }
 
     /// Takes `room` over from its holder (who is told it was displaced). Requires standing in the
     /// line, and the authorization hook's consent.
     pub async fn takeover(&self, room: &str) -> Result<Joined, Error> {
+        let started = Instant::now();
         let hub = self.hub()?;
         let r = match hub
             .authorize(self.inner.principal.as_ref(), room, Action::Takeover)
@@ -178,11 +185,12 @@ impl Session {
         if let Ok(j) = &r {
             debug!(session = %self.inner.id, room, version = j.version, "took over");
         }
-        self.finish(hub, "takeover", room, r).await
+        self.finish(hub, "takeover", room, started, r).await
     }
 
     /// Watches `room` without standing in line; returns its current presence.
     pub async fn watch(&self, room: &str) -> Result<PresenceBody, Error> {
+        let started = Instant::now();
         let hub = self.hub()?;
         let r = match hub
             .authorize(self.inner.principal.as_ref(), room, Action::Watch)
@@ -191,14 +199,15 @@ impl Session {
             Ok(()) => hub.backend.watch(self.inner.id, room).await,
             Err(e) => Err(e),
         };
-        self.finish(hub, "watch", room, r).await
+        self.finish(hub, "watch", room, started, r).await
     }
 
     /// Stops watching `room`; false when it was not watching it.
     pub async fn unwatch(&self, room: &str) -> Result<bool, Error> {
+        let started = Instant::now();
         let hub = self.hub()?;
         let r = hub.backend.unwatch(self.inner.id, room).await;
-        self.finish(hub, "unwatch", room, r).await
+        self.finish(hub, "unwatch", room, started, r).await
     }
 
     /// Runs one protocol v1 request and returns its reply: `joined` (join, take over, update), `left`
