@@ -572,15 +572,7 @@ impl Machine {
         RoomId::check(room, limits.max_room_id_len)?;
         let key = self.live_session(session)?.key(session);
         meta.check(limits.max_meta_bytes)?;
-        let r = self.rooms.get(room).ok_or(Error::NotMember)?;
-        let pos = r.line.position(&key).ok_or(Error::NotMember)?;
-        if !r
-            .line
-            .get(pos)
-            .is_some_and(|o| o.sessions.contains(&session))
-        {
-            return Err(Error::NotMember);
-        }
+        let (r, pos) = self.standing(session, &key, room, Error::NotMember)?;
         if r.line.get(pos).is_some_and(|o| o.meta == meta) {
             return Ok(joined(r, pos as u32));
         }
@@ -609,6 +601,30 @@ impl Machine {
             &mut self.outbox,
         );
         Ok(joined(r, pos as u32))
+    }
+
+    /// The room `session` (of occupant `key`) stands in, and its place; `missing` when it does not
+    /// stand there (another tab of the same occupant does not count). O(1).
+    fn standing(
+        &self,
+        session: SessionId,
+        key: &OccupantKey,
+        room: &str,
+        missing: Error,
+    ) -> Result<(&Room, usize), Error> {
+        let Some(r) = self.rooms.get(room) else {
+            return Err(missing);
+        };
+        match r.line.position(key) {
+            Some(pos)
+                if r.line
+                    .get(pos)
+                    .is_some_and(|o| o.sessions.contains(&session)) =>
+            {
+                Ok((r, pos))
+            }
+            _ => Err(missing),
+        }
     }
 
     /// Takes `session` out of `room`'s line. Idempotent: leaving a room you are not in is not an
@@ -640,17 +656,8 @@ impl Machine {
     /// room is told (everyone's view shows the holder).
     pub fn takeover(&mut self, session: SessionId, room: &str) -> Result<Joined, Error> {
         RoomId::check(room, self.config.limits.max_room_id_len)?;
-        let entry = self.live_session(session)?;
-        let key = entry.key(session);
-        let r = self.rooms.get(room).ok_or(Error::NotInRoom)?;
-        let pos = r.line.position(&key).ok_or(Error::NotInRoom)?;
-        if !r
-            .line
-            .get(pos)
-            .is_some_and(|o| o.sessions.contains(&session))
-        {
-            return Err(Error::NotInRoom);
-        }
+        let key = self.live_session(session)?.key(session);
+        let (r, pos) = self.standing(session, &key, room, Error::NotInRoom)?;
         if pos == 0 {
             return Ok(joined(r, 0));
         }

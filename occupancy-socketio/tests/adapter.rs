@@ -579,14 +579,18 @@ async fn identity_from_the_auth_payload_through_the_hook() {
     assert_eq!(srv.hub.occupants("doc").await.unwrap().len(), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grace_keeps_the_place_resume_takes_it_back_explicit_disconnect_waits_the_close_grace() {
-    let hub = Hub::builder()
+/// A minute of grace for a lost connection, 300 ms for one the client closed.
+fn long_grace_short_close() -> Hub {
+    Hub::builder()
         .grace(Duration::from_secs(60))
         .close_grace(Duration::from_millis(300))
         .build()
-        .unwrap();
-    let srv = server(hub, same_io, same_occ).await;
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grace_keeps_the_place_resume_takes_it_back_explicit_disconnect_waits_the_close_grace() {
+    let srv = server(long_grace_short_close(), same_io, same_occ).await;
     let url = srv.ws_url();
     let mut a = Client::connect(&url).await;
     let mut b = Client::connect(&url).await;
@@ -651,12 +655,7 @@ async fn grace_keeps_the_place_resume_takes_it_back_explicit_disconnect_waits_th
 /// transport dropped without any close keeps the whole grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_transport_waits_the_close_grace_a_dropped_one_the_grace() {
-    let hub = Hub::builder()
-        .grace(Duration::from_secs(60))
-        .close_grace(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    let srv = server(hub, same_io, same_occ).await;
+    let srv = server(long_grace_short_close(), same_io, same_occ).await;
     let url = srv.ws_url();
     let mut closing = Client::connect(&url).await;
     let mut dropping = Client::connect(&url).await;
