@@ -166,19 +166,25 @@ fn two_workers() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-async fn setup_hub() -> Hub {
+/// The shared room, with a holder that stays; `shards`: the Hub's (None: its default, 2 shards on
+/// the 2-worker runtime).
+async fn setup_hub_with(shards: Option<usize>) -> Hub {
     // A large buffer: with 2 tasks, a session descheduled by the OS for a moment while it stands
     // in the room would otherwise be closed as a slow consumer by the other task's churn.
-    let hub = Hub::builder()
-        .grace(Duration::ZERO)
-        .notice_buffer(1 << 16)
-        .build()
-        .unwrap();
+    let mut builder = Hub::builder().grace(Duration::ZERO).notice_buffer(1 << 16);
+    if let Some(n) = shards {
+        builder = builder.shards(n);
+    }
+    let hub = builder.build().unwrap();
     let (holder, holder_notices) = hub.connect(None, Meta::empty()).await.unwrap();
     drop(holder_notices);
     holder.join(ROOM, None).await.unwrap();
     std::mem::forget(holder); // stays connected for the whole bench
     hub
+}
+
+async fn setup_hub() -> Hub {
+    setup_hub_with(None).await
 }
 
 fn hub(c: &mut Criterion) {
@@ -202,22 +208,24 @@ fn hub(c: &mut Criterion) {
             })
         });
     });
-    g.bench_function("hub, 2 tasks", |b| {
-        let rt = two_workers();
-        let (_hub, sessions) = rt.block_on(async {
-            let hub = setup_hub().await;
-            let mut sessions = Vec::new();
-            for _ in 0..2 {
-                sessions.push(hub.connect(None, Meta::empty()).await.unwrap());
-            }
-            (hub, sessions)
+    for (name, shards) in [("hub, 2 tasks", None), ("hub, 2 tasks, 1 shard", Some(1))] {
+        g.bench_function(name, |b| {
+            let rt = two_workers();
+            let (_hub, sessions) = rt.block_on(async {
+                let hub = setup_hub_with(shards).await;
+                let mut sessions = Vec::new();
+                for _ in 0..2 {
+                    sessions.push(hub.connect(None, Meta::empty()).await.unwrap());
+                }
+                (hub, sessions)
+            });
+            let sessions: Vec<_> = sessions
+                .into_iter()
+                .map(|(s, n)| Arc::new(tokio::sync::Mutex::new((ROOM.to_string(), s, n))))
+                .collect();
+            b.iter_custom(|iters| rt.block_on(pairs_in_parallel(&sessions, iters)));
         });
-        let sessions: Vec<_> = sessions
-            .into_iter()
-            .map(|(s, n)| Arc::new(tokio::sync::Mutex::new((ROOM.to_string(), s, n))))
-            .collect();
-        b.iter_custom(|iters| rt.block_on(pairs_in_parallel(&sessions, iters)));
-    });
+    }
     // Independent rooms: each task has its own room (with its own holder). What the cost rules
     // ask of the runtime: unrelated rooms proceed in parallel. Both cases run on the same
     // 2-worker runtime, so the ratio of their throughputs is the parallel speed-up.
