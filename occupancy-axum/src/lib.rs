@@ -116,7 +116,7 @@
 //! | `occupied` | you joined and someone else holds the room (the article's `is_occupied`) | `{"ev":"occupied","room":"document-1","version":7,"holder":{"id":"ann","meta":{"name":"Ann"}},"position":1}` |
 //! | `released` | you now hold the room (the article's `is_released`): exactly once per hand-over, to every connection of the new holder | `{"ev":"released","room":"document-1","version":9}` |
 //! | `presence` | the room changed: holder, your place (absent for a watcher), how many wait, the first few occupants | `{"ev":"presence","room":"document-1","version":9,"holder":{"id":"bob","meta":{"name":"Bob"}},"position":0,"waiting":1,"occupants":[{"id":"bob","meta":{"name":"Bob"}},{"id":"~5f0c9a3e1b2d4c6f","meta":{}}]}` |
-//! | `displaced` | someone took the room over from you; you are now `position` in line | `{"ev":"displaced","room":"document-1","version":8,"by":{"id":"bob","meta":{"name":"Bob"}},"position":1}` |
+//! | `displaced` | you no longer hold the room and are now `position` in line; `reason` says why (`"takeover"`: `by` took it over; `"idle"` and `"server"` are reserved for idle expiry and forced releases) | `{"ev":"displaced","room":"document-1","version":8,"by":{"id":"bob","meta":{"name":"Bob"}},"position":1,"reason":"takeover"}` |
 //! | `left` | reply to `leave` and `unwatch` | `{"ev":"left","ref":2,"room":"document-1","was_member":true}` |
 //! | `watching` | reply to `watch`, with the room's presence | `{"ev":"watching","ref":4,"room":"document-1","version":9,"holder":{"id":"bob","meta":{"name":"Bob"}},"waiting":1,"occupants":[{"id":"bob","meta":{"name":"Bob"}},{"id":"ann","meta":{"name":"Ann"}}]}` |
 //! | `pong` | reply to `ping` | `{"ev":"pong","ref":6}` |

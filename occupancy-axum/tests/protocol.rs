@@ -124,6 +124,7 @@ async fn every_op_gets_its_reply_and_every_notice_arrives() {
     let d = ann.next("displaced", "doc-1").await;
     assert_eq!(d["by"]["id"], "bob");
     assert_eq!(d["position"], 1);
+    assert_eq!(d["reason"], "takeover");
     let p = carl.next("presence", "doc-1").await;
     assert_eq!(p["holder"]["id"], "bob");
     assert!(p.get("position").is_none(), "a watcher has no place: {p}");

@@ -14,7 +14,7 @@
 
 use crate::ids::{RoomId, SessionId};
 use crate::line::Line;
-use crate::notice::{Notice, NoticeKind, PresenceBody};
+use crate::notice::{DisplacedReason, Notice, NoticeKind, PresenceBody};
 use crate::outbox::{Outbox, Presences};
 
 /// One edit of a room's line, as seen by the people in it. Built by the machine right after it
@@ -79,6 +79,7 @@ impl Change {
                         version,
                         by: by.clone(),
                         position: place as u32,
+                        reason: DisplacedReason::Takeover,
                     },
                 ));
             }

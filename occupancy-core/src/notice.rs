@@ -64,7 +64,20 @@ pub enum NoticeKind {
         by: Person,
         /// Your new place (1 = next in line).
         position: u32,
+        /// Why.
+        reason: DisplacedReason,
     },
+}
+
+/// Why a holder was displaced (`displaced.reason` on the wire). Protocol v1 names three:
+/// `"takeover"`, `"idle"` and `"server"`; this version displaces by take over only (idle expiry
+/// and forced releases are not built yet), so more variants are to come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DisplacedReason {
+    /// Someone in the line took the room over.
+    Takeover,
 }
 
 /// A presence notice: the shared room summary plus this session's own place.
@@ -264,6 +277,7 @@ pub fn room_notices<'o, 'n>(
                                 version: new.version,
                                 by: new.occupants[0].person(),
                                 position: i as u32,
+                                reason: DisplacedReason::Takeover,
                             },
                         });
                     }

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use crate::error::Error;
 use crate::ids::{Meta, Person, ResumeToken, RoomId, SessionId};
 use crate::machine::{Joined, Left};
-use crate::notice::{Notice, NoticeKind, PresenceBody};
+use crate::notice::{DisplacedReason, Notice, NoticeKind, PresenceBody};
 
 /// The protocol version announced in `hello`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -333,6 +333,8 @@ pub enum Event {
         by: Person,
         /// Your new place.
         position: u32,
+        /// Why: `"takeover"` (and, in later versions, `"idle"` or `"server"`).
+        reason: DisplacedReason,
     },
     /// Reply to `leave` and `unwatch`.
     Left {
@@ -534,11 +536,13 @@ impl Event {
                 version,
                 by,
                 position,
+                reason,
             } => Event::Displaced {
                 room,
                 version: *version,
                 by: by.clone(),
                 position: *position,
+                reason: *reason,
             },
         }
     }

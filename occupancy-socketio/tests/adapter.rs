@@ -163,6 +163,7 @@ async fn rich_events_are_acked_with_protocol_v1_objects_and_pushed() {
     );
     let d = a.wait_for("occupancy:displaced", |_| true).await;
     assert_eq!(d["position"], 1);
+    assert_eq!(d["reason"], "takeover");
     b.wait_for("occupancy:released", |_| true).await;
 
     let r = b
