@@ -151,10 +151,15 @@ impl HubInner {
         if batch.is_empty() {
             return;
         }
-        let _lifecycle = self
-            .lifecycle
-            .of_all(batch.iter().map(|(id, ..)| *id))
-            .await;
+        // Waiting for the sessions' locks may be cancelled (the caller's future dropped): the
+        // batch then goes back to the queue for the timer task, never lost.
+        let mut held = Requeue {
+            hub: self,
+            batch: Some(batch),
+        };
+        let ids = held.batch.iter().flatten().map(|(id, ..)| *id);
+        let _lifecycle = self.lifecycle.of_all(ids).await;
+        let batch = held.batch.take().expect("taken only here");
         let now = now();
         for ending in [Ending::Lost, Ending::Closed] {
             let part: Vec<_> = batch
@@ -307,6 +312,26 @@ impl HubInner {
     }
 }
 
+/// Disconnects taken from the queue and not yet done: put back (and the timer task woken) if
+/// dropped before `batch` is taken out.
+struct Requeue<'a> {
+    hub: &'a HubInner,
+    batch: Option<Vec<(SessionId, Arc<Conn>, Ending)>>,
+}
+
+impl Drop for Requeue<'_> {
+    fn drop(&mut self) {
+        if let Some(batch) = self.batch.take() {
+            self.hub
+                .disconnecting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(batch);
+            self.hub.registry.wake.notify_one();
+        }
+    }
+}
+
 /// How late a grace may end so that graces ending close together end in one batch: 1/64 of the
 /// grace (78 ms of the default 5 s), at most 100 ms. A resume is still refused from the deadline
 /// on; only the removal (and the next holder's `released`) waits for the batch.
@@ -425,6 +450,43 @@ mod tests {
         }
         assert_eq!(backend.with_machine(|m| m.poll_timeout()), Some(deadline));
         assert!(hub.inner.registry.take_cmds(false).is_empty());
+    }
+
+    /// A disconnect whose caller is cancelled while it waits for a session's lifecycle lock (held
+    /// by a slow resume, say) is not lost: the batch goes back to the queue and the timer task
+    /// does it once the lock is free.
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_cancelled_while_waiting_for_a_lock_puts_its_batch_back() {
+        let backend = MemoryBackend::new();
+        let hub = hub_on(&backend);
+        let (a, _an) = hub.connect(None, Meta::empty()).await.unwrap();
+        a.join("doc", None).await.unwrap();
+        let conn = conn_of(&hub, a.id());
+        let held = hub.inner.lifecycle.of(a.id()).lock().await;
+        let flushing = tokio::spawn({
+            let hub = hub.clone();
+            let id = a.id();
+            async move { hub.inner.disconnect(id, &conn, Ending::Lost).await }
+        });
+        settle().await;
+        assert!(!flushing.is_finished(), "waits for the held lock");
+        flushing.abort();
+        let _ = flushing.await;
+        assert!(
+            backend.with_machine(|m| m.is_live(a.id())),
+            "nothing done yet"
+        );
+        drop(held);
+        settle().await;
+        assert!(
+            !backend.with_machine(|m| m.is_live(a.id())),
+            "the timer task disconnected it"
+        );
+        assert!(
+            hub.inner.registry.lock().slots[&a.id()]
+                .grace_until
+                .is_some()
+        );
     }
 
     /// A page closed on purpose keeps its place for `close_grace` (2 s by default), a lost
