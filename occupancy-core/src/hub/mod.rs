@@ -444,26 +444,24 @@ impl Hub {
         expected: Option<Option<&str>>,
     ) -> Result<(Session, Notices, Resumed), Error> {
         let hub = &self.inner;
-        let lookup = || async {
-            let local = {
-                let st = hub.registry.lock();
-                st.tokens
-                    .get(&token)
-                    .map(|id| (*id, st.slots[id].principal.clone()))
-            };
-            match local {
-                Some(found) => Ok(found),
-                None => match hub.backend.session_for_token(token).await? {
-                    Some((id, p)) => Ok((id, p.map(Arc::from))),
-                    None => Err(Error::ResumeInvalid),
-                },
-            }
+        let local = || {
+            let st = hub.registry.lock();
+            st.tokens
+                .get(&token)
+                .map(|id| (*id, st.slots[id].principal.clone()))
         };
-        // The session's lifecycle lock needs its id: look the token up, lock, and look again (a
-        // resume or close that held the lock meanwhile may have spent the token).
-        let (id, principal) = lookup().await?;
+        // The session's lifecycle lock needs its id: look the token up, lock, and (for a token
+        // of this Hub) look again: a resume or close that held the lock meanwhile may have spent
+        // it. A token of another node's session is checked by the backend's resume itself.
+        let (id, principal, ours) = match local() {
+            Some((id, p)) => (id, p, true),
+            None => match hub.backend.session_for_token(token).await? {
+                Some((id, p)) => (id, p.map(Arc::from), false),
+                None => return Err(Error::ResumeInvalid),
+            },
+        };
         let _lifecycle = hub.lifecycle.of(id).lock().await;
-        if lookup().await?.0 != id {
+        if ours && local().is_none_or(|(again, _)| again != id) {
             return Err(Error::ResumeInvalid);
         }
         if let Some(expected) = expected
