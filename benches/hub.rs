@@ -166,8 +166,7 @@ fn two_workers() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// The shared room, with a holder that stays; `shards`: the Hub's (None: its default, 2 shards on
-/// the 2-worker runtime).
+/// The shared room, with a holder that stays; `shards`: the Hub's (None: its default, one).
 async fn setup_hub_with(shards: Option<usize>) -> Hub {
     // A large buffer: with 2 tasks, a session descheduled by the OS for a moment while it stands
     // in the room would otherwise be closed as a slow consumer by the other task's churn.
@@ -208,7 +207,7 @@ fn hub(c: &mut Criterion) {
             })
         });
     });
-    for (name, shards) in [("hub, 2 tasks", None), ("hub, 2 tasks, 1 shard", Some(1))] {
+    for (name, shards) in [("hub, 2 tasks", None), ("hub, 2 tasks, 2 shards", Some(2))] {
         g.bench_function(name, |b| {
             let rt = two_workers();
             let (_hub, sessions) = rt.block_on(async {
@@ -229,8 +228,8 @@ fn hub(c: &mut Criterion) {
     // Independent rooms: each task has its own room (with its own holder). What the cost rules
     // ask of the runtime: unrelated rooms proceed in parallel. Both cases run on the same
     // 2-worker runtime, so the ratio of their throughputs is the parallel speed-up.
-    // One shard is `HubBuilder::shards(1)` (one machine, as before sharding); 2 shards is what
-    // the Hub builds by default on 2 workers (built here by hand to place the rooms).
+    // One shard is the Hub's default (one machine); 2 shards is `HubBuilder::shards(2)` (built
+    // here by hand to place the rooms in different shards).
     for (tasks, shards) in [(1usize, 1usize), (2, 1), (1, 2), (2, 2)] {
         let name = match shards {
             1 => format!("hub, {tasks} task(s), distinct rooms, 2 workers, 1 shard"),

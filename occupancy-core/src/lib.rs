@@ -12,9 +12,8 @@
 //! - [`Hub`]: the tokio runtime: sessions with bounded notice streams, grace timers,
 //!   authorization, slow-consumer handling.
 //! - [`Backend`]: the seam between the Hub and where the state lives. In this process:
-//!   [`ShardedBackend`] spreads rooms over several machines so that independent rooms proceed in
-//!   parallel (the Hub's default: one shard per runtime worker), [`MemoryBackend`] keeps them in
-//!   one (the default on one worker).
+//!   [`MemoryBackend`] keeps them in one machine (the default), [`ShardedBackend`] spreads them
+//!   over several so that independent rooms proceed in parallel (`HubBuilder::shards`).
 //! - `testing` (feature `testing`): the conformance suite every backend must pass.
 //!
 //! ```

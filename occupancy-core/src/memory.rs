@@ -19,10 +19,9 @@ use crate::notice::PresenceBody;
 use crate::relay::Relay;
 use crate::state::RoomState;
 
-/// The in-memory [`Backend`] with one machine for every room (what
-/// [`Hub::builder`](crate::Hub::builder) uses on a single-worker runtime, or with
-/// [`HubBuilder::shards(1)`](crate::HubBuilder::shards); on more workers it uses a
-/// [`ShardedBackend`](crate::ShardedBackend)).
+/// The in-memory [`Backend`] with one machine for every room: what
+/// [`Hub::builder`](crate::Hub::builder) uses unless told [`HubBuilder::shards`](crate::HubBuilder::shards)
+/// (then a [`ShardedBackend`](crate::ShardedBackend)).
 ///
 /// Cheap to clone (an `Arc` inside): keep a clone to look at the machine in tests
 /// ([`MemoryBackend::with_machine`]). The Hub's configuration replaces the machine's at

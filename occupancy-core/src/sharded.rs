@@ -1,8 +1,7 @@
 //! [`ShardedBackend`]: the in-memory [`Backend`] with rooms spread over several state machines,
 //! so that independent rooms proceed in parallel (DESIGN.md "Cost rules": rooms spread over
-//! cores). The Hub's default on a multi-threaded runtime (one shard per worker,
-//! [`HubBuilder::shards`](crate::HubBuilder::shards)); [`MemoryBackend`](crate::MemoryBackend)
-//! keeps one machine.
+//! cores). Chosen with [`HubBuilder::shards`](crate::HubBuilder::shards) (its docs give the
+//! measured trade-off); [`MemoryBackend`](crate::MemoryBackend), the default, keeps one machine.
 //!
 //! Each room lives in one shard (a [`Machine`] behind its own mutex), chosen by a keyed hash of
 //! its id; every rule of a room is that shard's machine's. A session spans shards: a small table
@@ -217,11 +216,17 @@ impl ShardedBackend {
             Some((room, watch)) => {
                 // Entering a room needs a reservation (`enter` refuses without one).
                 debug_assert!(reserved);
-                if watch {
-                    e.watching.push(room);
+                let list = if watch {
+                    &mut e.watching
                 } else {
-                    e.joined.push(room);
+                    &mut e.joined
+                };
+                if list.capacity() == 0 {
+                    // Most sessions stand in one room: room for one, not four (the memory of an
+                    // idle connection).
+                    list.reserve_exact(1);
                 }
+                list.push(room);
             }
             None if reserved => e.rooms -= 1,
             None => {}

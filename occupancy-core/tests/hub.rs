@@ -556,7 +556,7 @@ async fn the_shard_count_is_checked() {
         ),
         other => panic!("shards with a backend: {other:?}"),
     }
-    // 1 (one machine), 2 and the default (the runtime's 2 workers) all serve a hand-over.
+    // 1 (one machine), 2 and the default (one machine) all serve a hand-over.
     for hub in [
         Hub::builder().shards(1).build().unwrap(),
         Hub::builder().shards(2).build().unwrap(),
