@@ -534,15 +534,7 @@ impl Machine {
         };
         let position = change.new_session.map_or(0, |(_, p)| p as u32);
         let reply = joined(r, position);
-        let sessions = &self.sessions;
-        change.emit(
-            &r.id,
-            &r.line,
-            &r.watchers,
-            |w| is_member(sessions, &r.line, w),
-            k,
-            &mut self.outbox,
-        );
+        emit(&change, r, &self.sessions, k, &mut self.outbox);
         let room_id = r.id.clone();
         let joined = &mut self
             .sessions
@@ -591,15 +583,7 @@ impl Machine {
             top_changed: pos == 0 || pos < k,
             ..Change::default()
         };
-        let sessions = &self.sessions;
-        change.emit(
-            &r.id,
-            &r.line,
-            &r.watchers,
-            |w| is_member(sessions, &r.line, w),
-            k,
-            &mut self.outbox,
-        );
+        emit(&change, r, &self.sessions, k, &mut self.outbox);
         Ok(joined(r, pos as u32))
     }
 
@@ -675,12 +659,10 @@ impl Machine {
             new_session: None,
             displaced: Some(1),
         };
-        let sessions = &self.sessions;
-        change.emit(
-            &r.id,
-            &r.line,
-            &r.watchers,
-            |w| is_member(sessions, &r.line, w),
+        emit(
+            &change,
+            r,
+            &self.sessions,
             self.config.presence_occupants,
             &mut self.outbox,
         );
@@ -1122,15 +1104,7 @@ impl Machine {
             }
         };
         r.version = version;
-        let sessions = &self.sessions;
-        change.emit(
-            &r.id,
-            &r.line,
-            &r.watchers,
-            |w| is_member(sessions, &r.line, w),
-            k,
-            &mut self.outbox,
-        );
+        emit(&change, r, &self.sessions, k, &mut self.outbox);
         if r.is_empty() {
             // HashMap::remove: O(1), not a shift of every other room.
             self.rooms.remove(room_id);
@@ -1163,6 +1137,25 @@ impl Machine {
 
 /// True when watcher `w` also stands in `line` (it then gets its member presence, not a second
 /// place-less one). O(1).
+/// Emits `change`, just made to room `r`, into `out` ([`Change::emit`]; a watcher who also stands
+/// in the line gets only its member presence).
+fn emit(
+    change: &Change,
+    r: &Room,
+    sessions: &HashMap<SessionId, SessionEntry, IdHash>,
+    k: usize,
+    out: &mut Outbox,
+) {
+    change.emit(
+        &r.id,
+        &r.line,
+        &r.watchers,
+        |w| is_member(sessions, &r.line, w),
+        k,
+        out,
+    );
+}
+
 fn is_member(
     sessions: &HashMap<SessionId, SessionEntry, IdHash>,
     line: &Line,
