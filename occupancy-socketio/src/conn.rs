@@ -128,20 +128,7 @@ async fn connecting(
         bucket: Mutex::new(shared.rate.rate().full(Instant::now())),
         shared: shared.clone(),
     });
-    let n = &shared.names;
-    let mut ops = vec![
-        (&n.join, OpKind::Join, false),
-        (&n.leave, OpKind::Leave, false),
-        (&n.takeover, OpKind::Takeover, false),
-        (&n.watch, OpKind::Watch, false),
-        (&n.unwatch, OpKind::Unwatch, false),
-        (&n.update, OpKind::Update, false),
-    ];
-    if shared.article {
-        ops.push((&n.article_join, OpKind::Join, true));
-        ops.push((&n.article_leave, OpKind::Leave, true));
-    }
-    for (name, kind, article) in ops {
+    for (name, kind, article) in shared.names.incoming(shared.article) {
         let inbox = inbox.clone();
         let op = Op { kind, article };
         s.on(

@@ -351,11 +351,9 @@ impl Occupancy {
     /// Registers the namespace on `io` (replacing any handler it had). [`Error::Config`] when two
     /// incoming events share a name, the queue is empty or the rate limit is zero.
     pub fn attach(self, io: &SocketIo) -> Result<(), Error> {
-        let mut incoming: Vec<&str> = self.names.incoming().to_vec();
-        if !self.article {
-            // The article's two events come last.
-            incoming.truncate(incoming.len() - 2);
-        }
+        let mut incoming: Vec<&str> = (self.names.incoming(self.article).into_iter())
+            .map(|(name, ..)| name.as_ref())
+            .collect();
         incoming.sort_unstable();
         if let Some(w) = incoming.windows(2).find(|w| w[0] == w[1]) {
             return Err(Error::Config(format!(

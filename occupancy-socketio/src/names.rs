@@ -3,6 +3,8 @@
 
 use std::borrow::Cow;
 
+use occupancy_core::protocol::OpKind;
+
 /// The event names (and the article's two payload strings).
 ///
 /// The defaults are the article's events (`join_document_room`, `is_occupied`, `is_released`),
@@ -101,18 +103,22 @@ impl EventNames {
         }
     }
 
-    /// The names of the events a client sends, for checking they are distinct.
-    pub(crate) fn incoming(&self) -> [&str; 8] {
-        [
-            &self.join,
-            &self.leave,
-            &self.takeover,
-            &self.watch,
-            &self.unwatch,
-            &self.update,
-            &self.article_join,
-            &self.article_leave,
-        ]
+    /// The events a client sends, with the op each runs and whether it is the article's: what
+    /// the adapter registers on every socket, and what `attach` checks for clashing names.
+    pub(crate) fn incoming(&self, article: bool) -> Vec<(&Cow<'static, str>, OpKind, bool)> {
+        let mut ops = vec![
+            (&self.join, OpKind::Join, false),
+            (&self.leave, OpKind::Leave, false),
+            (&self.takeover, OpKind::Takeover, false),
+            (&self.watch, OpKind::Watch, false),
+            (&self.unwatch, OpKind::Unwatch, false),
+            (&self.update, OpKind::Update, false),
+        ];
+        if article {
+            ops.push((&self.article_join, OpKind::Join, true));
+            ops.push((&self.article_leave, OpKind::Leave, true));
+        }
+        ops
     }
 }
 
@@ -135,9 +141,14 @@ mod tests {
         let d = EventNames::with_prefix("doc/");
         assert_eq!(d.takeover, "doc/takeover");
         assert_eq!(d.article_leave, "leave_document_room");
-        let mut incoming = n.incoming().to_vec();
+        let mut incoming: Vec<&str> = n
+            .incoming(true)
+            .into_iter()
+            .map(|(n, ..)| n.as_ref())
+            .collect();
         incoming.sort();
         incoming.dedup();
         assert_eq!(incoming.len(), 8);
+        assert_eq!(n.incoming(false).len(), 6);
     }
 }
