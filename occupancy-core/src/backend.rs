@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use crate::config::{Config, Ending};
 use crate::error::Error;
 use crate::ids::{Meta, ResumeToken, RoomId, SessionId};
-use crate::machine::{Joined, Left, Resumed, Stats};
+use crate::machine::{ForcedRelease, Joined, Left, Resumed, Stats};
 use crate::notice::{Notice, PresenceBody, room_notices};
 use crate::state::RoomState;
 
@@ -132,6 +132,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Changes the metadata the session's occupant shows in a room it stands in
     /// (see [`Machine::update`](crate::Machine::update)).
     async fn update(&self, session: SessionId, room: &str, meta: Meta) -> Result<Joined, Error>;
+
+    /// Refreshes the idle clock of the session's occupant in a room it holds
+    /// (see [`Machine::active`](crate::Machine::active)).
+    async fn active(&self, session: SessionId, room: &str) -> Result<Joined, Error>;
+
+    /// Forces a release of a room: the holder is displaced with reason `"server"`
+    /// (see [`Machine::release`](crate::Machine::release)).
+    async fn release(&self, room: &str) -> Result<ForcedRelease, Error>;
 
     /// Takes the session out of a room's line (see [`Machine::leave`](crate::Machine::leave)).
     async fn leave(&self, session: SessionId, room: &str) -> Result<Left, Error>;

@@ -36,18 +36,23 @@ pub(crate) struct Change {
     pub moved: (usize, usize),
     /// A session new to the line, at this place: `occupied` unless it holds, and a presence.
     pub new_session: Option<(SessionId, usize)>,
-    /// The previous holder, displaced to this place by a take over.
+    /// The previous holder, displaced to this place (by a take over, idle expiry, a forced
+    /// release: `reason`).
     pub displaced: Option<usize>,
+    /// Why the holder was displaced, when `displaced` is set.
+    pub reason: DisplacedReason,
 }
 
 impl Change {
     /// Emits the notices of this change into `out`: urgent ones first, then presences in line
     /// order, then the watchers'. `is_member` says whether a watcher also stands in the line (it
-    /// then got its member presence already). Cost: O(k + moved + new holder's sessions +
+    /// then got its member presence already); `held_since` is the room's after the change. Cost: O(k + moved + new holder's sessions +
     /// watchers), or O(line) when the top changed (everyone's view shows the top).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn emit(
         &self,
         room: &RoomId,
+        held_since: Option<u64>,
         line: &Line,
         watchers: &[SessionId],
         is_member: impl Fn(SessionId) -> bool,
@@ -79,7 +84,7 @@ impl Change {
                         version,
                         by: by.clone(),
                         position: place as u32,
-                        reason: DisplacedReason::Takeover,
+                        reason: self.reason,
                     },
                 ));
             }
@@ -116,7 +121,7 @@ impl Change {
             head + to.min(n).saturating_sub(from.max(head)) + 1
         } + watchers.len();
         let mut presences = Presences::new(room, expected, out);
-        let body = || PresenceBody::of_line(version, line, k);
+        let body = || PresenceBody::of_line(version, held_since, line, k);
         let mut told_new = false;
         let tell = |from: usize, to: usize, told_new: &mut bool, p: &mut Presences<'_>| {
             for (place, o) in line.iter_from(from).take(to.saturating_sub(from)) {

@@ -93,6 +93,20 @@ pub struct Config {
         serde(rename = "close_grace_ms", deserialize_with = "millis::deserialize")
     )]
     pub close_grace: Duration,
+    /// Idle expiry (default off): a holder none of whose sessions joined, updated or said
+    /// `active` in the room for this long keeps it while nobody waits; once someone waits (or
+    /// joins), the holder is displaced to place 1 (`displaced` with reason `"idle"`) and the next
+    /// in line is released — a page left open by someone who walked away stops blocking others
+    /// (Payload's lock duration, WordPress's 150 s lock window). `idle_timeout_ms` in a
+    /// configuration file.
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            rename = "idle_timeout_ms",
+            deserialize_with = "millis::deserialize_opt"
+        )
+    )]
+    pub idle_timeout: Option<Duration>,
     /// How many occupants (from the front) a presence notice lists (default 8).
     pub presence_occupants: usize,
     /// A debugging aid (default off): the in-memory backend runs
@@ -111,6 +125,7 @@ impl Default for Config {
             limits: Limits::default(),
             grace: Duration::from_secs(5),
             close_grace: Duration::from_secs(2),
+            idle_timeout: None,
             presence_occupants: 8,
             check_invariants: false,
         }
@@ -150,6 +165,15 @@ impl Config {
             self.close_grace,
             Duration::from_secs(24 * 3600),
         )?;
+        if let Some(idle) = self.idle_timeout {
+            check_duration("idle_timeout", idle, Duration::from_secs(30 * 24 * 3600))?;
+            if idle.is_zero() {
+                return Err(Error::Config(
+                    "idle_timeout must be above zero (leave it unset to turn idle expiry off)"
+                        .into(),
+                ));
+            }
+        }
         let l = &self.limits;
         if l.max_room_id_len == 0 {
             return Err(Error::Config("max_room_id_len must be at least 1".into()));
@@ -179,6 +203,11 @@ pub mod millis {
     /// Reads a number of milliseconds.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         u64::deserialize(d).map(Duration::from_millis)
+    }
+
+    /// Reads a number of milliseconds, or `null`.
+    pub fn deserialize_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<u64>::deserialize(d).map(|o| o.map(Duration::from_millis))
     }
 }
 

@@ -305,11 +305,14 @@ impl<'de> Deserialize<'de> for Meta {
     }
 }
 
-/// An occupant as others see it: `{"id": ..., "meta": {...}}`.
+/// An occupant as others see it: `{"id": ..., "meta": {...}, "since": ...}`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Person {
     /// The occupant's public id (see [`OccupantKey`]'s `Display`).
     pub id: OccupantKey,
     /// The occupant's public metadata.
     pub meta: Meta,
+    /// When the occupant entered the room's line: Unix time in milliseconds, by the server's
+    /// clock ("editing since 10:42").
+    pub since: u64,
 }

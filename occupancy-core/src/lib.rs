@@ -101,7 +101,7 @@ pub use config::{Config, Ending, Limits};
 pub use error::{Error, RoomIdError};
 pub use identity::Identity;
 pub use ids::{Meta, OccupantKey, Person, ResumeToken, RoomId, SessionId};
-pub use machine::{Drain, Joined, Left, Machine, Resumed, Stats};
+pub use machine::{Drain, ForcedRelease, Joined, Left, Machine, Resumed, Stats};
 pub use notice::{DisplacedReason, Notice, NoticeKind, Presence, PresenceBody, room_notices};
 pub use origin::OriginPolicy;
 pub use rate::{Rate, TokenBucket};

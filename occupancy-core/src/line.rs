@@ -213,10 +213,12 @@ impl Line {
     }
 
     /// A copy of the line as plain data (for reads and tests; O(len)).
-    pub(crate) fn snapshot(&self, version: u64) -> RoomState {
+    pub(crate) fn snapshot(&self, version: u64, held_since: Option<u64>) -> RoomState {
         RoomState {
             version,
             occupants: self.occupants.iter().cloned().collect(),
+            held_since: self.front().and(held_since),
+            reason: Default::default(),
         }
     }
 
@@ -280,6 +282,7 @@ mod tests {
             key: OccupantKey::Anonymous(SessionId(i)),
             meta: Meta::empty(),
             sessions: crate::Sessions::one(SessionId(i)),
+            since: 0,
         }
     }
 

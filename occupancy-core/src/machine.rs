@@ -18,14 +18,14 @@
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::change::Change;
 use crate::config::{Config, Ending};
 use crate::error::Error;
 use crate::ids::{Meta, OccupantKey, Person, ResumeToken, RoomId, SessionId};
 use crate::line::Line;
-use crate::notice::{Notice, NoticeKind, Presence, PresenceBody};
+use crate::notice::{DisplacedReason, Notice, NoticeKind, Presence, PresenceBody};
 use crate::outbox::{Outbox, Outgoing};
 use crate::state::{OccupantState, RoomState, Sessions};
 
@@ -65,6 +65,25 @@ pub struct Resumed {
     pub rooms: Vec<Joined>,
     /// The rooms it watches.
     pub watching: Vec<RoomId>,
+}
+
+/// The answer to a forced release ([`Machine::release`]).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ForcedRelease {
+    /// Nobody held the room: nothing changed.
+    Vacant,
+    /// The holder was displaced (`displaced` with reason `"server"`) and the next in line
+    /// released.
+    HandedOver {
+        /// The room's version after the change.
+        version: u64,
+        /// Who holds the room now.
+        to: Person,
+    },
+    /// The holder is alone in the room: it keeps it until someone joins, who is then granted
+    /// the room at once (the holder is displaced with reason `"server"` then).
+    Pending,
 }
 
 /// Counts for metrics.
@@ -117,9 +136,40 @@ struct Room {
     version: u64,
     line: Line,
     watchers: Vec<SessionId>,
+    /// When the current holder was granted the room (Unix ms); meaningless when empty.
+    held_since: u64,
+    /// The holder's idle clock: when it was granted the room or one of its sessions last
+    /// joined, updated or said `active`, whichever is later (only kept with an idle timeout).
+    active_at: Option<Instant>,
+    /// The deadline of this room's entry in [`Machine::idle_timers`], if it has one (at most
+    /// one: a grant does not add a second, the pending one re-arms itself when it fires early).
+    idle_timer: Option<Instant>,
+    /// A forced release found the holder alone: the next to join is granted the room.
+    release_pending: bool,
 }
 
 impl Room {
+    fn new(id: RoomId, version: u64) -> Room {
+        Room {
+            id,
+            version,
+            line: Line::default(),
+            watchers: Vec::new(),
+            held_since: 0,
+            active_at: None,
+            idle_timer: None,
+            release_pending: false,
+        }
+    }
+
+    fn held_since(&self) -> Option<u64> {
+        self.line.front().map(|_| self.held_since)
+    }
+
+    fn presence(&self, k: usize) -> PresenceBody {
+        PresenceBody::of_line(self.version, self.held_since(), &self.line, k)
+    }
+
     fn is_empty(&self) -> bool {
         self.line.is_empty() && self.watchers.is_empty()
     }
@@ -161,6 +211,12 @@ pub struct Machine {
     tokens: HashMap<ResumeToken, SessionId, IdHash>,
     /// Grace deadlines, earliest first. Exact removal on resume keeps it small.
     timers: BTreeSet<(Instant, SessionId)>,
+    /// Idle deadlines of holders ([`Config::idle_timeout`]), earliest first, one per room at most.
+    idle_timers: BTreeSet<(Instant, RoomId)>,
+    /// The latest time a caller passed in ([`Machine::advance`]); `None` before the first.
+    now: Option<Instant>,
+    /// An instant and the Unix time in milliseconds it corresponds to ([`Machine::set_wall_clock`]).
+    epoch: Option<(Instant, u64)>,
     /// Source of room versions: one counter for all rooms, so a room that empties (and is
     /// forgotten) and is created again still gets versions above every one it had before.
     clock: u64,
@@ -188,6 +244,9 @@ impl Machine {
             rooms: HashMap::default(),
             tokens: HashMap::default(),
             timers: BTreeSet::new(),
+            idle_timers: BTreeSet::new(),
+            now: None,
+            epoch: None,
             clock: 0,
             occupants: 0,
             watches: 0,
@@ -200,6 +259,42 @@ impl Machine {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    // ----- time -----------------------------------------------------------------------------
+
+    /// Tells the machine what time it is. The machine reads no clock: the calls that take `now`
+    /// ([`Machine::disconnect`], [`Machine::resume`], [`Machine::handle_timeout`]) advance it
+    /// too, and a driver calls this before the others (a join stamps `since` and refreshes the
+    /// idle clock with it). Time never goes back: an earlier `now` than the latest is ignored.
+    pub fn advance(&mut self, now: Instant) {
+        if self.now.is_none_or(|t| now > t) {
+            self.now = Some(now);
+        }
+        if self.epoch.is_none() {
+            self.epoch = Some((now, 0));
+        }
+    }
+
+    /// Sets which Unix time (milliseconds) the instant `at` is: `since` and `held_since` are
+    /// computed from it and the time passed in, so they follow the monotonic clock (a wall clock
+    /// stepping back does not reorder them). Without it, the first instant passed in is time 0.
+    pub fn set_wall_clock(&mut self, at: Instant, unix_ms: u64) {
+        self.epoch = Some((at, unix_ms));
+    }
+
+    /// The current time as Unix milliseconds (0 before any time was passed in).
+    pub fn now_unix_ms(&self) -> u64 {
+        match (self.now, self.epoch) {
+            (Some(now), Some((at, ms))) => {
+                if now >= at {
+                    ms.saturating_add(now.duration_since(at).as_millis() as u64)
+                } else {
+                    ms.saturating_sub(at.duration_since(now).as_millis() as u64)
+                }
+            }
+            _ => 0,
+        }
     }
 
     // ----- mutators: sessions ---------------------------------------------------------------
@@ -248,6 +343,7 @@ impl Machine {
         now: Instant,
         ending: Ending,
     ) -> Result<(), Error> {
+        self.advance(now);
         let grace = self.config.grace_for(ending);
         let entry = self
             .sessions
@@ -281,6 +377,7 @@ impl Machine {
         now: Instant,
         ending: Ending,
     ) -> usize {
+        self.advance(now);
         let grace = self.config.grace_for(ending);
         if grace.is_zero() {
             return self.close_many(sessions);
@@ -366,6 +463,7 @@ impl Machine {
         new_token: ResumeToken,
         now: Instant,
     ) -> Result<Resumed, Error> {
+        self.advance(now);
         let &session = self.tokens.get(&token).ok_or(Error::ResumeInvalid)?;
         if token != new_token && self.tokens.contains_key(&new_token) {
             return Err(Error::SessionExists);
@@ -399,7 +497,7 @@ impl Machine {
                 session,
                 room: room_id.clone(),
                 kind: NoticeKind::Presence(Presence {
-                    body: Arc::new(PresenceBody::of_line(room.version, &room.line, k)),
+                    body: Arc::new(room.presence(k)),
                     position: Some(position),
                 }),
             });
@@ -415,7 +513,7 @@ impl Machine {
                 session,
                 room: room_id.clone(),
                 kind: NoticeKind::Presence(Presence {
-                    body: Arc::new(PresenceBody::of_line(room.version, &room.line, k)),
+                    body: Arc::new(room.presence(k)),
                     position: None,
                 }),
             });
@@ -431,9 +529,14 @@ impl Machine {
     // ----- mutators: rooms ------------------------------------------------------------------
 
     /// Stands `session` in the line of `room`. Idempotent: joining a room you are in returns your
-    /// place and tells nobody anything. `meta` overrides the session's default metadata for this
-    /// room (used when the occupant is new to the room). O(1) plus O(k) presences (the first k
-    /// see the line grow).
+    /// place and tells nobody anything (it refreshes the holder's idle clock). `meta` overrides
+    /// the session's default metadata for this room (used when the occupant is new to the room).
+    /// O(1) plus O(k) presences (the first k see the line grow).
+    ///
+    /// With [`Config::idle_timeout`], a join that makes someone wait behind an idle holder (or
+    /// behind a holder a forced release found alone) is followed at once by a second change:
+    /// the holder is displaced to place 1 (`displaced` with reason `"idle"` or `"server"`) and
+    /// the next in line is released. The reply gives the place after both.
     pub fn join(
         &mut self,
         session: SessionId,
@@ -454,6 +557,7 @@ impl Machine {
         if let Some(meta) = &meta {
             meta.check(limits.max_meta_bytes)?;
         }
+        let idle = self.config.idle_timeout.zip(self.now);
 
         // Already in the line (this session, or another session of the same occupant)?
         let mut existing = self.rooms.get_mut(room);
@@ -465,6 +569,11 @@ impl Machine {
                 .get(pos)
                 .is_some_and(|o| o.sessions.contains(&session))
             {
+                if pos == 0
+                    && let Some((_, now)) = idle
+                {
+                    r.active_at = Some(now);
+                }
                 return Ok(joined(r, pos as u32));
             }
             occupant_pos = Some(pos);
@@ -491,22 +600,36 @@ impl Machine {
             Some(r) => r,
             None => {
                 let id = RoomId::parse(room, usize::MAX)?;
-                self.rooms.entry(id.clone()).or_insert(Room {
-                    id,
-                    version: self.clock,
-                    line: Line::default(),
-                    watchers: Vec::new(),
-                })
+                self.rooms
+                    .entry(id.clone())
+                    .or_insert(Room::new(id, self.clock))
             }
         };
         self.clock += 1;
         r.version = self.clock;
         let k = self.config.presence_occupants;
+        // `since` and `held_since` in the server's Unix milliseconds (inlined `now_unix_ms`: the
+        // room is borrowed).
+        let now_ms = match (self.now, self.epoch) {
+            (Some(now), Some((at, ms))) if now >= at => {
+                ms.saturating_add(now.duration_since(at).as_millis() as u64)
+            }
+            (Some(now), Some((at, ms))) => {
+                ms.saturating_sub(at.duration_since(now).as_millis() as u64)
+            }
+            _ => 0,
+        };
+        let mut behind_holder = false;
         let change = match occupant_pos {
             // Another tab of an occupant already in line: only this session is told.
             Some(pos) => {
                 if let Some(o) = r.line.get_mut(pos) {
                     o.sessions.push(session);
+                }
+                if pos == 0
+                    && let Some((_, now)) = idle
+                {
+                    r.active_at = Some(now);
                 }
                 Change {
                     version: r.version,
@@ -520,8 +643,14 @@ impl Machine {
                     key,
                     meta,
                     sessions: Sessions::one(session),
+                    since: now_ms,
                 });
                 self.occupants += 1;
+                if n_old == 0 {
+                    grant(r, now_ms, idle, &mut self.idle_timers);
+                } else {
+                    behind_holder = true;
+                }
                 Change {
                     version: r.version,
                     holder_changed: n_old == 0,
@@ -532,21 +661,48 @@ impl Machine {
                 }
             }
         };
-        let position = change.new_session.map_or(0, |(_, p)| p as u32);
-        let reply = joined(r, position);
+        let mut position = change.new_session.map_or(0, |(_, p)| p as u32);
         emit(&change, r, &self.sessions, k, &mut self.outbox);
         let room_id = r.id.clone();
-        let joined = &mut self
+        // Someone waits now: an idle holder (or one a forced release found alone) gives way.
+        let give_way = if !behind_holder {
+            None
+        } else if r.release_pending {
+            Some(DisplacedReason::Server)
+        } else if let Some((timeout, now)) = idle {
+            let due = r.active_at.map(|t| t + timeout);
+            if due.is_some_and(|due| due <= now) {
+                Some(DisplacedReason::Idle)
+            } else {
+                if let Some(due) = due {
+                    arm(r, due, &mut self.idle_timers);
+                }
+                None
+            }
+        } else {
+            None
+        };
+        let rooms = &mut self
             .sessions
             .get_mut(&session)
             .expect("checked live")
             .joined;
-        if joined.capacity() == 0 {
+        if rooms.capacity() == 0 {
             // Most sessions stand in one room: room for one, not four.
-            joined.reserve_exact(1);
+            rooms.reserve_exact(1);
         }
-        joined.push(room_id);
-        Ok(reply)
+        rooms.push(room_id.clone());
+        if let Some(reason) = give_way {
+            self.displace_holder(&room_id, reason);
+            // Places 0 and 1 swapped; everyone else stays.
+            position = match position {
+                0 => 1,
+                1 => 0,
+                p => p,
+            };
+        }
+        let r = &self.rooms[&room_id];
+        Ok(joined(r, position))
     }
 
     /// Changes the metadata `session`'s occupant shows in `room` ("viewing" → "editing")
@@ -565,12 +721,20 @@ impl Machine {
         let key = self.live_session(session)?.key(session);
         meta.check(limits.max_meta_bytes)?;
         let (r, pos) = self.standing(session, &key, room, Error::NotMember)?;
-        if r.line.get(pos).is_some_and(|o| o.meta == meta) {
+        let unchanged = r.line.get(pos).is_some_and(|o| o.meta == meta);
+        let r = self.rooms.get_mut(room).expect("found above");
+        if pos == 0
+            && self.config.idle_timeout.is_some()
+            && let Some(now) = self.now
+        {
+            r.active_at = Some(now);
+        }
+        if unchanged {
             return Ok(joined(r, pos as u32));
         }
-        let version = self.tick();
+        self.clock += 1;
+        let version = self.clock;
         let k = self.config.presence_occupants;
-        let r = self.rooms.get_mut(room).expect("found above");
         r.version = version;
         if let Some(o) = r.line.get_mut(pos) {
             o.meta = meta;
@@ -585,6 +749,79 @@ impl Machine {
         };
         emit(&change, r, &self.sessions, k, &mut self.outbox);
         Ok(joined(r, pos as u32))
+    }
+
+    /// "The person is still working here": refreshes the idle clock of `session`'s occupant in
+    /// `room` when it holds the room ([`Config::idle_timeout`]); changes nothing anyone sees and
+    /// tells nobody. Returns the session's place. Errors, in this order: the room id,
+    /// [`Error::UnknownSession`], [`Error::NotMember`] when this session does not stand in the
+    /// room. O(1).
+    pub fn active(&mut self, session: SessionId, room: &str) -> Result<Joined, Error> {
+        RoomId::check(room, self.config.limits.max_room_id_len)?;
+        let key = self.live_session(session)?.key(session);
+        let (_, pos) = self.standing(session, &key, room, Error::NotMember)?;
+        let r = self.rooms.get_mut(room).expect("found above");
+        if pos == 0
+            && self.config.idle_timeout.is_some()
+            && let Some(now) = self.now
+        {
+            r.active_at = Some(now);
+        }
+        Ok(joined(r, pos as u32))
+    }
+
+    /// Forces a release of `room` (an administrator unlocking a document): the holder is
+    /// displaced to place 1 with reason `"server"` and the next in line is released. A holder
+    /// alone keeps the room until someone joins, who is then granted it at once. Errors only
+    /// for an invalid room id. O(1) plus the change's notices (everyone's view shows the holder).
+    pub fn release(&mut self, room: &str) -> Result<ForcedRelease, Error> {
+        RoomId::check(room, self.config.limits.max_room_id_len)?;
+        let Some(r) = self.rooms.get_mut(room) else {
+            return Ok(ForcedRelease::Vacant);
+        };
+        match r.line.len() {
+            0 => Ok(ForcedRelease::Vacant),
+            1 => {
+                r.release_pending = true;
+                Ok(ForcedRelease::Pending)
+            }
+            _ => {
+                let id = r.id.clone();
+                let version = self.displace_holder(&id, DisplacedReason::Server);
+                let to = self.rooms[&id]
+                    .line
+                    .front()
+                    .map(OccupantState::person)
+                    .expect("two stood in line");
+                Ok(ForcedRelease::HandedOver { version, to })
+            }
+        }
+    }
+
+    /// Moves the occupant at place 1 to the front of a room of two or more: the holder is
+    /// displaced (`reason`) and the next one released. Returns the new version.
+    fn displace_holder(&mut self, room_id: &RoomId, reason: DisplacedReason) -> u64 {
+        let version = self.tick();
+        let now_ms = self.now_unix_ms();
+        let idle = self.config.idle_timeout.zip(self.now);
+        let k = self.config.presence_occupants;
+        let r = self.rooms.get_mut(room_id).expect("caller checked");
+        debug_assert!(r.line.len() >= 2);
+        r.line.move_to_front(1);
+        r.version = version;
+        grant(r, now_ms, idle, &mut self.idle_timers);
+        let change = Change {
+            version,
+            holder_changed: true,
+            released: true,
+            top_changed: true,
+            moved: (0, 2),
+            displaced: Some(1),
+            reason,
+            ..Change::default()
+        };
+        emit(&change, r, &self.sessions, k, &mut self.outbox);
+        version
     }
 
     /// The room `session` (of occupant `key`) stands in, and its place; `missing` when it does not
@@ -646,18 +883,20 @@ impl Machine {
             return Ok(joined(r, 0));
         }
         let version = self.tick();
+        let now_ms = self.now_unix_ms();
+        let idle = self.config.idle_timeout.zip(self.now);
         let r = self.rooms.get_mut(room).expect("found above");
         r.line.move_to_front(pos);
         r.version = version;
+        grant(r, now_ms, idle, &mut self.idle_timers);
         let change = Change {
             version,
             holder_changed: true,
             released: true,
             top_changed: true,
-            waiting_changed: false,
             moved: (0, pos + 1),
-            new_session: None,
             displaced: Some(1),
+            ..Change::default()
         };
         emit(
             &change,
@@ -678,8 +917,7 @@ impl Machine {
         RoomId::check(room, limits.max_room_id_len)?;
         let entry = self.live_session(session)?;
         if entry.watching_str(room) {
-            let r = &self.rooms[room];
-            return Ok(PresenceBody::of_line(r.version, &r.line, k));
+            return Ok(self.rooms[room].presence(k));
         }
         if entry.room_count() >= limits.max_rooms_per_session {
             return Err(Error::TooManyRooms {
@@ -691,17 +929,15 @@ impl Machine {
             None => RoomId::parse(room, usize::MAX)?,
         };
         let clock = self.clock;
-        let r = self.rooms.entry(room_id.clone()).or_insert_with(|| Room {
-            id: room_id.clone(),
-            // A room nobody stands in: its version is the current clock, which is at least the
-            // last version it ever had, so a client never sees versions go backwards.
-            version: clock,
-            line: Line::default(),
-            watchers: Vec::new(),
-        });
+        // A room nobody stands in: its version is the current clock, which is at least the last
+        // version it ever had, so a client never sees versions go backwards.
+        let r = self
+            .rooms
+            .entry(room_id.clone())
+            .or_insert_with(|| Room::new(room_id.clone(), clock));
         r.watchers.push(session);
         self.watches += 1;
-        let body = PresenceBody::of_line(r.version, &r.line, k);
+        let body = r.presence(k);
         self.sessions
             .get_mut(&session)
             .expect("checked live")
@@ -725,15 +961,57 @@ impl Machine {
 
     // ----- time -----------------------------------------------------------------------------
 
-    /// The earliest grace deadline, if any session is in grace.
+    /// The earliest deadline: a grace ending, or a holder's idle timeout
+    /// ([`Config::idle_timeout`]) coming due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|&(t, _)| t)
+        let grace = self.timers.first().map(|&(t, _)| t);
+        let idle = self.idle_timers.first().map(|(t, _)| *t);
+        match (grace, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Closes every session whose grace ended at or before `now`, in one batch
     /// ([`Machine::close_many`]): the next in line of the rooms they held is released, and each
-    /// remaining member is told its final place once. Returns how many sessions expired.
+    /// remaining member is told its final place once. Then displaces every holder whose idle
+    /// timeout came due while someone waits (`displaced` with reason `"idle"`; a holder alone
+    /// keeps the room until someone joins). Returns how many sessions expired.
     pub fn handle_timeout(&mut self, now: Instant) -> usize {
+        self.advance(now);
+        let expired = self.expire_graces(now);
+        self.expire_idle(now);
+        expired
+    }
+
+    /// The idle deadlines that came due: re-armed when the holder was active meanwhile (or a new
+    /// holder was granted), the holder displaced when someone waits, left dormant when alone
+    /// (the next join checks). O(log rooms) per deadline.
+    fn expire_idle(&mut self, now: Instant) {
+        let Some(timeout) = self.config.idle_timeout else {
+            return;
+        };
+        while let Some((deadline, _)) = self.idle_timers.first()
+            && *deadline <= now
+        {
+            let (_, room_id) = self.idle_timers.pop_first().expect("just looked");
+            let Some(r) = self.rooms.get_mut(&room_id) else {
+                debug_assert!(false, "an idle timer of a forgotten room");
+                continue;
+            };
+            r.idle_timer = None;
+            let Some(due) = r.active_at.map(|t| t + timeout) else {
+                continue;
+            };
+            if due > now {
+                arm(r, due, &mut self.idle_timers);
+            } else if r.line.len() >= 2 {
+                self.displace_holder(&room_id, DisplacedReason::Idle);
+            }
+        }
+    }
+
+    fn expire_graces(&mut self, now: Instant) -> usize {
         let mut expired = Vec::new();
         while let Some(&(deadline, session)) = self.timers.first() {
             if deadline > now {
@@ -799,7 +1077,9 @@ impl Machine {
     /// A copy of a room's state (`None` if nobody stands in or watches it). O(the line): for
     /// reads, tests and tools, not for hot paths (see [`Machine::position`], [`Machine::holder`]).
     pub fn room(&self, room: &str) -> Option<RoomState> {
-        self.rooms.get(room).map(|r| r.line.snapshot(r.version))
+        self.rooms
+            .get(room)
+            .map(|r| r.line.snapshot(r.version, r.held_since()))
     }
 
     /// A room's version (`None` if nobody stands in or watches it).
@@ -992,6 +1272,26 @@ impl Machine {
         if in_grace != self.timers.len() || self.tokens.len() != self.sessions.len() {
             return Err("timer or token index has leftovers".into());
         }
+        let mut armed = 0;
+        for (id, room) in &self.rooms {
+            if let Some(deadline) = room.idle_timer {
+                armed += 1;
+                if !self.idle_timers.contains(&(deadline, id.clone())) {
+                    return Err(format!("room {id:?}: idle deadline without a timer"));
+                }
+            } else if self.config.idle_timeout.is_some()
+                && self.now.is_some()
+                && room.line.len() >= 2
+            {
+                return Err(format!("room {id:?}: people wait but no idle deadline"));
+            }
+            if room.line.is_empty() && (room.active_at.is_some() || room.release_pending) {
+                return Err(format!("room {id:?}: nobody holds but a hold is kept"));
+            }
+        }
+        if armed != self.idle_timers.len() {
+            return Err("idle timers have leftovers".into());
+        }
         Ok(())
     }
 
@@ -1035,6 +1335,8 @@ impl Machine {
     fn remove_members(&mut self, room_id: &RoomId, removals: &[(OccupantKey, SessionId)]) {
         let k = self.config.presence_occupants;
         let version = self.tick();
+        let now_ms = self.now_unix_ms();
+        let idle = self.config.idle_timeout.zip(self.now);
         let Some(r) = self.rooms.get_mut(room_id) else {
             debug_assert!(false, "reverse index points at a missing room");
             return;
@@ -1104,7 +1406,18 @@ impl Machine {
             }
         };
         r.version = version;
+        if change.holder_changed && !r.line.is_empty() {
+            grant(r, now_ms, idle, &mut self.idle_timers);
+        }
         emit(&change, r, &self.sessions, k, &mut self.outbox);
+        if r.line.is_empty() {
+            // Nobody holds: no idle clock, no pending forced release.
+            if let Some(deadline) = r.idle_timer.take() {
+                self.idle_timers.remove(&(deadline, r.id.clone()));
+            }
+            r.active_at = None;
+            r.release_pending = false;
+        }
         if r.is_empty() {
             // HashMap::remove: O(1), not a shift of every other room.
             self.rooms.remove(room_id);
@@ -1135,8 +1448,32 @@ impl Machine {
     }
 }
 
-/// True when watcher `w` also stands in `line` (it then gets its member presence, not a second
-/// place-less one). O(1).
+/// A new holder was just put at the front of `r`: stamps `held_since`, starts its idle clock and
+/// makes sure the room has an idle deadline (`idle`: the timeout and the current time, when the
+/// idle timeout is on and time was passed in). A pending deadline is kept: it is no later than
+/// the new one, and re-arms itself when it fires.
+fn grant(
+    r: &mut Room,
+    now_ms: u64,
+    idle: Option<(Duration, Instant)>,
+    timers: &mut BTreeSet<(Instant, RoomId)>,
+) {
+    r.held_since = now_ms;
+    r.release_pending = false;
+    if let Some((timeout, now)) = idle {
+        r.active_at = Some(now);
+        arm(r, now + timeout, timers);
+    }
+}
+
+/// Gives `r` an idle deadline at `due` unless it has one.
+fn arm(r: &mut Room, due: Instant, timers: &mut BTreeSet<(Instant, RoomId)>) {
+    if r.idle_timer.is_none() {
+        r.idle_timer = Some(due);
+        timers.insert((due, r.id.clone()));
+    }
+}
+
 /// Emits `change`, just made to room `r`, into `out` ([`Change::emit`]; a watcher who also stands
 /// in the line gets only its member presence).
 fn emit(
@@ -1148,6 +1485,7 @@ fn emit(
 ) {
     change.emit(
         &r.id,
+        r.held_since(),
         &r.line,
         &r.watchers,
         |w| is_member(sessions, &r.line, w),

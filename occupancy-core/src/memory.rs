@@ -14,7 +14,7 @@ use crate::backend::{Backend, NoticeSink};
 use crate::config::{Config, Ending};
 use crate::error::Error;
 use crate::ids::{Meta, ResumeToken, SessionId};
-use crate::machine::{Joined, Left, Machine, Resumed, Stats};
+use crate::machine::{ForcedRelease, Joined, Left, Machine, Resumed, Stats};
 use crate::notice::PresenceBody;
 use crate::relay::Relay;
 use crate::state::RoomState;
@@ -66,10 +66,14 @@ impl MemoryBackend {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `f` on the machine; its notices are delivered after the lock is released
-    /// ([`Relay::run`]).
+    /// Runs `f` on the machine at the current time ([`Machine::advance`]); its notices are
+    /// delivered after the lock is released ([`Relay::run`]).
     async fn run<R>(&self, f: impl FnOnce(&mut Machine) -> R) -> R {
         let inner = &self.inner;
+        let f = |m: &mut Machine| {
+            m.advance(crate::hub::now());
+            f(m)
+        };
         inner
             .relay
             .run(&inner.machine, inner.sink.get(), None, f)
@@ -80,6 +84,10 @@ impl MemoryBackend {
     /// for that room before the change was delivered ([`Relay::run`]).
     async fn run_in<R>(&self, room: &str, f: impl FnOnce(&mut Machine) -> R) -> R {
         let inner = &self.inner;
+        let f = |m: &mut Machine| {
+            m.advance(crate::hub::now());
+            f(m)
+        };
         inner
             .relay
             .run(&inner.machine, inner.sink.get(), Some(room), f)
@@ -104,6 +112,7 @@ impl Backend for MemoryBackend {
             }
             *m = Machine::new(config.clone())?;
         }
+        set_wall_clock(&mut m);
         self.inner
             .sink
             .set(sink)
@@ -167,6 +176,14 @@ impl Backend for MemoryBackend {
         self.run_in(room, |m| m.update(session, room, meta)).await
     }
 
+    async fn active(&self, session: SessionId, room: &str) -> Result<Joined, Error> {
+        self.run_in(room, |m| m.active(session, room)).await
+    }
+
+    async fn release(&self, room: &str) -> Result<ForcedRelease, Error> {
+        self.run_in(room, |m| m.release(room)).await
+    }
+
     async fn leave(&self, session: SessionId, room: &str) -> Result<Left, Error> {
         self.run_in(room, |m| m.leave(session, room)).await
     }
@@ -202,4 +219,12 @@ impl Backend for MemoryBackend {
     async fn check_invariants(&self) -> Result<(), String> {
         self.lock().check_invariants()
     }
+}
+
+/// Anchors the machine's `since` / `held_since` stamps to the system clock, now.
+pub(crate) fn set_wall_clock(m: &mut Machine) {
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    m.set_wall_clock(crate::hub::now(), unix_ms);
 }

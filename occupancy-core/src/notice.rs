@@ -69,15 +69,31 @@ pub enum NoticeKind {
     },
 }
 
-/// Why a holder was displaced (`displaced.reason` on the wire). Protocol v1 names three:
-/// `"takeover"`, `"idle"` and `"server"`; this version displaces by take over only (idle expiry
-/// and forced releases are not built yet), so more variants are to come.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+/// Why a holder was displaced (`displaced.reason` on the wire): `"takeover"`, `"idle"` or
+/// `"server"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum DisplacedReason {
     /// Someone in the line took the room over.
+    #[default]
     Takeover,
+    /// The holder did nothing for [`Config::idle_timeout`](crate::Config::idle_timeout) while
+    /// someone waited (or joined): the next in line got the room.
+    Idle,
+    /// The application forced a release ([`Hub::release`](crate::Hub::release)).
+    Server,
+}
+
+impl DisplacedReason {
+    /// The reason's wire name: `"takeover"`, `"idle"` or `"server"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisplacedReason::Takeover => "takeover",
+            DisplacedReason::Idle => "idle",
+            DisplacedReason::Server => "server",
+        }
+    }
 }
 
 /// A presence notice: the shared room summary plus this session's own place.
@@ -96,6 +112,8 @@ pub struct PresenceBody {
     pub version: u64,
     /// Who holds the room (`None` when the room is empty).
     pub holder: Option<Person>,
+    /// When the holder was granted the room: Unix time in milliseconds (`None` when empty).
+    pub held_since: Option<u64>,
     /// How many stand behind the holder.
     pub waiting: u32,
     /// The first few occupants, holder first (`Config::presence_occupants`).
@@ -111,12 +129,14 @@ impl PresenceBody {
     /// The summary of a line the state machine keeps. O(k).
     pub(crate) fn of_line(
         version: u64,
+        held_since: Option<u64>,
         line: &crate::line::Line,
         presence_occupants: usize,
     ) -> Self {
         PresenceBody {
             version,
             holder: line.front().map(OccupantState::person),
+            held_since: line.front().and(held_since),
             waiting: line.len().saturating_sub(1) as u32,
             occupants: line.top(presence_occupants),
         }
@@ -127,6 +147,7 @@ impl PresenceBody {
         PresenceBody {
             version: state.version,
             holder: state.holder().map(OccupantState::person),
+            held_since: state.holder().and(state.held_since),
             waiting: state.waiting() as u32,
             occupants: state
                 .occupants
@@ -277,7 +298,7 @@ pub fn room_notices<'o, 'n>(
                                 version: new.version,
                                 by: new.occupants[0].person(),
                                 position: i as u32,
-                                reason: DisplacedReason::Takeover,
+                                reason: new.reason,
                             },
                         });
                     }
@@ -319,8 +340,10 @@ mod tests {
                     key: OccupantKey::Anonymous(SessionId(i)),
                     meta: Meta::empty(),
                     sessions: crate::Sessions::one(SessionId(i)),
+                    since: i,
                 })
                 .collect(),
+            ..RoomState::default()
         }
     }
 

@@ -240,6 +240,7 @@ mod tests {
 
     fn body(version: u64) -> PresenceBody {
         PresenceBody {
+            held_since: None,
             version,
             holder: None,
             waiting: 0,

@@ -57,19 +57,22 @@ pub enum OpKind {
     Unwatch,
     /// Change your own metadata in a room you stand in, without leaving.
     Update,
+    /// "Still working here": refreshes the holder's idle clock.
+    Active,
     /// Application-level ping (browsers cannot send WebSocket pings).
     Ping,
 }
 
 impl OpKind {
     /// Every op, for docs and tests.
-    pub const ALL: [OpKind; 7] = [
+    pub const ALL: [OpKind; 8] = [
         OpKind::Join,
         OpKind::Leave,
         OpKind::Takeover,
         OpKind::Watch,
         OpKind::Unwatch,
         OpKind::Update,
+        OpKind::Active,
         OpKind::Ping,
     ];
 
@@ -82,6 +85,7 @@ impl OpKind {
             OpKind::Watch => "watch",
             OpKind::Unwatch => "unwatch",
             OpKind::Update => "update",
+            OpKind::Active => "active",
             OpKind::Ping => "ping",
         }
     }
@@ -322,6 +326,8 @@ pub enum Event {
         waiting: u32,
         /// The first few occupants.
         occupants: Vec<Person>,
+        /// When the holder was granted the room, Unix ms (`null` when empty).
+        held_since: Option<u64>,
     },
     /// Someone took the room over from you.
     Displaced {
@@ -333,7 +339,7 @@ pub enum Event {
         by: Person,
         /// Your new place.
         position: u32,
-        /// Why: `"takeover"` (and, in later versions, `"idle"` or `"server"`).
+        /// Why: `"takeover"`, `"idle"` or `"server"`.
         reason: DisplacedReason,
     },
     /// Reply to `leave` and `unwatch`.
@@ -361,6 +367,8 @@ pub enum Event {
         waiting: u32,
         /// The first few occupants.
         occupants: Vec<Person>,
+        /// When the holder was granted the room, Unix ms (`null` when empty).
+        held_since: Option<u64>,
     },
     /// Reply to `ping`.
     Pong {
@@ -470,6 +478,7 @@ impl Event {
             holder: p.holder.clone(),
             waiting: p.waiting,
             occupants: p.occupants.clone(),
+            held_since: p.held_since,
         }
     }
 
@@ -531,6 +540,7 @@ impl Event {
                 position: p.position,
                 waiting: p.body.waiting,
                 occupants: p.body.occupants.clone(),
+                held_since: p.body.held_since,
             },
             NoticeKind::Displaced {
                 version,
@@ -588,7 +598,7 @@ struct PresenceJson {
     room: RoomId,
     /// `{"ev":"presence","room":…,"version":…,"holder":…`
     head: String,
-    /// `,"waiting":…,"occupants":[…]}`
+    /// `,"waiting":…,"occupants":[…],"held_since":…}`
     tail: String,
 }
 
@@ -604,9 +614,10 @@ impl PresenceJson {
             json(&body.holder)
         );
         let tail = format!(
-            ",\"waiting\":{},\"occupants\":{}}}",
+            ",\"waiting\":{},\"occupants\":{},\"held_since\":{}}}",
             body.waiting,
-            json(&body.occupants)
+            json(&body.occupants),
+            json(&body.held_since)
         );
         PresenceJson {
             body: std::sync::Arc::downgrade(body),
@@ -748,16 +759,19 @@ mod tests {
         let person = |id: &str, meta: Value| Person {
             id: OccupantKey::User(Arc::from(id)),
             meta: Meta::from_value(meta).unwrap(),
+            since: 1_764_460_800_000,
         };
         let tricky = json!({"waiting": 3, "position": "\"x\"", "ü": ["\n", {"holder": null}]});
         let bodies = [
             Arc::new(PresenceBody {
+                held_since: Some(1_764_460_801_000),
                 version: 7,
                 holder: Some(person("al\"ice", tricky.clone())),
                 waiting: 2,
                 occupants: vec![person("al\"ice", tricky), person("bob", json!({}))],
             }),
             Arc::new(PresenceBody {
+                held_since: None,
                 version: 8,
                 holder: None,
                 waiting: 0,

@@ -156,6 +156,7 @@ mod tests {
             room: RoomId::parse(room, 64).unwrap(),
             kind: NoticeKind::Presence(Presence {
                 body: Arc::new(PresenceBody {
+                    held_since: None,
                     version,
                     holder: None,
                     waiting: 0,

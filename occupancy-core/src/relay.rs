@@ -436,6 +436,7 @@ mod tests {
         let sink: Arc<dyn NoticeSink> = calls.clone();
         let room = RoomId::parse("hot", 64).unwrap();
         let body = || PresenceBody {
+            held_since: None,
             version: 2,
             holder: None,
             waiting: 0,
@@ -474,6 +475,7 @@ mod tests {
         let mut presences = Presences::new(&room, 3 * CHUNK, &mut out);
         for s in 0..3 * CHUNK as u64 {
             presences.tell(SessionId(s), Some(s as u32), || PresenceBody {
+                held_since: None,
                 version: 5,
                 holder: None,
                 waiting: 0,

@@ -33,7 +33,7 @@ use crate::backend::{Backend, NoticeSink};
 use crate::config::{Config, Ending};
 use crate::error::Error;
 use crate::ids::{Meta, ResumeToken, RoomId, SessionId};
-use crate::machine::{IdHash, Joined, Left, Machine, Resumed, Stats};
+use crate::machine::{ForcedRelease, IdHash, Joined, Left, Machine, Resumed, Stats};
 use crate::notice::PresenceBody;
 use crate::relay::Relay;
 use crate::state::RoomState;
@@ -161,6 +161,10 @@ impl ShardedBackend {
     /// as in the memory backend ([`Relay::run`]).
     async fn run<R>(&self, i: usize, f: impl FnOnce(&mut Machine) -> R) -> R {
         let inner = &self.inner;
+        let f = |m: &mut Machine| {
+            m.advance(crate::hub::now());
+            f(m)
+        };
         inner
             .relay
             .run(&inner.shards[i], inner.sink.get(), None, f)
@@ -170,6 +174,10 @@ impl ShardedBackend {
     /// [`ShardedBackend::run`] for a request about `room` (see [`Relay::run`]).
     async fn run_in<R>(&self, i: usize, room: &str, f: impl FnOnce(&mut Machine) -> R) -> R {
         let inner = &self.inner;
+        let f = |m: &mut Machine| {
+            m.advance(crate::hub::now());
+            f(m)
+        };
         inner
             .relay
             .run(&inner.shards[i], inner.sink.get(), Some(room), f)
@@ -405,7 +413,9 @@ impl Backend for ShardedBackend {
         let mut shard_config = config.clone();
         shard_config.limits.max_rooms_per_session = usize::MAX;
         for i in 0..self.inner.shards.len() {
-            *self.shard(i) = Machine::new(shard_config.clone())?;
+            let mut m = Machine::new(shard_config.clone())?;
+            crate::memory::set_wall_clock(&mut m);
+            *self.shard(i) = m;
         }
         let _ = self.inner.config.set(config.clone());
         self.inner
@@ -643,6 +653,28 @@ impl Backend for ShardedBackend {
             m.update(session, room, meta)
         })
         .await
+    }
+
+    async fn active(&self, session: SessionId, room: &str) -> Result<Joined, Error> {
+        // In the machine's order: the room id, the session, then membership.
+        RoomId::check(room, self.config().limits.max_room_id_len)?;
+        let shard = self.shard_of(room);
+        if Self::shards_of(self.live_shards(session)?).all(|s| s != shard) {
+            return Err(Error::NotMember);
+        }
+        self.run_in(shard, room, |m| {
+            if !m.contains_session(session) {
+                return Err(Error::NotMember);
+            }
+            m.active(session, room)
+        })
+        .await
+    }
+
+    async fn release(&self, room: &str) -> Result<ForcedRelease, Error> {
+        RoomId::check(room, self.config().limits.max_room_id_len)?;
+        let shard = self.shard_of(room);
+        self.run_in(shard, room, |m| m.release(room)).await
     }
 
     async fn takeover(&self, session: SessionId, room: &str) -> Result<Joined, Error> {

@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use crate::ids::{Meta, OccupantKey, Person, SessionId};
+use crate::notice::DisplacedReason;
 
 /// One occupant standing in a room's line.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -15,6 +16,8 @@ pub struct OccupantState {
     pub meta: Meta,
     /// The occupant's sessions in this room, in order of joining. Never empty.
     pub sessions: Sessions,
+    /// When the occupant entered the line: Unix time in milliseconds (server clock).
+    pub since: u64,
 }
 
 impl OccupantState {
@@ -23,6 +26,7 @@ impl OccupantState {
         Person {
             id: self.key.clone(),
             meta: self.meta.clone(),
+            since: self.since,
         }
     }
 }
@@ -158,6 +162,13 @@ pub struct RoomState {
     pub version: u64,
     /// The line, holder first.
     pub occupants: Vec<OccupantState>,
+    /// When the current holder was granted the room: Unix time in milliseconds (server clock);
+    /// `None` when the room is empty.
+    pub held_since: Option<u64>,
+    /// Why the holder was displaced, when the change that made this version displaced one (a
+    /// take over, idle expiry, a forced release); meaningless otherwise. Lets
+    /// [`room_notices`](crate::room_notices) name the reason from two states alone.
+    pub reason: DisplacedReason,
 }
 
 impl RoomState {
@@ -198,6 +209,10 @@ pub struct RoomRef<'a> {
     pub version: u64,
     /// The line, holder first.
     pub occupants: &'a [OccupantState],
+    /// When the current holder was granted the room (see [`RoomState::held_since`]).
+    pub held_since: Option<u64>,
+    /// Why the holder was displaced, if this version displaced one (see [`RoomState::reason`]).
+    pub reason: DisplacedReason,
 }
 
 impl<'a> RoomRef<'a> {
@@ -217,6 +232,8 @@ impl<'a> From<&'a RoomState> for RoomRef<'a> {
         RoomRef {
             version: s.version,
             occupants: &s.occupants,
+            held_since: s.held_since,
+            reason: s.reason,
         }
     }
 }

@@ -421,7 +421,7 @@ impl Harness {
             let other = |v: &Option<RoomState>| v.as_ref().map_or(0, |s| s.version);
             let empty = |version: u64| RoomState {
                 version: version.wrapping_add(1),
-                occupants: vec![],
+                ..RoomState::default()
             };
             let old = b.clone().unwrap_or_else(|| empty(other(a)));
             let new = a.clone().unwrap_or_else(|| empty(other(b)));

@@ -360,6 +360,16 @@ impl Rooms {
                     None => Reply::Error("not_member"),
                 }
             }
+            OpKind::Active => {
+                let line = self.line(room);
+                match line.iter().position(|w| *w == Who::Me) {
+                    Some(position) => Reply::Joined {
+                        position,
+                        holder: line[0],
+                    },
+                    None => Reply::Error("not_member"),
+                }
+            }
             OpKind::Ping => unreachable!("answered above"),
         }
     }

@@ -45,6 +45,7 @@ fn keys(op: &str) -> Option<(&'static Key, &'static Key)> {
         "watch" => op_keys!("watch"),
         "unwatch" => op_keys!("unwatch"),
         "update" => op_keys!("update"),
+        "active" => op_keys!("active"),
         _ => None,
     }
 }
@@ -72,6 +73,10 @@ pub(super) fn released() {
 
 pub(super) fn displaced() {
     counter!("occupancy_displaced_total").increment(1);
+}
+
+pub(super) fn forced_release() {
+    counter!("occupancy_forced_releases_total").increment(1);
 }
 
 pub(super) fn slow_consumer() {

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
-use tracing::{Instrument, debug, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::backend::Backend;
 use crate::config::{Config, Limits};
 use crate::error::Error;
 use crate::ids::{Meta, Person, ResumeToken, SessionId};
-use crate::machine::{Resumed, Stats};
+use crate::machine::{ForcedRelease, Resumed, Stats};
 use crate::memory::MemoryBackend;
 use crate::queue;
 use crate::sharded::ShardedBackend;
@@ -39,7 +39,9 @@ use registry::{Conn, Registry, Slot};
 /// Default size of each session's notice buffer.
 pub const DEFAULT_NOTICE_BUFFER: usize = 256;
 
-fn now() -> Instant {
+/// The runtime's clock: tokio's, so that tests with paused time move it (the backends stamp
+/// their machines with it too).
+pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
@@ -559,6 +561,24 @@ impl Hub {
     /// A room's version (0 when the room does not exist).
     pub async fn version(&self, room: &str) -> Result<u64, Error> {
         Ok(self.room(room).await?.map_or(0, |s| s.version))
+    }
+
+    /// Forces a release of `room` (an administrator unlocking a document): its holder is told
+    /// `displaced` with reason `"server"` and the next in line is released; a holder alone keeps
+    /// the room until someone joins, who is granted it at once ([`ForcedRelease::Pending`]).
+    /// Not asked of the authorization hook: guard whatever calls this (the documents example
+    /// serves it behind a bearer token).
+    pub async fn release(&self, room: &str) -> Result<ForcedRelease, Error> {
+        let r = self.inner.backend.release(room).await;
+        self.inner.after_op().await;
+        match &r {
+            Ok(outcome) => {
+                metrics::forced_release();
+                info!(room, ?outcome, "forced release");
+            }
+            Err(e) => debug!(room, code = e.code(), "forced release refused"),
+        }
+        r
     }
 
     /// Counts for metrics (of the backend: with a shared backend, of every node).

@@ -159,6 +159,17 @@ impl Session {
         self.finish(hub, "update", room, started, r).await
     }
 
+    /// "The person is still working here" (the page calls it on user input, throttled):
+    /// refreshes the idle clock of this session's occupant in `room` when it holds it
+    /// ([`Config::idle_timeout`](crate::Config::idle_timeout)); tells nobody anything.
+    /// [`Error::NotMember`] unless this session stands in the room. Returns its place.
+    pub async fn active(&self, room: &str) -> Result<Joined, Error> {
+        let started = Instant::now();
+        let hub = self.hub()?;
+        let r = hub.backend.active(self.inner.id, room).await;
+        self.finish(hub, "active", room, started, r).await
+    }
+
     /// Leaves `room`'s line (idempotent). When the holder leaves, the next in line is released.
     pub async fn leave(&self, room: &str) -> Result<Left, Error> {
         let started = Instant::now();
@@ -210,7 +221,7 @@ impl Session {
         self.finish(hub, "unwatch", room, started, r).await
     }
 
-    /// Runs one protocol v1 request and returns its reply: `joined` (join, take over, update), `left`
+    /// Runs one protocol v1 request and returns its reply: `joined` (join, take over, update, active), `left`
     /// (leave, unwatch), `watching`, `pong`, or `error` with the request's `ref`. What an adapter
     /// does with a request it has parsed ([`Request::parse`] for text frames,
     /// [`Request::from_payload`] for Socket.IO payloads); both adapters use it.
@@ -240,6 +251,10 @@ impl Session {
                     .map(|j| Event::joined(r#ref.clone(), &j)),
                 None => Err(Error::MetaInvalid),
             },
+            OpKind::Active => self
+                .active(&room)
+                .await
+                .map(|j| Event::joined(r#ref.clone(), &j)),
             OpKind::Leave => self
                 .leave(&room)
                 .await

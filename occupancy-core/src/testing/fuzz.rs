@@ -518,6 +518,7 @@ pub fn protocol_frame(data: &[u8]) {
             OpKind::Update => m
                 .update(me, room, req.meta.clone().expect("checked above"))
                 .map(|j| Event::joined(r.clone(), &j)),
+            OpKind::Active => m.active(me, room).map(|j| Event::joined(r.clone(), &j)),
             OpKind::Leave => m.leave(me, room).map(|l| Event::left(r.clone(), &l)),
             OpKind::Watch => m.watch(me, room).and_then(|p| {
                 RoomId::parse(room, usize::MAX).map(|id| Event::watching(r.clone(), id, &p))
@@ -542,7 +543,7 @@ pub fn protocol_frame(data: &[u8]) {
         }
         // A take over or an update works only for someone in the line: join first, then try
         // again.
-        if matches!(req.op, OpKind::Takeover | OpKind::Update) && attempt == 0 {
+        if matches!(req.op, OpKind::Takeover | OpKind::Update | OpKind::Active) && attempt == 0 {
             let _ = m.join(me, room, None);
             m.drain_notices().for_each(drop);
         }
