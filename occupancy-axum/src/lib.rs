@@ -99,26 +99,34 @@
 //! | `watch` | `{"op":"watch","room":"document-1","ref":4}` | `watching` |
 //! | `unwatch` | `{"op":"unwatch","room":"document-1","ref":5}` | `left` |
 //! | `update` | `{"op":"update","room":"document-1","meta":{"name":"Bob","status":"editing"},"ref":7}` (`meta` required; you must stand in the room) | `joined` (your unchanged place) |
+//! | `active` | `{"op":"active","room":"document-1","ref":8}` (the page sends it on user input, throttled; you must stand in the room) | `joined` (your place; refreshes the holder's idle clock) |
 //! | `ping` | `{"op":"ping","ref":6}` | `pong` |
 //!
 //! `join` and `leave` are idempotent: joining a room you are in returns your place and tells
 //! nobody anything; leaving a room you are not in answers `"was_member":false`. `update` replaces
 //! your metadata in the room without leaving it ("viewing" → "editing"): everyone whose view shows
 //! you (everyone, when you hold or are among the first few listed) gets a `presence`; the same
-//! metadata again changes nothing.
+//! metadata again changes nothing. `active` tells nobody anything: with an idle timeout
+//! ([`HubBuilder::idle_timeout`](occupancy_core::HubBuilder::idle_timeout)), a holder none of whose
+//! connections joined, updated or sent `active` for that long is displaced (`"reason":"idle"`) as
+//! soon as someone waits; `join` and `update` refresh the clock too.
+//!
+//! Every person is `{"id","meta","since"}`: `since` is when that occupant entered the room's line
+//! (Unix time in milliseconds, server clock); `presence` and `watching` carry `held_since`, when
+//! the holder was granted the room (`null` when nobody holds it).
 //!
 //! ### Events
 //!
 //! | ev | when | example |
 //! |---|---|---|
 //! | `hello` | first frame of every connection | `{"ev":"hello","session":"5f0c9a3e1b2d4c6f","resume":"0f8b5c2e9d1a47b3a6c4e2f1d0b9a8c7","protocol":1,"heartbeat_ms":4000,"resumed":false}` |
-//! | `joined` | reply to `join`, `takeover` and `update`; `position` 0 = holding, 1 = next in line | `{"ev":"joined","ref":1,"room":"document-1","holding":false,"position":1,"version":7,"holder":{"id":"ann","meta":{"name":"Ann"}}}` |
-//! | `occupied` | you joined and someone else holds the room (the article's `is_occupied`) | `{"ev":"occupied","room":"document-1","version":7,"holder":{"id":"ann","meta":{"name":"Ann"}},"position":1}` |
+//! | `joined` | reply to `join`, `takeover`, `update` and `active`; `position` 0 = holding, 1 = next in line | `{"ev":"joined","ref":1,"room":"document-1","holding":false,"position":1,"version":7,"holder":{"id":"ann","meta":{"name":"Ann"},"since":1764460800000}}` |
+//! | `occupied` | you joined and someone else holds the room (the article's `is_occupied`) | `{"ev":"occupied","room":"document-1","version":7,"holder":{"id":"ann","meta":{"name":"Ann"},"since":1764460800000},"position":1}` |
 //! | `released` | you now hold the room (the article's `is_released`): exactly once per hand-over, to every connection of the new holder | `{"ev":"released","room":"document-1","version":9}` |
-//! | `presence` | the room changed: holder, your place (absent for a watcher), how many wait, the first few occupants | `{"ev":"presence","room":"document-1","version":9,"holder":{"id":"bob","meta":{"name":"Bob"}},"position":0,"waiting":1,"occupants":[{"id":"bob","meta":{"name":"Bob"}},{"id":"~5f0c9a3e1b2d4c6f","meta":{}}]}` |
-//! | `displaced` | you no longer hold the room and are now `position` in line; `reason` says why (`"takeover"`: `by` took it over; `"idle"` and `"server"` are reserved for idle expiry and forced releases) | `{"ev":"displaced","room":"document-1","version":8,"by":{"id":"bob","meta":{"name":"Bob"}},"position":1,"reason":"takeover"}` |
+//! | `presence` | the room changed: holder, your place (absent for a watcher), how many wait, the first few occupants | `{"ev":"presence","room":"document-1","version":9,"holder":{"id":"bob","meta":{"name":"Bob"},"since":1764460805000},"position":0,"waiting":1,"occupants":[{"id":"bob","meta":{"name":"Bob"},"since":1764460805000},{"id":"~5f0c9a3e1b2d4c6f","meta":{},"since":1764460812000}],"held_since":1764460930000}` |
+//! | `displaced` | you no longer hold the room and are now `position` in line; `reason` says why: `"takeover"` (`by` took it over), `"idle"` (you were idle while someone waited: `by` is the next in line, who got it), `"server"` (the application forced a release) | `{"ev":"displaced","room":"document-1","version":8,"by":{"id":"bob","meta":{"name":"Bob"},"since":1764460805000},"position":1,"reason":"idle"}` |
 //! | `left` | reply to `leave` and `unwatch` | `{"ev":"left","ref":2,"room":"document-1","was_member":true}` |
-//! | `watching` | reply to `watch`, with the room's presence | `{"ev":"watching","ref":4,"room":"document-1","version":9,"holder":{"id":"bob","meta":{"name":"Bob"}},"waiting":1,"occupants":[{"id":"bob","meta":{"name":"Bob"}},{"id":"ann","meta":{"name":"Ann"}}]}` |
+//! | `watching` | reply to `watch`, with the room's presence | `{"ev":"watching","ref":4,"room":"document-1","version":9,"holder":{"id":"bob","meta":{"name":"Bob"},"since":1764460805000},"waiting":1,"occupants":[{"id":"bob","meta":{"name":"Bob"},"since":1764460805000},{"id":"ann","meta":{"name":"Ann"},"since":1764460800000}],"held_since":1764460930000}` |
 //! | `pong` | reply to `ping` | `{"ev":"pong","ref":6}` |
 //! | `error` | a request failed and changed nothing; `ref` when the request's could be read | `{"ev":"error","ref":3,"code":"not_in_room","message":"not in this room; join it before taking it over"}` |
 //!
@@ -134,7 +142,7 @@
 //! | code | cause | example |
 //! |---|---|---|
 //! | `bad_message` | not JSON, not an object, a missing or wrong-typed field, a binary frame | `{"ev":"error","code":"bad_message","message":"not valid JSON: expected value at line 1 column 1"}` |
-//! | `unknown_op` | `op` is not one of the seven | `{"ev":"error","ref":2,"code":"unknown_op","message":"unknown op \"fly\"; expected one of join, leave, takeover, watch, unwatch, update, ping"}` |
+//! | `unknown_op` | `op` is not one of the eight | `{"ev":"error","ref":2,"code":"unknown_op","message":"unknown op \"fly\"; expected one of join, leave, takeover, watch, unwatch, update, active, ping"}` |
 //! | `frame_too_large` | a frame over `max_frame_bytes` (16 KiB); not processed | `{"ev":"error","ref":3,"code":"frame_too_large","message":"frame of 20000 bytes is over the limit of 16384 bytes"}` |
 //! | `room_invalid` | room id empty, too long (256 bytes by default) or with control characters | `{"ev":"error","ref":4,"code":"room_invalid","message":"invalid room id: room id is empty; use 1 to the configured maximum bytes of UTF-8 without control characters"}` |
 //! | `too_many_rooms` | this connection already joined or watches the maximum (32) | `{"ev":"error","ref":5,"code":"too_many_rooms","message":"this connection is already in 32 rooms, the limit; leave one first"}` |
@@ -142,7 +150,7 @@
 //! | `meta_too_large` | `meta` over the limit (1 KiB of JSON) | `{"ev":"error","ref":7,"code":"meta_too_large","message":"metadata is 2000 bytes of JSON, the limit is 1024"}` |
 //! | `meta_invalid` | `meta` is not a JSON object | `{"ev":"error","ref":8,"code":"meta_invalid","message":"meta must be a JSON object (or null)"}` |
 //! | `not_in_room` | `takeover` of a room you have not joined | `{"ev":"error","ref":9,"code":"not_in_room","message":"not in this room; join it before taking it over"}` |
-//! | `not_member` | `update` of a room this connection does not stand in | `{"ev":"error","ref":14,"code":"not_member","message":"not a member of this room; join it first"}` |
+//! | `not_member` | `update` or `active` of a room this connection does not stand in | `{"ev":"error","ref":14,"code":"not_member","message":"not a member of this room; join it first"}` |
 //! | `forbidden` | the Hub's authorization hook refused | `{"ev":"error","ref":10,"code":"forbidden","message":"forbidden: only editors take over"}` |
 //! | `rate_limited` | over the message rate (20/s, bursts of 40); not processed | `{"ev":"error","ref":11,"code":"rate_limited","message":"too many messages; slow down (limit 20/s)"}` |
 //! | `unavailable` | the backend (Redis) cannot be reached; retry | `{"ev":"error","ref":12,"code":"unavailable","message":"backend unavailable: connection refused; retry later"}` |

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use common::{Client, serve};
 use occupancy_axum::{Endpoint, Hub};
 use occupancy_core::{
-    Action, AuthRequest, Backend, Config, Error, Joined, Left, Limits, MemoryBackend, Meta,
-    NoticeSink, PresenceBody, ResumeToken, Resumed, RoomState, SessionId, Stats, async_trait,
+    Action, AuthRequest, Backend, Config, Error, ForcedRelease, Joined, Left, Limits,
+    MemoryBackend, Meta, NoticeSink, PresenceBody, ResumeToken, Resumed, RoomState, SessionId,
+    Stats, async_trait,
 };
 use serde_json::{Value, json};
 
@@ -41,7 +42,11 @@ async fn every_op_gets_its_reply_and_every_notice_arrives() {
         (j["holding"].clone(), j["position"].clone()),
         (json!(true), json!(0))
     );
-    assert_eq!(j["holder"], json!({"id": "ann", "meta": {"name": "Ann"}}));
+    assert_eq!(
+        (j["holder"]["id"].clone(), j["holder"]["meta"].clone()),
+        (json!("ann"), json!({"name": "Ann"}))
+    );
+    assert!(j["holder"]["since"].is_u64(), "since: {j}");
     assert_eq!(j["ref"], 1);
     let v1 = j["version"].as_u64().unwrap();
 
@@ -65,9 +70,22 @@ async fn every_op_gets_its_reply_and_every_notice_arrives() {
         (json!(1), json!(1))
     );
     assert_eq!(
-        p["occupants"][1],
-        json!({"id": "bob", "meta": {"name": "Bob"}})
+        (
+            p["occupants"][1]["id"].clone(),
+            p["occupants"][1]["meta"].clone()
+        ),
+        (json!("bob"), json!({"name": "Bob"}))
     );
+    // since: when each entered the line; held_since: when the holder was granted the room (Unix
+    // ms, server clock).
+    let since = |v: &serde_json::Value| v.as_u64().expect("a number of milliseconds");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(since(&p["occupants"][1]["since"]).abs_diff(now_ms) < 60_000);
+    assert!(since(&p["occupants"][1]["since"]) >= since(&p["occupants"][0]["since"]));
+    assert_eq!(p["held_since"], p["holder"]["since"]);
     let p = ann
         .next_where("holder presence", |e| {
             e["ev"] == "presence" && e["waiting"] == 1
@@ -112,6 +130,20 @@ async fn every_op_gets_its_reply_and_every_notice_arrives() {
         assert_eq!(p["version"], u["version"]);
         assert_eq!(p["occupants"][0]["meta"]["status"], "editing");
     }
+
+    // active: "still working here" answers the place and tells nobody; not a member: refused.
+    let a = ann
+        .request(json!({"op": "active", "room": "doc-1"}))
+        .await;
+    assert_eq!(
+        (a["ev"].clone(), a["position"].clone()),
+        (json!("joined"), json!(0))
+    );
+    let a = carl.request(json!({"op": "active", "room": "doc-1"})).await;
+    assert_eq!(
+        (a["ev"].clone(), a["code"].clone()),
+        (json!("error"), json!("not_member"))
+    );
 
     // takeover: Bob takes the room, Ann is displaced and told by whom.
     let t = bob
@@ -231,6 +263,12 @@ impl Backend for Flaky {
     }
     async fn update(&self, s: SessionId, room: &str, meta: Meta) -> Result<Joined, Error> {
         self.inner.update(s, room, meta).await
+    }
+    async fn active(&self, s: SessionId, room: &str) -> Result<Joined, Error> {
+        self.inner.active(s, room).await
+    }
+    async fn release(&self, room: &str) -> Result<ForcedRelease, Error> {
+        self.inner.release(room).await
     }
     async fn leave(&self, s: SessionId, room: &str) -> Result<Left, Error> {
         self.inner.leave(s, room).await

@@ -210,6 +210,11 @@ pub trait NoticeSink: Send + Sync + 'static {
         }
     }
 
+    /// The backend set a deadline earlier than the one [`Backend::poll_timeout`] gave before (an
+    /// idle holder's, see [`Config::idle_timeout`](crate::Config::idle_timeout)): the Hub's timer
+    /// task polls again. The default does nothing (a backend that runs its own timers).
+    fn wake_timers(&self) {}
+
     /// True when `session` has a live connection on this Hub (its notices would be delivered).
     fn is_local(&self, session: SessionId) -> bool;
 

@@ -217,6 +217,8 @@ pub struct Machine {
     now: Option<Instant>,
     /// An instant and the Unix time in milliseconds it corresponds to ([`Machine::set_wall_clock`]).
     epoch: Option<(Instant, u64)>,
+    /// An idle deadline earlier than every other was set ([`Machine::take_deadline_moved`]).
+    deadline_moved: bool,
     /// Source of room versions: one counter for all rooms, so a room that empties (and is
     /// forgotten) and is created again still gets versions above every one it had before.
     clock: u64,
@@ -247,6 +249,7 @@ impl Machine {
             idle_timers: BTreeSet::new(),
             now: None,
             epoch: None,
+            deadline_moved: false,
             clock: 0,
             occupants: 0,
             watches: 0,
@@ -281,6 +284,14 @@ impl Machine {
     /// stepping back does not reorder them). Without it, the first instant passed in is time 0.
     pub fn set_wall_clock(&mut self, at: Instant, unix_ms: u64) {
         self.epoch = Some((at, unix_ms));
+    }
+
+    /// True (once) when a call since the last one set an idle deadline earlier than every other
+    /// pending one ([`Config::idle_timeout`]): a driver that sleeps until [`Machine::poll_timeout`]
+    /// must look again. Grace deadlines are not counted (the driver starts those itself, with
+    /// [`Machine::disconnect`]).
+    pub fn take_deadline_moved(&mut self) -> bool {
+        std::mem::take(&mut self.deadline_moved)
     }
 
     /// The current time as Unix milliseconds (0 before any time was passed in).
@@ -647,7 +658,12 @@ impl Machine {
                 });
                 self.occupants += 1;
                 if n_old == 0 {
-                    grant(r, now_ms, idle, &mut self.idle_timers);
+                    grant(
+                        r,
+                        now_ms,
+                        idle,
+                        &mut (&mut self.idle_timers, &mut self.deadline_moved),
+                    );
                 } else {
                     behind_holder = true;
                 }
@@ -675,7 +691,11 @@ impl Machine {
                 Some(DisplacedReason::Idle)
             } else {
                 if let Some(due) = due {
-                    arm(r, due, &mut self.idle_timers);
+                    arm(
+                        r,
+                        due,
+                        &mut (&mut self.idle_timers, &mut self.deadline_moved),
+                    );
                 }
                 None
             }
@@ -809,7 +829,12 @@ impl Machine {
         debug_assert!(r.line.len() >= 2);
         r.line.move_to_front(1);
         r.version = version;
-        grant(r, now_ms, idle, &mut self.idle_timers);
+        grant(
+            r,
+            now_ms,
+            idle,
+            &mut (&mut self.idle_timers, &mut self.deadline_moved),
+        );
         let change = Change {
             version,
             holder_changed: true,
@@ -888,7 +913,12 @@ impl Machine {
         let r = self.rooms.get_mut(room).expect("found above");
         r.line.move_to_front(pos);
         r.version = version;
-        grant(r, now_ms, idle, &mut self.idle_timers);
+        grant(
+            r,
+            now_ms,
+            idle,
+            &mut (&mut self.idle_timers, &mut self.deadline_moved),
+        );
         let change = Change {
             version,
             holder_changed: true,
@@ -1004,7 +1034,11 @@ impl Machine {
                 continue;
             };
             if due > now {
-                arm(r, due, &mut self.idle_timers);
+                arm(
+                    r,
+                    due,
+                    &mut (&mut self.idle_timers, &mut self.deadline_moved),
+                );
             } else if r.line.len() >= 2 {
                 self.displace_holder(&room_id, DisplacedReason::Idle);
             }
@@ -1280,9 +1314,10 @@ impl Machine {
                     return Err(format!("room {id:?}: idle deadline without a timer"));
                 }
             } else if self.config.idle_timeout.is_some()
-                && self.now.is_some()
+                && room.active_at.is_some()
                 && room.line.len() >= 2
             {
+                // (A hold granted before any time was passed in has no idle clock.)
                 return Err(format!("room {id:?}: people wait but no idle deadline"));
             }
             if room.line.is_empty() && (room.active_at.is_some() || room.release_pending) {
@@ -1407,7 +1442,12 @@ impl Machine {
         };
         r.version = version;
         if change.holder_changed && !r.line.is_empty() {
-            grant(r, now_ms, idle, &mut self.idle_timers);
+            grant(
+                r,
+                now_ms,
+                idle,
+                &mut (&mut self.idle_timers, &mut self.deadline_moved),
+            );
         }
         emit(&change, r, &self.sessions, k, &mut self.outbox);
         if r.line.is_empty() {
@@ -1452,12 +1492,7 @@ impl Machine {
 /// makes sure the room has an idle deadline (`idle`: the timeout and the current time, when the
 /// idle timeout is on and time was passed in). A pending deadline is kept: it is no later than
 /// the new one, and re-arms itself when it fires.
-fn grant(
-    r: &mut Room,
-    now_ms: u64,
-    idle: Option<(Duration, Instant)>,
-    timers: &mut BTreeSet<(Instant, RoomId)>,
-) {
+fn grant(r: &mut Room, now_ms: u64, idle: Option<(Duration, Instant)>, timers: &mut IdleTimers) {
     r.held_since = now_ms;
     r.release_pending = false;
     if let Some((timeout, now)) = idle {
@@ -1466,9 +1501,16 @@ fn grant(
     }
 }
 
+/// The idle deadlines and whether one earlier than all others was set
+/// ([`Machine::take_deadline_moved`]), borrowed together.
+type IdleTimers<'a> = (&'a mut BTreeSet<(Instant, RoomId)>, &'a mut bool);
+
 /// Gives `r` an idle deadline at `due` unless it has one.
-fn arm(r: &mut Room, due: Instant, timers: &mut BTreeSet<(Instant, RoomId)>) {
+fn arm(r: &mut Room, due: Instant, (timers, moved): &mut IdleTimers) {
     if r.idle_timer.is_none() {
+        if timers.first().is_none_or(|(first, _)| due < *first) {
+            **moved = true;
+        }
         r.idle_timer = Some(due);
         timers.insert((due, r.id.clone()));
     }

@@ -70,28 +70,42 @@ impl MemoryBackend {
     /// delivered after the lock is released ([`Relay::run`]).
     async fn run<R>(&self, f: impl FnOnce(&mut Machine) -> R) -> R {
         let inner = &self.inner;
+        let mut moved = false;
         let f = |m: &mut Machine| {
             m.advance(crate::hub::now());
-            f(m)
+            let r = f(m);
+            moved = m.take_deadline_moved();
+            r
         };
-        inner
+        let r = inner
             .relay
             .run(&inner.machine, inner.sink.get(), None, f)
-            .await
+            .await;
+        if moved && let Some(sink) = inner.sink.get() {
+            sink.wake_timers();
+        }
+        r
     }
 
     /// [`MemoryBackend::run`] for a request about `room`: returns only once every notice queued
     /// for that room before the change was delivered ([`Relay::run`]).
     async fn run_in<R>(&self, room: &str, f: impl FnOnce(&mut Machine) -> R) -> R {
         let inner = &self.inner;
+        let mut moved = false;
         let f = |m: &mut Machine| {
             m.advance(crate::hub::now());
-            f(m)
+            let r = f(m);
+            moved = m.take_deadline_moved();
+            r
         };
-        inner
+        let r = inner
             .relay
             .run(&inner.machine, inner.sink.get(), Some(room), f)
-            .await
+            .await;
+        if moved && let Some(sink) = inner.sink.get() {
+            sink.wake_timers();
+        }
+        r
     }
 }
 

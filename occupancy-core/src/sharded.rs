@@ -161,27 +161,41 @@ impl ShardedBackend {
     /// as in the memory backend ([`Relay::run`]).
     async fn run<R>(&self, i: usize, f: impl FnOnce(&mut Machine) -> R) -> R {
         let inner = &self.inner;
+        let mut moved = false;
         let f = |m: &mut Machine| {
             m.advance(crate::hub::now());
-            f(m)
+            let r = f(m);
+            moved = m.take_deadline_moved();
+            r
         };
-        inner
+        let r = inner
             .relay
             .run(&inner.shards[i], inner.sink.get(), None, f)
-            .await
+            .await;
+        if moved && let Some(sink) = inner.sink.get() {
+            sink.wake_timers();
+        }
+        r
     }
 
     /// [`ShardedBackend::run`] for a request about `room` (see [`Relay::run`]).
     async fn run_in<R>(&self, i: usize, room: &str, f: impl FnOnce(&mut Machine) -> R) -> R {
         let inner = &self.inner;
+        let mut moved = false;
         let f = |m: &mut Machine| {
             m.advance(crate::hub::now());
-            f(m)
+            let r = f(m);
+            moved = m.take_deadline_moved();
+            r
         };
-        inner
+        let r = inner
             .relay
             .run(&inner.shards[i], inner.sink.get(), Some(room), f)
-            .await
+            .await;
+        if moved && let Some(sink) = inner.sink.get() {
+            sink.wake_timers();
+        }
+        r
     }
 
     fn shards_of(bits: u64) -> impl Iterator<Item = usize> {

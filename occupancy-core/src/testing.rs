@@ -30,7 +30,8 @@ use crate::config::{Ending, Limits};
 use crate::error::{Error, RoomIdError};
 use crate::hub::{Action, AuthRequest, Hub, HubBuilder, Notices, Session};
 use crate::ids::{Meta, OccupantKey, Person};
-use crate::notice::{Notice, NoticeKind};
+use crate::machine::ForcedRelease;
+use crate::notice::{DisplacedReason, Notice, NoticeKind};
 
 /// How long a check waits for the system to settle before asserting that nothing (more) came.
 pub const SETTLE: Duration = Duration::from_millis(100);
@@ -109,6 +110,11 @@ macro_rules! __conformance_checks {
             takeover_displaces_holder,
             takeover_requires_membership,
             update_changes_metadata_in_place,
+            since_and_held_since_are_stamped,
+            active_refreshes_and_refuses_outsiders,
+            an_idle_holder_gives_way,
+            an_idle_holder_alone_gives_way_at_the_next_join,
+            a_forced_release_displaces_with_reason_server,
             watch_and_unwatch,
             versions_increase,
             limits_are_exact_and_change_nothing,
@@ -790,6 +796,176 @@ pub async fn update_changes_metadata_in_place<B: Backend>(backend: B) {
     );
     assert_eq!(hub.room("other").await.unwrap(), before);
     assert_eq!(hub.version(ROOM).await.unwrap(), j.version);
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The reason of a `displaced` notice.
+fn displaced_reason(n: &Notice) -> Option<DisplacedReason> {
+    match n.kind {
+        NoticeKind::Displaced { reason, .. } => Some(reason),
+        _ => None,
+    }
+}
+
+/// Every person carries `since` (when it entered the line, Unix ms by the server's clock) and a
+/// room's state and presence carry `held_since` (when the holder was granted it).
+pub async fn since_and_held_since_are_stamped<B: Backend>(backend: B) {
+    let hub = hub(backend, |b| b);
+    let (a, _an) = user(&hub, "alice").await;
+    let (b, mut bn) = user(&hub, "bob").await;
+    let start = unix_ms();
+    let ja = a.join(ROOM, None).await.unwrap();
+    // The server's clock, not the test's: allow a minute either way (paused time, clock skew
+    // between this process and Redis).
+    let near = |t: u64| t.abs_diff(start) < 60_000;
+    assert!(
+        near(ja.holder.since),
+        "since {} near {start}",
+        ja.holder.since
+    );
+    b.join(ROOM, None).await.unwrap();
+    let room = hub.room(ROOM).await.unwrap().unwrap();
+    assert_eq!(room.held_since, Some(ja.holder.since));
+    assert!(room.occupants[1].since >= room.occupants[0].since);
+    discard(&mut [&mut bn]).await;
+    a.leave(ROOM).await.unwrap();
+    let p = expect(
+        &mut bn,
+        "a presence after the hand-over",
+        |n| matches!(&n.kind, NoticeKind::Presence(p) if p.position == Some(0)),
+    )
+    .await;
+    let NoticeKind::Presence(p) = p.kind else {
+        unreachable!()
+    };
+    let held = p.body.held_since.expect("someone holds");
+    assert!(held >= ja.holder.since && near(held));
+    assert_eq!(
+        p.body.holder.as_ref().map(|h| h.since),
+        Some(room.occupants[1].since),
+        "since stays when entering the line"
+    );
+    b.leave(ROOM).await.unwrap();
+    assert_eq!(hub.room(ROOM).await.unwrap(), None);
+}
+
+/// `active` answers the caller's place and tells nobody; from outside the line it is refused
+/// with `not_member` and changes nothing.
+pub async fn active_refreshes_and_refuses_outsiders<B: Backend>(backend: B) {
+    let hub = hub(backend, |b| b.idle_timeout(Duration::from_secs(60)));
+    let (a, mut an) = user(&hub, "alice").await;
+    let (b, mut bn) = user(&hub, "bob").await;
+    let (c, _cn) = user(&hub, "carol").await;
+    a.join(ROOM, None).await.unwrap();
+    b.join(ROOM, None).await.unwrap();
+    c.watch(ROOM).await.unwrap();
+    discard(&mut [&mut an, &mut bn]).await;
+    let before = hub.room(ROOM).await.unwrap();
+    let j = a.active(ROOM).await.unwrap();
+    assert_eq!((j.holding, j.position), (true, 0));
+    assert_eq!(b.active(ROOM).await.unwrap().position, 1);
+    assert_eq!(c.active(ROOM).await.err(), Some(Error::NotMember));
+    assert_eq!(a.active("elsewhere").await.err(), Some(Error::NotMember));
+    assert!(matches!(
+        a.active("").await.err(),
+        Some(Error::RoomInvalid(_))
+    ));
+    assert_eq!(hub.room(ROOM).await.unwrap(), before);
+    assert!(settled(&mut an).await.is_empty());
+    assert!(settled(&mut bn).await.is_empty());
+}
+
+/// A holder who stopped saying `active` while someone waits is displaced with reason `idle`
+/// and the next in line is released; one who keeps saying it keeps the room.
+pub async fn an_idle_holder_gives_way<B: Backend>(backend: B) {
+    let idle = Duration::from_millis(1000);
+    let hub = hub(backend, |b| b.idle_timeout(idle));
+    let (a, mut an) = user(&hub, "alice").await;
+    let (b, mut bn) = user(&hub, "bob").await;
+    a.join(ROOM, None).await.unwrap();
+    b.join(ROOM, None).await.unwrap();
+    // Active well within the timeout for longer than it: alice keeps the room.
+    for _ in 0..8 {
+        tokio::time::sleep(idle / 5).await;
+        a.active(ROOM).await.unwrap();
+    }
+    assert_eq!(holder_name(&hub, ROOM).await.as_deref(), Some("alice"));
+    assert_eq!(count_released(&settled(&mut bn).await), 0);
+    // Then she walks away.
+    let n = expect(&mut an, "displaced for idleness", |n| {
+        displaced_reason(n).is_some()
+    })
+    .await;
+    assert_eq!(displaced_reason(&n), Some(DisplacedReason::Idle));
+    let NoticeKind::Displaced { by, position, .. } = n.kind else {
+        unreachable!()
+    };
+    assert_eq!((who(&by), position), (person("bob"), 1));
+    expect(&mut bn, "released", is_released).await;
+    assert_eq!(holder_name(&hub, ROOM).await.as_deref(), Some("bob"));
+}
+
+/// Alone, an idle holder keeps the room; whoever joins then is granted it at once.
+pub async fn an_idle_holder_alone_gives_way_at_the_next_join<B: Backend>(backend: B) {
+    let idle = Duration::from_millis(300);
+    let hub = hub(backend, |b| b.idle_timeout(idle));
+    let (a, mut an) = user(&hub, "alice").await;
+    let (b, mut bn) = user(&hub, "bob").await;
+    a.join(ROOM, None).await.unwrap();
+    tokio::time::sleep(idle * 2).await;
+    assert_eq!(holder_name(&hub, ROOM).await.as_deref(), Some("alice"));
+    assert!(
+        !settled(&mut an)
+            .await
+            .iter()
+            .any(|n| displaced_reason(n).is_some())
+    );
+    let j = b.join(ROOM, None).await.unwrap();
+    assert_eq!((j.holding, j.position), (true, 0));
+    let n = expect(&mut an, "displaced", |n| displaced_reason(n).is_some()).await;
+    assert_eq!(displaced_reason(&n), Some(DisplacedReason::Idle));
+    expect(&mut bn, "released", is_released).await;
+    let names: Vec<_> = whos(&hub.occupants(ROOM).await.unwrap());
+    assert_eq!(names, [person("bob"), person("alice")]);
+}
+
+/// The application forces a release: the holder is displaced with reason `server`; a holder
+/// alone keeps the room until the next join; an empty room is vacant.
+pub async fn a_forced_release_displaces_with_reason_server<B: Backend>(backend: B) {
+    let hub = hub(backend, |b| b);
+    let (a, mut an) = user(&hub, "alice").await;
+    let (b, mut bn) = user(&hub, "bob").await;
+    let (c, mut cn) = user(&hub, "carol").await;
+    assert_eq!(hub.release(ROOM).await, Ok(ForcedRelease::Vacant));
+    assert!(matches!(hub.release("").await, Err(Error::RoomInvalid(_))));
+    a.join(ROOM, None).await.unwrap();
+    b.join(ROOM, None).await.unwrap();
+    discard(&mut [&mut an, &mut bn]).await;
+    let Ok(ForcedRelease::HandedOver { version, to }) = hub.release(ROOM).await else {
+        panic!("someone waits: handed over");
+    };
+    assert_eq!(who(&to), person("bob"));
+    let n = expect(&mut an, "displaced", |n| displaced_reason(n).is_some()).await;
+    assert_eq!(displaced_reason(&n), Some(DisplacedReason::Server));
+    assert_eq!(n.version(), version);
+    expect(&mut bn, "released", is_released).await;
+
+    a.leave(ROOM).await.unwrap();
+    discard(&mut [&mut an, &mut bn]).await;
+    assert_eq!(hub.release(ROOM).await, Ok(ForcedRelease::Pending));
+    assert_eq!(holder_name(&hub, ROOM).await.as_deref(), Some("bob"));
+    let j = c.join(ROOM, None).await.unwrap();
+    assert_eq!((j.holding, j.position), (true, 0));
+    let n = expect(&mut bn, "displaced", |n| displaced_reason(n).is_some()).await;
+    assert_eq!(displaced_reason(&n), Some(DisplacedReason::Server));
+    expect(&mut cn, "released", is_released).await;
+    // Spent: the next join waits.
+    assert_eq!(a.join(ROOM, None).await.unwrap().position, 2);
 }
 
 /// Two tabs of one user are one occupant: both hold, neither waits behind the other, and the room

@@ -22,12 +22,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use occupancy_core::{
-    Config, Ending, Error, Limits, Machine, Meta, NoticeKind, OccupantKey, ResumeToken, SessionId,
-    Stats,
+    Config, DisplacedReason, Ending, Error, ForcedRelease, Limits, Machine, Meta, NoticeKind,
+    OccupantKey, ResumeToken, SessionId, Stats,
 };
 use proptest::prelude::*;
 
 const GRACE: u64 = 5;
+/// The idle timeout (`Config::idle_timeout`), in seconds.
+const IDLE: u64 = 4;
 /// The grace of a connection the client closed (`Ending::Closed`).
 const CLOSE_GRACE: u64 = 2;
 
@@ -89,6 +91,10 @@ enum Op {
     Takeover(usize, usize),
     /// `update` with metadata `{"n": n}` (a small n: the same metadata again now and then).
     Update(usize, usize, u8),
+    /// `active`: refreshes the holder's idle clock.
+    Active(usize, usize),
+    /// A forced release of the room (`Machine::release`).
+    Release(usize),
     Watch(usize, usize),
     Unwatch(usize, usize),
     Disconnect(usize, Ending),
@@ -112,6 +118,8 @@ fn op(p: Params) -> impl Strategy<Value = Op> {
         3 => (s.clone(), r.clone()).prop_map(|(s, r)| Op::Leave(s, r)),
         2 => (s.clone(), r.clone()).prop_map(|(s, r)| Op::Takeover(s, r)),
         2 => (s.clone(), r.clone(), 0..3u8).prop_map(|(s, r, n)| Op::Update(s, r, n)),
+        2 => (s.clone(), r.clone()).prop_map(|(s, r)| Op::Active(s, r)),
+        1 => r.clone().prop_map(Op::Release),
         1 => (s.clone(), r.clone()).prop_map(|(s, r)| Op::Watch(s, r)),
         1 => (s.clone(), r.clone()).prop_map(|(s, r)| Op::Unwatch(s, r)),
         2 => (s.clone(), ending()).prop_map(|(s, e)| Op::Disconnect(s, e)),
@@ -177,6 +185,18 @@ struct Model {
     slots: Vec<Option<MSession>>,
     rooms: Vec<Line>,
     watchers: Vec<Vec<SessionId>>,
+    /// Per room: when the holder was granted it and when it was last active (seconds), and
+    /// whether a forced release waits for the next join.
+    holds: Vec<Hold>,
+    /// Per room: when each occupant entered the line (seconds).
+    since: Vec<HashMap<OccupantKey, u64>>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Hold {
+    granted: u64,
+    active: u64,
+    pending: bool,
 }
 
 impl Model {
@@ -187,7 +207,47 @@ impl Model {
             slots: vec![None; p.slots],
             rooms: vec![Vec::new(); p.rooms],
             watchers: vec![Vec::new(); p.rooms],
+            holds: vec![Hold::default(); p.rooms],
+            since: vec![HashMap::new(); p.rooms],
         }
+    }
+
+    /// After a change: a new holder is granted its room now; newcomers to a line entered it now;
+    /// an empty room keeps nothing.
+    fn settle(&mut self, before: &[Line]) {
+        for r in 0..self.p.rooms {
+            let (old, new) = (&before[r], &self.rooms[r]);
+            match (old.first(), new.first()) {
+                (_, None) => self.holds[r] = Hold::default(),
+                (Some(o), Some(n)) if o.0 == n.0 => {}
+                _ => {
+                    self.holds[r] = Hold {
+                        granted: self.now,
+                        active: self.now,
+                        pending: false,
+                    }
+                }
+            }
+            let since = &mut self.since[r];
+            since.retain(|k, _| new.iter().any(|(n, _)| n == k));
+            for (k, _) in new {
+                since.entry(k.clone()).or_insert(self.now);
+            }
+        }
+    }
+
+    /// The holder of room r is displaced to place 1 and the next one granted the room.
+    fn displace(&mut self, r: usize) {
+        self.rooms[r].swap(0, 1);
+        self.holds[r] = Hold {
+            granted: self.now,
+            active: self.now,
+            pending: false,
+        };
+    }
+
+    fn idle_due(&self, r: usize) -> bool {
+        self.holds[r].active + IDLE <= self.now
     }
 
     fn key(&self, slot: usize, id: SessionId) -> OccupantKey {
@@ -237,13 +297,29 @@ impl Model {
                     .is_some_and(|d| d <= self.now)
             })
             .collect();
-        if due.is_empty() {
-            return Vec::new();
+        let mut trace = Vec::new();
+        if !due.is_empty() {
+            let before = self.rooms.clone();
+            for slot in due {
+                self.close(slot);
+            }
+            self.settle(&before);
+            trace.push(self.rooms.clone());
         }
-        for slot in due {
-            self.close(slot);
+        // Then idle holders give way where someone waits (one change per room).
+        let before = self.rooms.clone();
+        let mut any = false;
+        for r in 0..self.p.rooms {
+            if self.rooms[r].len() >= 2 && self.idle_due(r) {
+                self.displace(r);
+                any = true;
+            }
         }
-        vec![self.rooms.clone()]
+        if any {
+            self.settle(&before);
+            trace.push(self.rooms.clone());
+        }
+        trace
     }
 }
 
@@ -257,8 +333,11 @@ struct Harness {
     next_id: u64,
     next_token: u128,
     last_version: HashMap<String, u64>,
-    /// The lines after each expiry of the last Advance.
+    /// The lines after each change of the last op but its final one (all of them for an
+    /// Advance).
     trace: Vec<Vec<Line>>,
+    /// Why the last op displaced holders, if it did.
+    reason: DisplacedReason,
 }
 
 /// What a call returned, reduced to what the model can predict.
@@ -281,13 +360,19 @@ impl Harness {
             c.grace = Duration::from_secs(GRACE);
             c.close_grace = Duration::from_secs(CLOSE_GRACE);
             c.presence_occupants = 3;
+            c.idle_timeout = Some(Duration::from_secs(IDLE));
             c
         };
+        let t0 = Instant::now();
+        let mut m = Machine::new(config).unwrap();
+        m.advance(t0);
+        m.set_wall_clock(t0, 0);
         Harness {
             p,
-            m: Machine::new(config).unwrap(),
+            m,
             model: Model::new(p),
-            t0: Instant::now(),
+            t0,
+            reason: DisplacedReason::Takeover,
             next_id: 1,
             next_token: 1,
             last_version: HashMap::new(),
@@ -314,6 +399,7 @@ impl Harness {
             | Op::Leave(s, _)
             | Op::Takeover(s, _)
             | Op::Update(s, _, _)
+            | Op::Active(s, _)
             | Op::Watch(s, _)
             | Op::Unwatch(s, _)
             | Op::Disconnect(s, _)
@@ -352,18 +438,28 @@ impl Harness {
                     .m
                     .join(id, &room_name(r), None)
                     .map(|j| Some(j.position as usize));
+                let now_s = md.now;
                 let want = match md.live(slot) {
                     None => Outcome::Err(Error::UnknownSession),
-                    Some(_) if md.position(r, id).is_some() => Outcome::Ok(md.position(r, id)),
+                    Some(_) if md.position(r, id).is_some() => {
+                        if md.position(r, id) == Some(0) {
+                            md.holds[r].active = now_s;
+                        }
+                        Outcome::Ok(md.position(r, id))
+                    }
                     Some(s) if s.joined.len() + s.watching.len() >= max_rooms => {
                         Outcome::Err(Error::TooManyRooms { limit: max_rooms })
                     }
                     Some(_) => {
                         let key = md.key(slot, id);
+                        let before = md.rooms.clone();
                         let line = &mut md.rooms[r];
                         if let Some(pos) = line.iter().position(|(k, _)| *k == key) {
                             line[pos].1.push(id);
                             md.slots[slot].as_mut().unwrap().joined.push(r);
+                            if pos == 0 {
+                                md.holds[r].active = now_s;
+                            }
                             Outcome::Ok(Some(pos))
                         } else if line.len() >= max_occupants {
                             Outcome::Err(Error::RoomFull {
@@ -371,8 +467,27 @@ impl Harness {
                             })
                         } else {
                             line.push((key, vec![id]));
+                            let pos = line.len() - 1;
                             md.slots[slot].as_mut().unwrap().joined.push(r);
-                            Outcome::Ok(Some(line.len() - 1))
+                            md.settle(&before);
+                            // Someone waits now: an idle holder, or one a forced release found
+                            // alone, gives way in a second change.
+                            let hold = md.holds[r];
+                            if pos >= 1 && (hold.pending || md.idle_due(r)) {
+                                self.reason = if hold.pending {
+                                    DisplacedReason::Server
+                                } else {
+                                    DisplacedReason::Idle
+                                };
+                                self.trace.push(md.rooms.clone());
+                                md.displace(r);
+                                Outcome::Ok(Some(match pos {
+                                    1 => 0,
+                                    p => p,
+                                }))
+                            } else {
+                                Outcome::Ok(Some(pos))
+                            }
                         }
                     }
                 };
@@ -408,6 +523,7 @@ impl Harness {
                         Some(p) => {
                             let occ = md.rooms[r].remove(p);
                             md.rooms[r].insert(0, occ);
+                            self.reason = DisplacedReason::Takeover;
                             Outcome::Ok(Some(0))
                         }
                     },
@@ -425,10 +541,58 @@ impl Harness {
                     None => Outcome::Err(Error::UnknownSession),
                     Some(_) => match md.position(r, id) {
                         None => Outcome::Err(Error::NotMember),
-                        Some(p) => Outcome::Ok(Some(p)),
+                        Some(p) => {
+                            if p == 0 {
+                                md.holds[r].active = md.now;
+                            }
+                            Outcome::Ok(Some(p))
+                        }
                     },
                 };
                 (to_outcome(got), want)
+            }
+            Op::Active(slot, r) => {
+                let got = self
+                    .m
+                    .active(id, &room_name(r))
+                    .map(|j| Some(j.position as usize));
+                let want = match md.live(slot) {
+                    None => Outcome::Err(Error::UnknownSession),
+                    Some(_) => match md.position(r, id) {
+                        None => Outcome::Err(Error::NotMember),
+                        Some(p) => {
+                            if p == 0 {
+                                md.holds[r].active = md.now;
+                            }
+                            Outcome::Ok(Some(p))
+                        }
+                    },
+                };
+                (to_outcome(got), want)
+            }
+            Op::Release(r) => {
+                // 0 vacant, 1 handed over, 2 pending.
+                let got = self.m.release(&room_name(r)).map(|f| {
+                    Some(match f {
+                        ForcedRelease::Vacant => 0,
+                        ForcedRelease::HandedOver { .. } => 1,
+                        ForcedRelease::Pending => 2,
+                        _ => 99,
+                    })
+                });
+                let want = match md.rooms[r].len() {
+                    0 => 0,
+                    1 => {
+                        md.holds[r].pending = true;
+                        2
+                    }
+                    _ => {
+                        self.reason = DisplacedReason::Server;
+                        md.displace(r);
+                        1
+                    }
+                };
+                (to_outcome(got), Outcome::Ok(Some(want)))
             }
             Op::Watch(slot, r) => {
                 let got = self.m.watch(id, &room_name(r)).map(|_| None);
@@ -550,6 +714,7 @@ impl Harness {
             }
             Op::Advance(secs) => {
                 md.now += secs;
+                self.reason = DisplacedReason::Idle;
                 self.trace = md.expire();
                 let now = self.now();
                 self.m.handle_timeout(now);
@@ -581,16 +746,43 @@ impl Harness {
         self.trace.clear();
         let (got, want) = self.apply(op);
         prop_assert_eq!(&got, &want, "result of {:?}", op);
+        if !matches!(op, Op::Advance(_)) {
+            self.model.settle(&before);
+        }
         let after = self.model.rooms.clone();
         prop_assert_eq!(&self.lines(), &after, "lines after {:?}", op);
         if let Err(e) = self.m.check_invariants() {
             return Err(TestCaseError::fail(format!("invariant after {op:?}: {e}")));
         }
-        // The sequence of states this step went through: one transition, or one per expiry.
+        // since and held_since (Unix ms from time 0 of the run).
+        for r in 0..self.p.rooms {
+            let Some(state) = self.m.room(&room_name(r)) else {
+                continue;
+            };
+            let want_held = (!after[r].is_empty()).then(|| self.model.holds[r].granted * 1000);
+            prop_assert_eq!(
+                state.held_since,
+                want_held,
+                "held_since of room {} after {:?}",
+                r,
+                op
+            );
+            for o in &state.occupants {
+                prop_assert_eq!(
+                    Some(o.since),
+                    self.model.since[r].get(&o.key).map(|s| s * 1000),
+                    "since of {:?} in room {} after {:?}",
+                    o.key,
+                    r,
+                    op
+                );
+            }
+        }
+        // The sequence of states this step went through: one transition, or one per change
+        // (expiries, an idle holder giving way after a join).
         let mut states = vec![before];
-        if matches!(op, Op::Advance(_)) {
-            states.append(&mut self.trace);
-        } else {
+        states.append(&mut self.trace);
+        if !matches!(op, Op::Advance(_)) {
             states.push(after.clone());
         }
 
@@ -633,7 +825,10 @@ impl Harness {
             match &n.kind {
                 NoticeKind::Released { .. } => *released.entry(key).or_default() += 1,
                 NoticeKind::Occupied { .. } => *occupied.entry(key).or_default() += 1,
-                NoticeKind::Displaced { .. } => *displaced.entry(key).or_default() += 1,
+                NoticeKind::Displaced { reason, .. } => {
+                    prop_assert_eq!(*reason, self.reason, "displaced reason after {:?}", op);
+                    *displaced.entry(key).or_default() += 1
+                }
                 NoticeKind::Presence(p) => presence.entry(key).or_default().push(p.position),
                 other => prop_assert!(false, "a notice kind the model does not know: {other:?}"),
             }

@@ -5,12 +5,14 @@
 use std::time::{Duration, Instant};
 
 use occupancy_core::{
-    Config, Ending, Error, Limits, Machine, Meta, Notice, NoticeKind, OccupantKey, ResumeToken,
-    RoomIdError, SessionId, Stats,
+    Config, DisplacedReason, Ending, Error, ForcedRelease, Limits, Machine, Meta, Notice,
+    NoticeKind, OccupantKey, ResumeToken, RoomIdError, SessionId, Stats,
 };
 use serde_json::json;
 
 const DOC: &str = "document-1";
+/// The Unix time (ms) of the start of every story.
+const T0: u64 = 1_764_460_800_000;
 
 /// A machine plus a clock, with helpers that keep the stories short.
 struct World {
@@ -25,9 +27,15 @@ impl World {
     }
 
     fn with(config: Config) -> Self {
+        let now = Instant::now();
+        let mut m = Machine::new(config).unwrap();
+        // The machine reads no clock: its time is what the driver passes in. Time 0 of the
+        // stories is Unix millisecond T0.
+        m.advance(now);
+        m.set_wall_clock(now, T0);
         World {
-            m: Machine::new(config).unwrap(),
-            now: Instant::now(),
+            m,
+            now,
             next_token: 1000,
         }
     }
@@ -763,6 +771,207 @@ fn bad_updates_are_refused_and_change_nothing() {
     assert_ne!(before, before_watch);
     assert!(w.notices().is_empty());
     assert_eq!(Error::NotMember.code(), "not_member");
+}
+
+// ----- since / held_since -----------------------------------------------------------------------
+
+/// Every person carries when it entered the line; presence carries when the holder was granted
+/// the room — for "edited by Ann since 10:42". Both come from the time the driver passed in.
+#[test]
+fn since_is_when_you_entered_the_line_and_held_since_when_you_were_granted_the_room() {
+    let mut w = World::new();
+    let (a, b) = (w.anon(1), w.anon(2));
+    let ja = w.m.join(a, DOC, None).unwrap();
+    assert_eq!(ja.holder.since, T0);
+    w.advance(Duration::from_secs(1));
+    w.m.join(b, DOC, None).unwrap();
+    let room = w.m.room(DOC).unwrap();
+    assert_eq!(room.held_since, Some(T0));
+    let since: Vec<u64> = room.occupants.iter().map(|o| o.since).collect();
+    assert_eq!(since, [T0, T0 + 1000]);
+    w.notices();
+
+    w.advance(Duration::from_secs(2));
+    w.m.leave(a, DOC).unwrap();
+    let n = w.notices();
+    let presence = n
+        .iter()
+        .find_map(|n| match &n.kind {
+            NoticeKind::Presence(p) if n.session == b => Some(p.body.clone()),
+            _ => None,
+        })
+        .expect("b is told");
+    assert_eq!(
+        presence.held_since,
+        Some(T0 + 3000),
+        "granted at the hand-over"
+    );
+    assert_eq!(
+        presence.holder.as_ref().unwrap().since,
+        T0 + 1000,
+        "in line since"
+    );
+    w.m.leave(b, DOC).unwrap();
+    assert_eq!(w.m.room(DOC), None);
+}
+
+// ----- idle expiry ---------------------------------------------------------------------------------
+
+fn idle(secs: u64) -> Config {
+    let mut c = Config::default();
+    c.idle_timeout = Some(Duration::from_secs(secs));
+    c
+}
+
+fn displaced_reason(notices: &[Notice], s: SessionId) -> Option<(u32, DisplacedReason)> {
+    notices.iter().find_map(|n| match n.kind {
+        NoticeKind::Displaced {
+            position, reason, ..
+        } if n.session == s => Some((position, reason)),
+        _ => None,
+    })
+}
+
+/// A holder who walked away while someone waits: at the deadline it is displaced to place 1
+/// with reason "idle" and the next is released. Activity from any of its tabs (join, update,
+/// active) pushes the deadline back.
+#[test]
+fn an_idle_holder_gives_way_to_the_next_in_line() {
+    let mut w = World::with(idle(10));
+    let (a, a2, b) = (w.user(1, "ann"), w.user(2, "ann"), w.anon(3));
+    w.m.join(a, DOC, None).unwrap();
+    w.m.join(a2, DOC, None).unwrap();
+    w.m.join(b, DOC, None).unwrap();
+    assert_eq!(w.m.poll_timeout(), Some(w.now + Duration::from_secs(10)));
+    w.advance(Duration::from_secs(9));
+    let j = w.m.active(a2, DOC).unwrap();
+    assert_eq!((j.holding, j.position), (true, 0));
+    w.notices();
+    w.advance(Duration::from_secs(2));
+    assert!(w.notices().is_empty(), "active at 9 s: due at 19 s");
+    assert_eq!(w.m.position(a, DOC), Some(0));
+    w.advance(Duration::from_secs(8));
+    let n = w.notices();
+    assert_eq!(released_to(&n), vec![b]);
+    assert_eq!(displaced_reason(&n, a), Some((1, DisplacedReason::Idle)));
+    assert_eq!(displaced_reason(&n, a2), Some((1, DisplacedReason::Idle)));
+    assert_eq!(w.m.position(a, DOC), Some(1));
+    assert_eq!(w.m.room(DOC).unwrap().held_since, Some(T0 + 19_000));
+    // The new holder's clock starts at its grant, not at its join.
+    w.advance(Duration::from_secs(9));
+    assert!(w.notices().is_empty());
+    w.advance(Duration::from_secs(1));
+    assert_eq!(released_to(&w.notices()), vec![a, a2]);
+    w.m.check_invariants().unwrap();
+}
+
+/// Alone, an idle holder keeps the room (nobody is blocked); the join that would make someone
+/// wait displaces it at once: the joiner is told `occupied`, then `released`, and its reply
+/// says it holds.
+#[test]
+fn an_idle_holder_alone_keeps_the_room_until_someone_joins() {
+    let mut w = World::with(idle(10));
+    let (a, b) = (w.anon(1), w.anon(2));
+    w.m.join(a, DOC, None).unwrap();
+    w.notices();
+    w.advance(Duration::from_secs(60));
+    assert!(w.notices().is_empty());
+    assert_eq!(w.m.position(a, DOC), Some(0));
+    assert_eq!(w.m.poll_timeout(), None, "nothing to wake up for");
+    let j = w.m.join(b, DOC, None).unwrap();
+    assert_eq!((j.holding, j.position), (true, 0));
+    let n = w.notices();
+    let kinds: Vec<_> = for_session(&n, b)
+        .into_iter()
+        .filter(|k| !matches!(k, NoticeKind::Presence(_)))
+        .collect();
+    assert!(matches!(
+        kinds[..],
+        [
+            NoticeKind::Occupied { position: 1, .. },
+            NoticeKind::Released { .. }
+        ]
+    ));
+    assert_eq!(displaced_reason(&n, a), Some((1, DisplacedReason::Idle)));
+    assert_eq!(j.version, w.m.room_version(DOC).unwrap());
+    w.m.check_invariants().unwrap();
+
+    // A holder who keeps saying `active` is never displaced.
+    let c = w.anon(3);
+    for _ in 0..5 {
+        w.advance(Duration::from_secs(8));
+        w.m.active(b, DOC).unwrap();
+    }
+    assert_eq!(w.m.join(c, DOC, None).unwrap().position, 2);
+    w.advance(Duration::from_secs(8));
+    assert_eq!(w.m.position(b, DOC), Some(0));
+}
+
+/// `active` is refused like `update` (room id, session, membership) and changes nothing; from
+/// someone waiting it is accepted and changes nothing either (the clock starts at the grant).
+#[test]
+fn active_from_outside_the_line_is_refused_and_changes_nothing() {
+    let mut w = World::with(idle(10));
+    let (a, tab2, b) = (w.user(1, "ann"), w.user(2, "ann"), w.anon(3));
+    w.m.join(a, DOC, None).unwrap();
+    w.m.join(b, DOC, None).unwrap();
+    w.m.watch(tab2, DOC).unwrap();
+    w.notices();
+    let before = snapshot(&w.m);
+    assert!(matches!(w.m.active(a, ""), Err(Error::RoomInvalid(_))));
+    assert_eq!(w.m.active(SessionId(99), DOC), Err(Error::UnknownSession));
+    assert_eq!(w.m.active(a, "elsewhere"), Err(Error::NotMember));
+    assert_eq!(w.m.active(tab2, DOC), Err(Error::NotMember), "a watcher");
+    assert_eq!(w.m.active(b, DOC).unwrap().position, 1);
+    assert_eq!(snapshot(&w.m), before);
+    assert!(w.notices().is_empty());
+}
+
+// ----- forced release ----------------------------------------------------------------------------
+
+/// The application forces a release: with someone waiting the holder is displaced with reason
+/// "server"; alone it keeps the room until someone joins; an empty room is vacant.
+#[test]
+fn a_forced_release_hands_over_now_or_at_the_next_join() {
+    let mut w = World::new();
+    let (a, b, c) = (w.anon(1), w.anon(2), w.anon(3));
+    assert_eq!(w.m.release(DOC), Ok(ForcedRelease::Vacant));
+    assert!(matches!(w.m.release("\n"), Err(Error::RoomInvalid(_))));
+    w.m.join(a, DOC, None).unwrap();
+    w.m.join(b, DOC, None).unwrap();
+    w.notices();
+    let ForcedRelease::HandedOver { version, to } = w.m.release(DOC).unwrap() else {
+        panic!("someone waits");
+    };
+    assert_eq!(to.id, OccupantKey::Anonymous(b));
+    assert_eq!(version, w.m.room_version(DOC).unwrap());
+    let n = w.notices();
+    assert_eq!(released_to(&n), vec![b]);
+    assert_eq!(displaced_reason(&n, a), Some((1, DisplacedReason::Server)));
+
+    w.m.leave(a, DOC).unwrap();
+    w.notices();
+    assert_eq!(w.m.release(DOC), Ok(ForcedRelease::Pending));
+    assert!(w.notices().is_empty(), "nobody to tell yet");
+    assert_eq!(w.m.position(b, DOC), Some(0));
+    let j = w.m.join(c, DOC, None).unwrap();
+    assert!(j.holding);
+    let n = w.notices();
+    assert_eq!(released_to(&n), vec![c]);
+    assert_eq!(displaced_reason(&n, b), Some((1, DisplacedReason::Server)));
+    // Granted: the pending release is spent.
+    let d = w.anon(4);
+    assert_eq!(w.m.join(d, DOC, None).unwrap().position, 2);
+    // A pending release ends with the hold: the room emptied and filled again is a new hold.
+    for s in [b, c, d] {
+        w.m.leave(s, DOC).unwrap();
+    }
+    w.m.join(a, DOC, None).unwrap();
+    assert_eq!(w.m.release(DOC), Ok(ForcedRelease::Pending));
+    w.m.leave(a, DOC).unwrap();
+    w.m.join(a, DOC, None).unwrap();
+    assert_eq!(w.m.join(b, DOC, None).unwrap().position, 1);
+    w.m.check_invariants().unwrap();
 }
 
 // ----- limits -----------------------------------------------------------------------------------

@@ -39,6 +39,7 @@
 //! | `occupancy:watch` | `{"room": R}` or `R` | `watching` (the room's presence) |
 //! | `occupancy:unwatch` | `{"room": R}` or `R` | `left` |
 //! | `occupancy:update` | `{"room": R, "meta": {...}}` | `joined` (your unchanged place); `not_member` unless you stand in the room |
+//! | `occupancy:active` | `{"room": R}` or `R` | `joined` (your place; refreshes the holder's idle clock); `not_member` unless you stand in the room |
 //!
 //! Every ack is the protocol v1 object ([`occupancy_core::protocol::Event`]), with `"ev"`; a
 //! failure is `{"ev": "error", "code": ..., "message": ...}` with a code from

@@ -25,6 +25,9 @@ pub struct EventNames {
     pub unwatch: Cow<'static, str>,
     /// Acked: change your metadata in a room you stand in (default `occupancy:update`).
     pub update: Cow<'static, str>,
+    /// Acked: "still working here", refreshes the holder's idle clock (default
+    /// `occupancy:active`).
+    pub active: Cow<'static, str>,
     /// Push: the first event on every socket, with its session id and resume token (default
     /// `occupancy:hello`).
     pub hello: Cow<'static, str>,
@@ -65,6 +68,7 @@ impl Default for EventNames {
             watch: Cow::Borrowed("occupancy:watch"),
             unwatch: Cow::Borrowed("occupancy:unwatch"),
             update: Cow::Borrowed("occupancy:update"),
+            active: Cow::Borrowed("occupancy:active"),
             hello: Cow::Borrowed("occupancy:hello"),
             occupied: Cow::Borrowed("occupancy:occupied"),
             released: Cow::Borrowed("occupancy:released"),
@@ -88,6 +92,7 @@ impl EventNames {
             watch: p("watch"),
             unwatch: p("unwatch"),
             update: p("update"),
+            active: p("active"),
             hello: p("hello"),
             occupied: p("occupied"),
             released: p("released"),
@@ -113,6 +118,7 @@ impl EventNames {
             (&self.watch, OpKind::Watch, false),
             (&self.unwatch, OpKind::Unwatch, false),
             (&self.update, OpKind::Update, false),
+            (&self.active, OpKind::Active, false),
         ];
         if article {
             ops.push((&self.article_join, OpKind::Join, true));
@@ -133,6 +139,7 @@ mod tests {
         assert!(matches!(n.join, Cow::Borrowed("occupancy:join")));
         assert_eq!(n.presence, "occupancy:presence");
         assert_eq!(n.error, "occupancy:error");
+        assert_eq!(n.active, "occupancy:active");
         assert_eq!(n.article_join, "join_document_room");
         assert_eq!(n.article_occupied, "is_occupied");
         assert_eq!(n.article_occupied_message, "Its occupied");
@@ -148,7 +155,7 @@ mod tests {
             .collect();
         incoming.sort();
         incoming.dedup();
-        assert_eq!(incoming.len(), 8);
-        assert_eq!(n.incoming(false).len(), 6);
+        assert_eq!(incoming.len(), 9);
+        assert_eq!(n.incoming(false).len(), 7);
     }
 }

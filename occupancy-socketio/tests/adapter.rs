@@ -156,6 +156,15 @@ async fn rich_events_are_acked_with_protocol_v1_objects_and_pushed() {
     let r = b.call("occupancy:update", json!("doc")).await;
     assert_eq!(r["code"], "bad_message");
 
+    // active: the place back, nobody told; from outside the line, not_member.
+    let r = a.call("occupancy:active", json!("doc")).await;
+    assert_eq!(
+        (r["ev"].clone(), r["position"].clone()),
+        (json!("joined"), json!(0))
+    );
+    let r = w.call("occupancy:active", json!({"room": "doc"})).await;
+    assert_eq!(r["code"], "not_member");
+
     let r = b.call("occupancy:takeover", json!({"room": "doc"})).await;
     assert_eq!(
         (r["ev"].clone(), r["holding"].clone()),

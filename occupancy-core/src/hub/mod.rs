@@ -179,6 +179,14 @@ impl HubBuilder {
         self
     }
 
+    /// Idle expiry ([`Config::idle_timeout`]): a holder none of whose sessions joined, updated
+    /// or said `active` in the room for `d` gives way to the next in line once someone waits
+    /// (`displaced` with reason `"idle"`). Off unless set.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.config.idle_timeout = Some(d);
+        self
+    }
+
     /// How long a session keeps its places after its client closed the connection on purpose
     /// (default 2 s; capped by [`HubBuilder::grace`]): a closed page hands over after this,
     /// while a reload still comes back in time. See [`Ending`](crate::Ending).

@@ -167,6 +167,10 @@ impl Registry {
 }
 
 impl NoticeSink for Registry {
+    fn wake_timers(&self) {
+        self.wake.notify_one();
+    }
+
     fn deliver(&self, notices: &mut dyn Iterator<Item = Notice>) {
         let mut kicked = Vec::new();
         {

@@ -486,6 +486,19 @@ impl occupancy_core::Backend for SlowConnect {
     ) -> Result<occupancy_core::Joined, occupancy_core::Error> {
         self.inner.update(session, room, meta).await
     }
+    async fn active(
+        &self,
+        session: occupancy_core::SessionId,
+        room: &str,
+    ) -> Result<occupancy_core::Joined, occupancy_core::Error> {
+        self.inner.active(session, room).await
+    }
+    async fn release(
+        &self,
+        room: &str,
+    ) -> Result<occupancy_core::ForcedRelease, occupancy_core::Error> {
+        self.inner.release(room).await
+    }
     async fn leave(
         &self,
         session: occupancy_core::SessionId,
