@@ -14,3 +14,6 @@ pub const TRY_AGAIN_LATER: u16 = 1013;
 pub const REPLACED: u16 = 4000;
 /// Nothing arrived within the liveness timeout.
 pub const LIVENESS: u16 = 4001;
+/// The application ended the session ([`Hub::kick`](occupancy_core::Hub::kick)): do not
+/// reconnect with the resume token (it no longer works).
+pub const KICKED: u16 = 4002;

@@ -261,6 +261,7 @@ impl Conn {
                         "session resumed by another connection".to_string(),
                     ),
                     Some(e @ Error::SlowConsumer { .. }) => (close_code::POLICY, e.to_string()),
+                    Some(e @ Error::Kicked) => (close_code::KICKED, e.to_string()),
                     Some(e) => (close_code::INTERNAL, e.to_string()),
                     None => (1000, "session ended".to_string()),
                 };

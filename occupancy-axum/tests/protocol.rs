@@ -132,9 +132,7 @@ async fn every_op_gets_its_reply_and_every_notice_arrives() {
     }
 
     // active: "still working here" answers the place and tells nobody; not a member: refused.
-    let a = ann
-        .request(json!({"op": "active", "room": "doc-1"}))
-        .await;
+    let a = ann.request(json!({"op": "active", "room": "doc-1"})).await;
     assert_eq!(
         (a["ev"].clone(), a["position"].clone()),
         (json!("joined"), json!(0))

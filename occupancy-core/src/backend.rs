@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::ids::{Meta, ResumeToken, RoomId, SessionId};
 use crate::machine::{ForcedRelease, Joined, Left, Resumed, Stats};
 use crate::notice::{Notice, PresenceBody, room_notices};
-use crate::state::RoomState;
+use crate::state::{RoomState, RoomSummary};
 
 /// Where room state lives. The [`Hub`](crate::Hub) owns one backend and calls it for every
 /// operation; the backend decides nothing the [`Machine`](crate::Machine) would not decide (every
@@ -157,6 +157,32 @@ pub trait Backend: Send + Sync + 'static {
     /// A room's current state (`None` when nobody stands in or watches it).
     async fn room(&self, room: &str) -> Result<Option<RoomState>, Error>;
 
+    /// A room at a glance (see [`Machine::summary`](crate::Machine::summary)). The default reads
+    /// the whole room ([`Backend::room`]) and cannot count watchers (0).
+    async fn summary(&self, room: &str) -> Result<Option<RoomSummary>, Error> {
+        let Some(state) = self.room(room).await? else {
+            return Ok(None);
+        };
+        Ok(Some(RoomSummary {
+            room: RoomId::parse(room, usize::MAX)?,
+            version: state.version,
+            holder: state.holder().map(|o| o.person()),
+            held_since: state.holder().and(state.held_since),
+            waiting: state.waiting() as u32,
+            watchers: 0,
+        }))
+    }
+
+    /// One page of the rooms in order of their ids, after `after` (see
+    /// [`Machine::rooms_page`](crate::Machine::rooms_page)). The default refuses: a backend that
+    /// cannot list its rooms says so with [`Error::Unavailable`].
+    async fn rooms(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomSummary>, Error> {
+        let _ = (after, limit);
+        Err(Error::Unavailable {
+            reason: "this backend cannot list its rooms".into(),
+        })
+    }
+
     /// Counts for metrics.
     async fn stats(&self) -> Result<Stats, Error>;
 
@@ -208,6 +234,18 @@ pub trait NoticeSink: Send + Sync + 'static {
         if !out.is_empty() {
             self.deliver(&mut out.into_iter());
         }
+    }
+
+    /// True while somebody subscribed to room changes ([`Hub::changes`](crate::Hub::changes)):
+    /// the backend then reports each change with [`NoticeSink::rooms_changed`]. Cheap (an atomic
+    /// load): a backend may ask before every operation.
+    fn wants_changes(&self) -> bool {
+        false
+    }
+
+    /// Rooms changed, in order, each with its new version (see [`NoticeSink::wants_changes`]).
+    fn rooms_changed(&self, changes: &[(RoomId, u64)]) {
+        let _ = changes;
     }
 
     /// The backend set a deadline earlier than the one [`Backend::poll_timeout`] gave before (an

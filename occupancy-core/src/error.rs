@@ -100,6 +100,9 @@ pub enum Error {
     /// reconnected with the resume token before the server noticed the old connection died).
     #[error("session resumed by another connection")]
     SessionReplaced,
+    /// The application ended this session ([`Hub::kick`](crate::Hub::kick)): do not resume.
+    #[error("session ended by the server")]
+    Kicked,
     /// A timer-related configuration is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -124,6 +127,7 @@ impl Error {
             Error::Unavailable { .. } => "unavailable",
             Error::SlowConsumer { .. } => "slow_consumer",
             Error::SessionReplaced => "session_replaced",
+            Error::Kicked => "kicked",
             Error::Config(_) => "config",
         }
     }

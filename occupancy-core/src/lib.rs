@@ -89,7 +89,7 @@ pub use async_trait::async_trait;
 pub use backend::{Backend, NoticeSink};
 pub use hub::{
     Action, AuthFuture, AuthQuery, AuthRequest, Authorize, AuthorizeAsync, DEFAULT_NOTICE_BUFFER,
-    Hub, HubBuilder, Notices, Session,
+    Hub, HubBuilder, Notices, RoomChange, RoomChanges, Session,
 };
 pub use memory::MemoryBackend;
 pub use sharded::{MAX_SHARDS, ShardedBackend};
@@ -105,4 +105,4 @@ pub use machine::{Drain, ForcedRelease, Joined, Left, Machine, Resumed, Stats};
 pub use notice::{DisplacedReason, Notice, NoticeKind, Presence, PresenceBody, room_notices};
 pub use origin::OriginPolicy;
 pub use rate::{Rate, TokenBucket};
-pub use state::{OccupantState, RoomRef, RoomState, Sessions};
+pub use state::{OccupantState, RoomRef, RoomState, RoomSummary, Sessions};

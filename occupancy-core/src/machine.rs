@@ -27,7 +27,7 @@ use crate::ids::{Meta, OccupantKey, Person, ResumeToken, RoomId, SessionId};
 use crate::line::Line;
 use crate::notice::{DisplacedReason, Notice, NoticeKind, Presence, PresenceBody};
 use crate::outbox::{Outbox, Outgoing};
-use crate::state::{OccupantState, RoomState, Sessions};
+use crate::state::{OccupantState, RoomState, RoomSummary, Sessions};
 
 /// The answer to a join or take over: where the session stands now.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,6 +162,17 @@ impl Room {
         }
     }
 
+    fn summary(&self) -> RoomSummary {
+        RoomSummary {
+            room: self.id.clone(),
+            version: self.version,
+            holder: self.line.front().map(OccupantState::person),
+            held_since: self.held_since(),
+            waiting: self.line.len().saturating_sub(1) as u32,
+            watchers: self.watchers.len() as u32,
+        }
+    }
+
     fn held_since(&self) -> Option<u64> {
         self.line.front().map(|_| self.held_since)
     }
@@ -219,6 +230,10 @@ pub struct Machine {
     epoch: Option<(Instant, u64)>,
     /// An idle deadline earlier than every other was set ([`Machine::take_deadline_moved`]).
     deadline_moved: bool,
+    /// Rooms changed since the last [`Machine::take_changes`], with their new versions, while
+    /// [`Machine::record_changes`] is on.
+    changed: Vec<(RoomId, u64)>,
+    recording: bool,
     /// Source of room versions: one counter for all rooms, so a room that empties (and is
     /// forgotten) and is created again still gets versions above every one it had before.
     clock: u64,
@@ -250,6 +265,8 @@ impl Machine {
             now: None,
             epoch: None,
             deadline_moved: false,
+            changed: Vec::new(),
+            recording: false,
             clock: 0,
             occupants: 0,
             watches: 0,
@@ -292,6 +309,22 @@ impl Machine {
     /// [`Machine::disconnect`]).
     pub fn take_deadline_moved(&mut self) -> bool {
         std::mem::take(&mut self.deadline_moved)
+    }
+
+    /// Turns the record of changed rooms on or off (off by default): while on, every change of a
+    /// room's line notes the room and its new version for [`Machine::take_changes`] (an audit log,
+    /// a webhook: the Hub's [`changes`](crate::Hub::changes) stream). O(1) per change.
+    pub fn record_changes(&mut self, on: bool) {
+        self.recording = on;
+        if !on {
+            self.changed.clear();
+        }
+    }
+
+    /// Moves the rooms changed since the last call, in order, with their new versions, into
+    /// `out` (see [`Machine::record_changes`]).
+    pub fn take_changes(&mut self, out: &mut Vec<(RoomId, u64)>) {
+        out.append(&mut self.changed);
     }
 
     /// The current time as Unix milliseconds (0 before any time was passed in).
@@ -618,6 +651,9 @@ impl Machine {
         };
         self.clock += 1;
         r.version = self.clock;
+        if self.recording {
+            self.changed.push((r.id.clone(), r.version));
+        }
         let k = self.config.presence_occupants;
         // `since` and `held_since` in the server's Unix milliseconds (inlined `now_unix_ms`: the
         // room is borrowed).
@@ -756,6 +792,9 @@ impl Machine {
         let version = self.clock;
         let k = self.config.presence_occupants;
         r.version = version;
+        if self.recording {
+            self.changed.push((r.id.clone(), version));
+        }
         if let Some(o) = r.line.get_mut(pos) {
             o.meta = meta;
         }
@@ -829,6 +868,9 @@ impl Machine {
         debug_assert!(r.line.len() >= 2);
         r.line.move_to_front(1);
         r.version = version;
+        if self.recording {
+            self.changed.push((r.id.clone(), version));
+        }
         grant(
             r,
             now_ms,
@@ -913,6 +955,9 @@ impl Machine {
         let r = self.rooms.get_mut(room).expect("found above");
         r.line.move_to_front(pos);
         r.version = version;
+        if self.recording {
+            self.changed.push((r.id.clone(), version));
+        }
         grant(
             r,
             now_ms,
@@ -1114,6 +1159,35 @@ impl Machine {
         self.rooms
             .get(room)
             .map(|r| r.line.snapshot(r.version, r.held_since()))
+    }
+
+    /// A room at a glance: version, holder, `held_since`, how many wait and watch (`None` if
+    /// nobody stands in or watches it). O(1).
+    pub fn summary(&self, room: &str) -> Option<RoomSummary> {
+        self.rooms.get(room).map(Room::summary)
+    }
+
+    /// One page of the rooms, in order of their ids: the first `limit` rooms whose id comes after
+    /// `after` (all from the start with `None`); the last one's id is the next page's `after`.
+    /// For operators (an admin list), not hot paths: O(all rooms × log limit) per page.
+    pub fn rooms_page(&self, after: Option<&str>, limit: usize) -> Vec<RoomSummary> {
+        let mut page: std::collections::BinaryHeap<&RoomId> =
+            std::collections::BinaryHeap::with_capacity(limit.min(1024) + 1);
+        for id in self.rooms.keys() {
+            if after.is_some_and(|a| id.as_str() <= a) {
+                continue;
+            }
+            if page.len() < limit {
+                page.push(id);
+            } else if page.peek().is_some_and(|top| id < *top) {
+                page.pop();
+                page.push(id);
+            }
+        }
+        page.into_sorted_vec()
+            .into_iter()
+            .map(|id| self.rooms[id].summary())
+            .collect()
     }
 
     /// A room's version (`None` if nobody stands in or watches it).
@@ -1441,6 +1515,9 @@ impl Machine {
             }
         };
         r.version = version;
+        if self.recording {
+            self.changed.push((r.id.clone(), version));
+        }
         if change.holder_changed && !r.line.is_empty() {
             grant(
                 r,

@@ -17,7 +17,7 @@ use crate::ids::{Meta, ResumeToken, SessionId};
 use crate::machine::{ForcedRelease, Joined, Left, Machine, Resumed, Stats};
 use crate::notice::PresenceBody;
 use crate::relay::Relay;
-use crate::state::RoomState;
+use crate::state::{RoomState, RoomSummary};
 
 /// The in-memory [`Backend`] with one machine for every room: what
 /// [`Hub::builder`](crate::Hub::builder) uses unless told [`HubBuilder::shards`](crate::HubBuilder::shards)
@@ -70,42 +70,21 @@ impl MemoryBackend {
     /// delivered after the lock is released ([`Relay::run`]).
     async fn run<R>(&self, f: impl FnOnce(&mut Machine) -> R) -> R {
         let inner = &self.inner;
-        let mut moved = false;
-        let f = |m: &mut Machine| {
-            m.advance(crate::hub::now());
-            let r = f(m);
-            moved = m.take_deadline_moved();
-            r
-        };
-        let r = inner
-            .relay
-            .run(&inner.machine, inner.sink.get(), None, f)
-            .await;
-        if moved && let Some(sink) = inner.sink.get() {
-            sink.wake_timers();
-        }
-        r
+        crate::memory::run_on(&inner.relay, &inner.machine, inner.sink.get(), None, f).await
     }
 
     /// [`MemoryBackend::run`] for a request about `room`: returns only once every notice queued
     /// for that room before the change was delivered ([`Relay::run`]).
     async fn run_in<R>(&self, room: &str, f: impl FnOnce(&mut Machine) -> R) -> R {
         let inner = &self.inner;
-        let mut moved = false;
-        let f = |m: &mut Machine| {
-            m.advance(crate::hub::now());
-            let r = f(m);
-            moved = m.take_deadline_moved();
-            r
-        };
-        let r = inner
-            .relay
-            .run(&inner.machine, inner.sink.get(), Some(room), f)
-            .await;
-        if moved && let Some(sink) = inner.sink.get() {
-            sink.wake_timers();
-        }
-        r
+        crate::memory::run_on(
+            &inner.relay,
+            &inner.machine,
+            inner.sink.get(),
+            Some(room),
+            f,
+        )
+        .await
     }
 }
 
@@ -218,6 +197,14 @@ impl Backend for MemoryBackend {
         Ok(self.lock().room(room))
     }
 
+    async fn summary(&self, room: &str) -> Result<Option<RoomSummary>, Error> {
+        Ok(self.lock().summary(room))
+    }
+
+    async fn rooms(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomSummary>, Error> {
+        Ok(self.lock().rooms_page(after, limit))
+    }
+
     async fn stats(&self) -> Result<Stats, Error> {
         Ok(self.lock().stats())
     }
@@ -233,6 +220,41 @@ impl Backend for MemoryBackend {
     async fn check_invariants(&self) -> Result<(), String> {
         self.lock().check_invariants()
     }
+}
+
+/// Runs `f` on `machine` for a backend: at the runtime's time ([`Machine::advance`]), recording
+/// the rooms it changes while the sink wants them; its notices are delivered after the lock is
+/// released ([`Relay::run`]), and then the sink hears of an earlier deadline and of the changes.
+pub(crate) async fn run_on<R>(
+    relay: &Arc<Relay>,
+    machine: &Mutex<Machine>,
+    sink: Option<&Arc<dyn NoticeSink>>,
+    room: Option<&str>,
+    f: impl FnOnce(&mut Machine) -> R,
+) -> R {
+    let record = sink.is_some_and(|s| s.wants_changes());
+    let mut moved = false;
+    let mut changes = Vec::new();
+    let f = |m: &mut Machine| {
+        m.advance(crate::hub::now());
+        m.record_changes(record);
+        let r = f(m);
+        moved = m.take_deadline_moved();
+        if record {
+            m.take_changes(&mut changes);
+        }
+        r
+    };
+    let r = relay.run(machine, sink, room, f).await;
+    if let Some(sink) = sink {
+        if moved {
+            sink.wake_timers();
+        }
+        if !changes.is_empty() {
+            sink.rooms_changed(&changes);
+        }
+    }
+    r
 }
 
 /// Anchors the machine's `since` / `held_since` stamps to the system clock, now.

@@ -36,7 +36,7 @@ use crate::ids::{Meta, ResumeToken, RoomId, SessionId};
 use crate::machine::{ForcedRelease, IdHash, Joined, Left, Machine, Resumed, Stats};
 use crate::notice::PresenceBody;
 use crate::relay::Relay;
-use crate::state::RoomState;
+use crate::state::{RoomState, RoomSummary};
 
 /// At most this many shards (a session's shards are a bit set in a `u64`).
 pub const MAX_SHARDS: usize = 64;
@@ -161,41 +161,20 @@ impl ShardedBackend {
     /// as in the memory backend ([`Relay::run`]).
     async fn run<R>(&self, i: usize, f: impl FnOnce(&mut Machine) -> R) -> R {
         let inner = &self.inner;
-        let mut moved = false;
-        let f = |m: &mut Machine| {
-            m.advance(crate::hub::now());
-            let r = f(m);
-            moved = m.take_deadline_moved();
-            r
-        };
-        let r = inner
-            .relay
-            .run(&inner.shards[i], inner.sink.get(), None, f)
-            .await;
-        if moved && let Some(sink) = inner.sink.get() {
-            sink.wake_timers();
-        }
-        r
+        crate::memory::run_on(&inner.relay, &inner.shards[i], inner.sink.get(), None, f).await
     }
 
     /// [`ShardedBackend::run`] for a request about `room` (see [`Relay::run`]).
     async fn run_in<R>(&self, i: usize, room: &str, f: impl FnOnce(&mut Machine) -> R) -> R {
         let inner = &self.inner;
-        let mut moved = false;
-        let f = |m: &mut Machine| {
-            m.advance(crate::hub::now());
-            let r = f(m);
-            moved = m.take_deadline_moved();
-            r
-        };
-        let r = inner
-            .relay
-            .run(&inner.shards[i], inner.sink.get(), Some(room), f)
-            .await;
-        if moved && let Some(sink) = inner.sink.get() {
-            sink.wake_timers();
-        }
-        r
+        crate::memory::run_on(
+            &inner.relay,
+            &inner.shards[i],
+            inner.sink.get(),
+            Some(room),
+            f,
+        )
+        .await
     }
 
     fn shards_of(bits: u64) -> impl Iterator<Item = usize> {
@@ -720,6 +699,21 @@ impl Backend for ShardedBackend {
 
     async fn room(&self, room: &str) -> Result<Option<RoomState>, Error> {
         Ok(self.shard(self.shard_of(room)).room(room))
+    }
+
+    async fn summary(&self, room: &str) -> Result<Option<RoomSummary>, Error> {
+        Ok(self.shard(self.shard_of(room)).summary(room))
+    }
+
+    async fn rooms(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomSummary>, Error> {
+        // Each shard's first `limit`, merged: the first `limit` of all.
+        let mut all = Vec::new();
+        for i in 0..self.inner.shards.len() {
+            all.extend(self.shard(i).rooms_page(after, limit));
+        }
+        all.sort_unstable_by(|a, b| a.room.cmp(&b.room));
+        all.truncate(limit);
+        Ok(all)
     }
 
     async fn stats(&self) -> Result<Stats, Error> {

@@ -154,6 +154,25 @@ impl Serialize for Sessions {
     }
 }
 
+/// A room at a glance, for operators: what [`Hub::rooms`](crate::Hub::rooms) lists and
+/// [`Hub::changes`](crate::Hub::changes) reports. Serializes as
+/// `{"room","version","holder","held_since","waiting","watchers"}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RoomSummary {
+    /// The room.
+    pub room: crate::ids::RoomId,
+    /// Its version.
+    pub version: u64,
+    /// Who holds it (`None` when only watched).
+    pub holder: Option<Person>,
+    /// When the holder was granted it (Unix ms).
+    pub held_since: Option<u64>,
+    /// How many stand behind the holder.
+    pub waiting: u32,
+    /// How many sessions watch it.
+    pub watchers: u32,
+}
+
 /// A room: its version and its line. `occupants[0]` holds the room.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RoomState {

@@ -115,6 +115,7 @@ macro_rules! __conformance_checks {
             an_idle_holder_gives_way,
             an_idle_holder_alone_gives_way_at_the_next_join,
             a_forced_release_displaces_with_reason_server,
+            a_kicked_session_leaves_at_once,
             watch_and_unwatch,
             versions_increase,
             limits_are_exact_and_change_nothing,
@@ -966,6 +967,24 @@ pub async fn a_forced_release_displaces_with_reason_server<B: Backend>(backend: 
     expect(&mut cn, "released", is_released).await;
     // Spent: the next join waits.
     assert_eq!(a.join(ROOM, None).await.unwrap().position, 2);
+}
+
+/// The application kicks a session: it leaves without grace (the next is released), its notices
+/// end with [`Error::Kicked`] and its resume token no longer works.
+pub async fn a_kicked_session_leaves_at_once<B: Backend>(backend: B) {
+    let hub = hub(backend, |b| b.grace(Duration::from_secs(60)));
+    let (a, mut an) = user(&hub, "alice").await;
+    let (b, mut bn) = user(&hub, "bob").await;
+    a.join(ROOM, None).await.unwrap();
+    b.join(ROOM, None).await.unwrap();
+    let token = a.resume_token();
+    assert!(hub.kick(a.id()).await.unwrap());
+    expect(&mut bn, "released", is_released).await;
+    let ended = tokio::time::timeout(PATIENCE, async { while an.recv().await.is_some() {} }).await;
+    assert!(ended.is_ok(), "the kicked session's notices end");
+    assert_eq!(an.close_reason(), Some(Error::Kicked));
+    assert_eq!(hub.resume(token).await.err(), Some(Error::ResumeInvalid));
+    assert_eq!(holder_name(&hub, ROOM).await.as_deref(), Some("bob"));
 }
 
 /// Two tabs of one user are one occupant: both hold, neither waits behind the other, and the room

@@ -678,3 +678,132 @@ async fn enabled_invariant_checks_run_after_every_operation() {
     let stats = hub.stats().await.unwrap();
     assert_eq!((stats.invariant_checks, stats.invariant_violations), (0, 0));
 }
+
+// ----- server-side control ----------------------------------------------------------------------
+
+/// Both in-memory backends: one machine, and rooms spread over shards.
+fn control_hubs() -> Vec<(&'static str, Hub)> {
+    vec![
+        ("memory", Hub::builder().build().unwrap()),
+        ("sharded", Hub::builder().shards(4).build().unwrap()),
+    ]
+}
+
+/// Rooms are listed in pages, in order of their ids, with their holder and line length; the
+/// last id of a page starts the next.
+#[tokio::test]
+async fn rooms_are_listed_in_pages_in_id_order() {
+    for (name, hub) in control_hubs() {
+        let mut sessions = Vec::new();
+        for i in (0..25).rev() {
+            let (s, n) = hub.connect(None, Meta::empty()).await.unwrap();
+            s.join(&format!("room-{i:02}"), None).await.unwrap();
+            sessions.push((s, n));
+        }
+        let (w, _wn) = hub.connect(None, Meta::empty()).await.unwrap();
+        w.watch("room-03").await.unwrap();
+        w.watch("watched-only").await.unwrap();
+        let (extra, _en) = hub.connect(None, Meta::empty()).await.unwrap();
+        extra.join("room-03", None).await.unwrap();
+
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = hub.rooms(after.as_deref(), 10).await.unwrap();
+            assert!(page.len() <= 10, "{name}");
+            let Some(last) = page.last() else { break };
+            after = Some(last.room.to_string());
+            seen.extend(page);
+        }
+        let ids: Vec<String> = seen.iter().map(|r| r.room.to_string()).collect();
+        let mut want: Vec<String> = (0..25).map(|i| format!("room-{i:02}")).collect();
+        want.push("watched-only".into());
+        assert_eq!(ids, want, "{name}");
+        let r3 = &seen[3];
+        assert_eq!((r3.waiting, r3.watchers), (1, 1), "{name}");
+        assert!(r3.holder.is_some() && r3.held_since.is_some(), "{name}");
+        let watched = seen.last().unwrap();
+        assert_eq!((watched.holder.clone(), watched.held_since), (None, None));
+        assert_eq!(hub.summary("room-03").await.unwrap().as_ref(), Some(r3));
+        assert_eq!(hub.summary("nowhere").await.unwrap(), None);
+        assert!(hub.rooms(Some("zzz"), 10).await.unwrap().is_empty());
+    }
+}
+
+/// A kicked session leaves its rooms at once (no grace: the next in line is released), its
+/// notices end with `Kicked`, its handle and resume token stop working.
+#[tokio::test]
+async fn a_kicked_session_leaves_at_once_and_cannot_come_back() {
+    for (name, hub) in control_hubs() {
+        let (a, mut an) = hub
+            .connect(Some("ann".into()), Meta::empty())
+            .await
+            .unwrap();
+        let (b, mut bn) = hub
+            .connect(Some("bob".into()), Meta::empty())
+            .await
+            .unwrap();
+        a.join(ROOM, None).await.unwrap();
+        b.join(ROOM, None).await.unwrap();
+        let token = a.resume_token();
+        assert!(hub.kick(a.id()).await.unwrap(), "{name}");
+        loop {
+            match bn.recv().await {
+                Some(n) if matches!(n.kind, NoticeKind::Released { .. }) => break,
+                Some(_) => {}
+                None => panic!("{name}: bob's notices ended"),
+            }
+        }
+        while an.recv().await.is_some() {}
+        assert_eq!(an.close_reason(), Some(Error::Kicked), "{name}");
+        assert_eq!(a.join("x", None).await.err(), Some(Error::UnknownSession));
+        assert_eq!(hub.resume(token).await.err(), Some(Error::ResumeInvalid));
+        assert!(!hub.kick(a.id()).await.unwrap(), "{name}: gone already");
+        assert!(
+            !hub.kick(SessionId(12345)).await.unwrap(),
+            "{name}: unknown"
+        );
+        assert_eq!(hub.stats().await.unwrap().sessions, 1, "{name}");
+    }
+}
+
+/// The change stream reports each changed room with its newest version; a subscriber that
+/// lags gets one entry per room (the latest), and nothing is recorded before it subscribes.
+#[tokio::test]
+async fn the_change_stream_coalesces_per_room() {
+    for (name, hub) in control_hubs() {
+        let (a, _an) = hub.connect(None, Meta::empty()).await.unwrap();
+        let (b, _bn) = hub.connect(None, Meta::empty()).await.unwrap();
+        a.join("before", None).await.unwrap();
+        let mut changes = hub.changes();
+        assert!(changes.is_empty(), "{name}: nothing before subscribing");
+        a.join("r1", None).await.unwrap();
+        b.join("r1", None).await.unwrap();
+        a.join("r2", None).await.unwrap();
+        a.leave("r1").await.unwrap();
+        assert_eq!(changes.len(), 2, "{name}: one entry per room");
+        let c1 = changes.recv().await;
+        assert_eq!(c1.room.as_str(), "r1");
+        assert_eq!(c1.version, hub.version("r1").await.unwrap());
+        let now = c1.now.expect("bob holds r1");
+        assert_eq!(
+            now.holder.map(|p| p.id.to_string()),
+            Some(b.id().to_string()).map(|s| format!("~{s}"))
+        );
+        let c2 = changes.recv().await;
+        assert_eq!(
+            (c2.room.as_str(), c2.now.map(|s| s.waiting)),
+            ("r2", Some(0))
+        );
+        b.leave("r1").await.unwrap();
+        let gone = changes.recv().await;
+        assert_eq!(
+            (gone.room.as_str(), gone.now),
+            ("r1", None),
+            "{name}: emptied"
+        );
+        assert!(changes.try_recv().is_none());
+        drop(changes);
+        a.leave("r2").await.unwrap();
+    }
+}

@@ -99,7 +99,8 @@ impl HubInner {
                     Cmd::Disconnect { id, conn } => self.queue_disconnect(id, conn, Ending::Lost),
                     Cmd::Kick { id, conn } => {
                         self.flush_disconnects().await;
-                        self.kick(id, &conn).await
+                        self.kick(id, &conn, "a slow consumer: its notice buffer overflowed")
+                            .await;
                     }
                 }
             }
@@ -250,16 +251,23 @@ impl HubInner {
         }
     }
 
-    async fn kick(&self, id: SessionId, conn: &Arc<Conn>) {
+    /// Closes session `id` at once if `conn` is still its connection (the caller closed `conn`
+    /// with its reason); `why` is logged. Returns false when a resume replaced the connection
+    /// meanwhile (the session stays) or the backend no longer knew the session.
+    pub(super) async fn kick(&self, id: SessionId, conn: &Arc<Conn>, why: &str) -> bool {
         let _lifecycle = self.lifecycle.of(id).lock().await;
         // A resume may have replaced the connection meanwhile: then the session stays.
         if !self.registry.remove_if_conn(id, conn) {
-            return;
+            return false;
         }
-        warn!(session = %id, capacity = self.registry.capacity, "closing a slow consumer: its notice buffer overflowed");
+        warn!(session = %id, capacity = self.registry.capacity, "closing a session: {why}");
         match self.backend.close(id).await {
-            Ok(()) | Err(Error::UnknownSession) => {}
-            Err(e) => log_error("close", id, "", &e),
+            Ok(()) => true,
+            Err(Error::UnknownSession) => false,
+            Err(e) => {
+                log_error("close", id, "", &e);
+                false
+            }
         }
     }
 
@@ -545,12 +553,12 @@ mod tests {
         let old = conn_of(&hub, a.id());
         let (a2, _a2n, _) = hub.resume(a.resume_token()).await.unwrap();
         // A kick queued for the old connection before the resume, and the old handle's calls.
-        hub.inner.kick(a.id(), &old).await;
+        hub.inner.kick(a.id(), &old, "test").await;
         hub.inner.close(a.id(), &old).await;
         hub.inner.disconnect(a.id(), &old, Ending::Lost).await;
         // A connection the registry never held (still open, so only the slot check stops it).
         let stray = Arc::new(Conn::default());
-        hub.inner.kick(a.id(), &stray).await;
+        hub.inner.kick(a.id(), &stray, "test").await;
         hub.inner.close(a.id(), &stray).await;
 
         assert_eq!(

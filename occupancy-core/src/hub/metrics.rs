@@ -75,6 +75,10 @@ pub(super) fn displaced() {
     counter!("occupancy_displaced_total").increment(1);
 }
 
+pub(super) fn kicked() {
+    counter!("occupancy_kicks_total").increment(1);
+}
+
 pub(super) fn forced_release() {
     counter!("occupancy_forced_releases_total").increment(1);
 }

@@ -22,15 +22,17 @@ use crate::machine::{ForcedRelease, Resumed, Stats};
 use crate::memory::MemoryBackend;
 use crate::queue;
 use crate::sharded::ShardedBackend;
-use crate::state::RoomState;
+use crate::state::{RoomState, RoomSummary};
 
 mod authorize;
+mod changes;
 mod lifecycle;
 mod metrics;
 mod registry;
 mod session;
 
 pub use authorize::{Action, AuthFuture, AuthQuery, AuthRequest, Authorize, AuthorizeAsync};
+pub use changes::{RoomChange, RoomChanges};
 pub use session::{Notices, Session};
 
 use lifecycle::timer_task;
@@ -587,6 +589,68 @@ impl Hub {
             Err(e) => debug!(room, code = e.code(), "forced release refused"),
         }
         r
+    }
+
+    /// A room at a glance: version, holder, `held_since`, how many wait and watch (`None` when
+    /// nobody stands in or watches it). O(1) on the memory backends.
+    pub async fn summary(&self, room: &str) -> Result<Option<RoomSummary>, Error> {
+        self.inner.backend.summary(room).await
+    }
+
+    /// One page of the rooms, in order of their ids: up to `limit` rooms after `after` (`None`:
+    /// from the first); pass the last one's id as the next page's `after`. For an admin page, not
+    /// a hot path: each page costs O(all rooms) on the memory backends. The Redis backend
+    /// cannot list rooms ([`Error::Unavailable`]).
+    pub async fn rooms(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RoomSummary>, Error> {
+        self.inner.backend.rooms(after, limit).await
+    }
+
+    /// Subscribes to room changes (for audit logs, webhooks, dashboards): every room whose line
+    /// changes is reported with its newest version and, when read, its state then. Bounded: a
+    /// subscriber that lags behind holds one entry per changed room, the latest. Nothing is
+    /// recorded while nobody subscribes. Changes made through this Hub's backend are reported (on
+    /// Redis: only those of this node).
+    pub fn changes(&self) -> RoomChanges {
+        RoomChanges {
+            feed: self.inner.registry.changes.subscribe(),
+            hub: self.clone(),
+        }
+    }
+
+    /// Ends a session at once (an administrator removing someone): it leaves every room without
+    /// grace (the next in line is released), its connection is closed with [`Error::Kicked`]
+    /// (close code 4002 on a WebSocket; `occupancy:error` with code `kicked` on Socket.IO) and its
+    /// resume token stops working. Returns false when there was no such session.
+    pub async fn kick(&self, session: SessionId) -> Result<bool, Error> {
+        let conn = self
+            .inner
+            .registry
+            .lock()
+            .slots
+            .get(&session)
+            .map(|s| s.conn.clone());
+        let kicked = match conn {
+            Some(conn) => {
+                conn.close(Some(Error::Kicked));
+                self.inner
+                    .kick(session, &conn, "kicked by the application")
+                    .await
+            }
+            None => match self.inner.backend.close(session).await {
+                Ok(()) => true,
+                Err(Error::UnknownSession) => false,
+                Err(e) => return Err(e),
+            },
+        };
+        if kicked {
+            metrics::kicked();
+            info!(%session, "kicked");
+        }
+        Ok(kicked)
     }
 
     /// Counts for metrics (of the backend: with a shared backend, of every node).

@@ -100,6 +100,8 @@ pub(super) struct Registry {
     pub(super) wake: Arc<Notify>,
     /// The size of each session's notice queue.
     pub(super) capacity: usize,
+    /// Subscriptions to room changes ([`Hub::changes`](crate::Hub::changes)).
+    pub(super) changes: super::changes::Feeds,
 }
 
 impl Registry {
@@ -110,6 +112,7 @@ impl Registry {
             pending_kicks: AtomicBool::new(false),
             wake,
             capacity,
+            changes: Default::default(),
         }
     }
 
@@ -169,6 +172,14 @@ impl Registry {
 impl NoticeSink for Registry {
     fn wake_timers(&self) {
         self.wake.notify_one();
+    }
+
+    fn wants_changes(&self) -> bool {
+        self.changes.wanted()
+    }
+
+    fn rooms_changed(&self, changes: &[(crate::ids::RoomId, u64)]) {
+        self.changes.publish(changes);
     }
 
     fn deliver(&self, notices: &mut dyn Iterator<Item = Notice>) {
