@@ -15,6 +15,9 @@
 //! query; real applications take them from their session cookie or token. `GET /stats` shows
 //! the Hub's counters; `GRACE_MS` sets how long a dropped connection keeps its places (default
 //! 5000), `CLOSE_GRACE_MS` how long a closed page does (default 2000: long enough for a reload);
+//! `IDLE_MS` turns idle expiry on (a holder who sends nothing for that long gives way as soon as
+//! someone waits; the page says `active` on typing), `ADMIN_TOKEN` serves the admin endpoints
+//! under `/admin` (list rooms, force a release, kick, follow changes: see `support/admin.rs`),
 //! `OCCUPANCY_CHECK_INVARIANTS=1` makes the state machine check its invariants after
 //! every operation (slow: for soak runs, see `loadgen soak`).
 
@@ -49,11 +52,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => Config::default().close_grace,
     };
     let check_invariants = std::env::var("OCCUPANCY_CHECK_INVARIANTS").is_ok_and(|v| v == "1");
-    let hub = Hub::builder()
+    let mut builder = Hub::builder()
         .grace(grace)
         .close_grace(close_grace)
-        .check_invariants(check_invariants)
-        .build()?;
+        .check_invariants(check_invariants);
+    if let Ok(ms) = std::env::var("IDLE_MS") {
+        let ms: u64 = ms.parse().map_err(|e| format!("IDLE_MS={ms:?}: {e}"))?;
+        builder = builder.idle_timeout(Duration::from_millis(ms));
+    }
+    let hub = builder.build()?;
     if check_invariants {
         tracing::info!("checking the state machine's invariants after every operation");
     }

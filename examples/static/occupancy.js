@@ -20,7 +20,9 @@
 //   does not come back, so a dead server or network is noticed on the client side too.
 //
 // Events (`on(name, fn)` returns a function that removes the listener):
-//   'room'      (room, view)      view = {room, holding, position, holder, waiting, occupants, version}
+//   'room'      (room, view)      view = {room, holding, position, holder, waiting, occupants, version,
+//                                 held_since}; every person is {id, meta, since} (since, held_since:
+//                                 Unix ms, server clock)
 //   'status'    (status)          connection status changes
 //   'hello'     (hello)           every (re)connection; hello.resumed tells whether places were kept
 //   'occupied' | 'released' | 'presence' | 'displaced'   (event)   the raw protocol notices
@@ -111,6 +113,15 @@ export class Occupancy {
   update(room, meta) {
     if (this._joined.has(room)) this._joined.set(room, meta);
     return this._request({ op: 'update', room, meta });
+  }
+
+  /**
+   * "Still working here": refreshes your idle clock in a room you hold (call it on user input,
+   * throttled; a server with an idle timeout displaces a holder who stays silent while someone
+   * waits). Resolves with `joined`; rejects with code `not_member` when you are not in the room.
+   */
+  active(room) {
+    return this._request({ op: 'active', room });
   }
 
   /** Takes the room over (you must have joined it). Resolves with `joined`. */
@@ -282,6 +293,7 @@ export class Occupancy {
           holder: ev.holder,
           waiting: ev.waiting,
           occupants: ev.occupants,
+          held_since: ev.held_since ?? null,
         });
         break;
       case 'occupied':
@@ -293,7 +305,12 @@ export class Occupancy {
         this._emit('released', ev);
         break;
       case 'presence': {
-        const patch = { holder: ev.holder, waiting: ev.waiting, occupants: ev.occupants };
+        const patch = {
+          holder: ev.holder,
+          waiting: ev.waiting,
+          occupants: ev.occupants,
+          held_since: ev.held_since ?? null,
+        };
         if (ev.position !== undefined) {
           patch.position = ev.position;
           patch.holding = ev.position === 0;
@@ -355,6 +372,7 @@ export class Occupancy {
       waiting: 0,
       occupants: [],
       version: 0,
+      held_since: null,
       ...prev,
       ...patch,
     };

@@ -4,6 +4,8 @@
 //! with `mod support;` in the example.
 #![allow(dead_code)]
 
+pub mod admin;
+
 use axum::Router;
 use axum::http::header;
 use axum::http::request::Parts;
@@ -168,8 +170,16 @@ pub fn room_list(hub: Hub) -> Router {
 }
 
 /// The whole demo app on `hub`: the pages, the WebSocket endpoint at [`WS_PATH`], the counters
-/// at [`STATS_PATH`] and `/rooms/{id}`, and the metrics at [`METRICS_PATH`].
+/// at [`STATS_PATH`] and `/rooms/{id}`, the metrics at [`METRICS_PATH`], and with `ADMIN_TOKEN`
+/// set, the admin endpoints under `/admin` ([`admin`]).
 pub fn app(hub: Hub) -> Router {
+    let admin = match std::env::var("ADMIN_TOKEN") {
+        Ok(token) if !token.is_empty() => {
+            tracing::info!("admin endpoints on /admin (bearer token from ADMIN_TOKEN)");
+            admin::router(hub.clone(), token)
+        }
+        _ => Router::new(),
+    };
     let endpoint = Endpoint::builder(hub.clone())
         .identify(demo_identity)
         .build()
@@ -179,4 +189,5 @@ pub fn app(hub: Hub) -> Router {
         .merge(stats(hub.clone()))
         .merge(metrics(hub.clone()))
         .merge(room_list(hub))
+        .merge(admin)
 }

@@ -1111,6 +1111,14 @@ fn bad_config_is_refused() {
         c
     };
     assert!(matches!(Machine::new(bad), Err(Error::Config(_))));
+    for idle in [Duration::ZERO, Duration::from_secs(31 * 24 * 3600)] {
+        let mut c = Config::default();
+        c.idle_timeout = Some(idle);
+        let Err(Error::Config(message)) = Machine::new(c) else {
+            panic!("idle_timeout {idle:?} accepted");
+        };
+        assert!(message.contains("idle_timeout"), "{message}");
+    }
 }
 
 // ----- cleanup ----------------------------------------------------------------------------------
