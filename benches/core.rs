@@ -342,6 +342,54 @@ fn update(c: &mut Criterion) {
     g.finish();
 }
 
+/// Idle expiry on (`Config::idle_timeout`): what `active` costs (a field write for the holder,
+/// a look-up for anyone else), what a join+leave at the back of the line costs with the idle
+/// clock on (against the same pair in the `line` group, without it), and a forced release.
+fn idle(c: &mut Criterion) {
+    let mut g = c.benchmark_group("idle on, line of");
+    g.sample_size(20);
+    let t0 = Instant::now();
+    for n in [10usize, 10_000] {
+        let mut m = Machine::new({
+            let mut c = Config::default();
+            c.limits.max_occupants_per_room = 1_000_000;
+            c.grace = Duration::ZERO;
+            c.idle_timeout = Some(Duration::from_secs(300));
+            c
+        })
+        .unwrap();
+        m.advance(t0);
+        let line: Vec<SessionId> = (0..n as u64)
+            .map(|i| {
+                let s = connect(&mut m, i);
+                m.join(s, "hot", None).unwrap();
+                s
+            })
+            .collect();
+        m.drain_notices().for_each(drop);
+        for (who, s) in [("holder", line[0]), ("last", line[n - 1])] {
+            g.bench_with_input(BenchmarkId::new(format!("active by the {who}"), n), &n, |b, _| {
+                b.iter(|| m.active(s, black_box("hot")).unwrap());
+            });
+        }
+        let s = connect(&mut m, 1 << 40);
+        g.bench_with_input(BenchmarkId::new("join+leave at the back", n), &n, |b, _| {
+            b.iter(|| {
+                m.join(s, black_box("hot"), None).unwrap();
+                m.leave(s, black_box("hot")).unwrap();
+                m.drain_notices().for_each(drop);
+            });
+        });
+        g.bench_with_input(BenchmarkId::new("forced release", n), &n, |b, _| {
+            b.iter(|| {
+                m.release(black_box("hot")).unwrap();
+                m.drain_notices().for_each(drop);
+            });
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     join_leave,
@@ -349,6 +397,7 @@ criterion_group!(
     disconnect,
     handover,
     handover_change,
-    update
+    update,
+    idle
 );
 criterion_main!(benches);

@@ -14,6 +14,9 @@
 //! default, `CLOSE_GRACE_MS`; a connection lost without a close keeps its places for
 //! `GRACE_MS`, 5 s by default), the second shows "is released: this is released".
 //!
+//! `IDLE_MS` (default 0: off) turns idle expiry on (a holder that sends nothing for that long
+//! gives way as soon as someone waits; rich clients send `occupancy:active` on user input).
+//!
 //! Liveness: the engine pings every 5 s and drops a client that has not answered 5 s later, so a
 //! frozen or vanished client is dropped within 10 s (socketioxide's defaults, 25 s + 20 s, would
 //! let a frozen holder block its document for 45 s before its grace even starts).
@@ -58,10 +61,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(|o| !o.is_empty())
         .collect();
 
-    let hub = Hub::builder()
+    let idle_ms: u64 = env_or("IDLE_MS", 0)?;
+    let mut builder = Hub::builder()
         .grace(Duration::from_millis(grace_ms))
-        .close_grace(Duration::from_millis(close_grace_ms))
-        .build()?;
+        .close_grace(Duration::from_millis(close_grace_ms));
+    if idle_ms > 0 {
+        // Idle expiry: clients using the acked events send `occupancy:active` on user input.
+        builder = builder.idle_timeout(Duration::from_millis(idle_ms));
+    }
+    let hub = builder.build()?;
     // 2 MiB payloads: a 1 MB junk room id is answered with an error instead of a closed
     // connection (socketioxide's default polling limit is 100 KB).
     // A 512-byte WebSocket read buffer (larger frames still work: it reads in chunks): about

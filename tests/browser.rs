@@ -2,7 +2,8 @@
 //! `examples/support` code `cargo run --example documents` runs) on a free port of 127.0.0.1, then
 //! runs `node tests/browser/e2e.mjs`, which drives Debian's headless Chromium through
 //! playwright-core: two pages on one document, a reload that keeps its place, the holder's page
-//! closing and the other page then holding, a take over. Screenshots go to
+//! closing and the other page then holding, a take over, and on a second server with a 1.5 s idle
+//! timeout: a holder typing keeps the document, one who stops loses it. Screenshots go to
 //! `target/tmp/browser-e2e/`.
 //!
 //! Needs `/usr/bin/chromium` (`apt-get install -y chromium`), Node.js, and
@@ -17,6 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(240);
+/// The idle timeout of the second server (the idle scenario).
+const IDLE: Duration = Duration::from_millis(1500);
 
 #[test]
 fn documents_page_in_headless_chromium() {
@@ -46,7 +49,7 @@ fn documents_page_in_headless_chromium() {
         .enable_all()
         .build()
         .unwrap();
-    let addr = rt.block_on(async {
+    let (addr, idle_addr) = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         // A long grace for lost connections: a closed tab must be handed over after the close
@@ -61,7 +64,20 @@ fn documents_page_in_headless_chromium() {
                 .await
                 .unwrap();
         });
-        addr
+        // A second server with a short idle timeout, for the idle scenario.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let idle_addr = listener.local_addr().unwrap();
+        let hub = occupancy::Hub::builder()
+            .idle_timeout(IDLE)
+            .build()
+            .unwrap();
+        let app = support::app(hub);
+        tokio::spawn(async move {
+            axum::serve(occupancy::axum::nodelay(listener), app)
+                .await
+                .unwrap();
+        });
+        (addr, idle_addr)
     });
 
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-e2e");
@@ -69,6 +85,8 @@ fn documents_page_in_headless_chromium() {
         .arg(root.join("tests/browser/e2e.mjs"))
         .arg(format!("http://{addr}"))
         .arg(&shots)
+        .arg(format!("http://{idle_addr}"))
+        .arg(IDLE.as_millis().to_string())
         .env("CHROMIUM", &chromium)
         .current_dir(root)
         .spawn()
