@@ -234,3 +234,42 @@ pub(crate) fn code_error(code: &str, limits: &occupancy_core::Limits) -> Error {
         other => bad(format_args!("error code {other:?}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_new_fields() {
+        let raw = r#"{"v":"9","h":"1700000000500","a":"1700000000900","r":"idle",
+            "o":[{"k":"u:bob","m":"{}","q":"8","s":["0000000000000002"],"t":"1700000000100"},
+                 {"k":"a:0000000000000001","m":"{}","q":"7","s":["0000000000000001"],"t":1700000000000}],
+            "w":{}}"#;
+        let d = decode_room(raw).unwrap();
+        assert_eq!(d.state.held_since, Some(1_700_000_000_500));
+        assert_eq!(d.state.reason, DisplacedReason::Idle);
+        assert_eq!(d.active_at, Some(1_700_000_000_900));
+        let since: Vec<u64> = d.state.occupants.iter().map(|o| o.since).collect();
+        assert_eq!(since, [1_700_000_000_100, 1_700_000_000_000]);
+        let d = decode_room(&raw.replace(r#""r":"idle","#, r#""r":"server","#)).unwrap();
+        assert_eq!(d.state.reason, DisplacedReason::Server);
+        // No `a`: the idle clock is the grant.
+        let d = decode_room(&raw.replace(r#""a":"1700000000900","#, "")).unwrap();
+        assert_eq!(d.active_at, Some(1_700_000_000_500));
+    }
+
+    #[test]
+    fn rooms_stored_before_the_new_fields_decode() {
+        let raw =
+            r#"{"v":"5","o":[{"k":"u:old","m":"{}","q":"5","s":["00000000000000aa"]}],"w":{}}"#;
+        let d = decode_room(raw).unwrap();
+        assert_eq!(d.state.occupants[0].since, 0);
+        assert_eq!(d.state.held_since, None);
+        assert_eq!(d.state.reason, DisplacedReason::Takeover);
+        assert_eq!(d.active_at, None);
+        // Nobody in line: no held_since even if one was left behind.
+        let d = decode_room(r#"{"v":"5","o":{},"w":["00000000000000aa"],"h":"3"}"#).unwrap();
+        assert_eq!((d.state.held_since, d.active_at), (None, None));
+        assert!(decode_room(r#"{"v":"5","o":{},"w":{},"h":"soon"}"#).is_err());
+    }
+}
