@@ -213,7 +213,7 @@ local function close_session(sid, s, swept)
 end
 "#;
 
-/// `connect(sid, node, has_principal, principal, meta, token)`.
+/// `connect(sid, node, has_principal, principal, meta, token)`: Machine::connect.
 pub(crate) const CONNECT: &str = r#"
 local sid, node, hasp, p, meta, tok = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 if redis.call('EXISTS', skey(sid)) == 1 or redis.call('EXISTS', tkey(tok)) == 1 then
@@ -227,7 +227,7 @@ stat('sessions', 1)
 return reply({}, nil)
 "#;
 
-/// `disconnect(sid, node, grace_ms)`: grace 0 closes at once.
+/// `disconnect(sid, node, grace_ms)`: Machine::disconnect_as; grace 0 closes at once.
 pub(crate) const DISCONNECT: &str = r#"
 local sid, node, rem = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local s, e = owned(sid, node)
@@ -242,7 +242,7 @@ end
 return reply({}, nil)
 "#;
 
-/// `close(sid, node)`.
+/// `close(sid, node)`: Machine::close.
 pub(crate) const CLOSE: &str = r#"
 local sid, node = ARGV[3], ARGV[4]
 local s, e = owned(sid, node)
@@ -251,8 +251,9 @@ close_session(sid, s, false)
 return reply({}, nil)
 "#;
 
-/// `expire(sid, node)`: the owning node's grace timer ran out; closes the session if it is still
-/// in grace and still owned by that node (a resume on another node moved it).
+/// `expire(sid, node)`: Machine::handle_timeout's grace expiry. The owning node's grace timer
+/// ran out; closes the session if it is still in grace and still owned by that node (a resume on
+/// another node moved it).
 pub(crate) const EXPIRE: &str = r#"
 local sid, node = ARGV[3], ARGV[4]
 local s = load_sess(sid)
@@ -438,7 +439,7 @@ displace(room, st, was, 'server')
 return reply({k = 'handed'}, room)
 "#;
 
-/// `watch(sid, node, room, max_rooms)`.
+/// `watch(sid, node, room, max_rooms)`: Machine::watch.
 pub(crate) const WATCH: &str = r#"
 local sid, node, room, max_rooms = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local s, e = live(sid, node)
@@ -454,7 +455,7 @@ save_lists(sid, s)
 return reply({}, room)
 "#;
 
-/// `unwatch(sid, node, room)`.
+/// `unwatch(sid, node, room)`: Machine::unwatch.
 pub(crate) const UNWATCH: &str = r#"
 local sid, node, room = ARGV[3], ARGV[4], ARGV[5]
 local s, e = live(sid, node)
@@ -467,8 +468,8 @@ remove_watcher(room, sid)
 return reply({wm = 1}, nil)
 "#;
 
-/// `resume(token, new_token, node)`: moves the session to `node` (publishing `s` so its old node
-/// closes the old connection), returns its rooms' states.
+/// `resume(token, new_token, node)`: Machine::resume. Moves the session to `node` (publishing
+/// `s` so its old node closes the old connection), returns its rooms' states.
 pub(crate) const RESUME: &str = r#"
 local tok, new, node = ARGV[3], ARGV[4], ARGV[5]
 local sid = redis.call('GET', tkey(tok))
