@@ -1,16 +1,17 @@
 //! [`RedisBackend`]: the [`Backend`] that keeps room state in Redis, and the node's local side:
 //! its sessions, the last state it saw of each room that has local sessions or watchers, the
-//! pub/sub subscriber that turns published states into notices, and the lease task.
+//! pub/sub subscriber that turns published states into notices, the lease task, and the idle
+//! task that fires the idle deadlines of rooms whose holder this node hosts.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use occupancy_core::{
-    Backend, Config, Ending, Error, Joined, Left, Meta, NoticeSink, OccupantKey, PresenceBody,
-    ResumeToken, Resumed, RoomId, RoomState, SessionId, Stats, async_trait,
+    Backend, Config, Ending, Error, ForcedRelease, Joined, Left, Meta, NoticeSink, OccupantKey,
+    PresenceBody, ResumeToken, Resumed, RoomId, RoomState, SessionId, Stats, async_trait,
 };
 use occupancy_core::{Notice, NoticeKind, Presence};
 use redis::aio::ConnectionManager;
@@ -97,6 +98,9 @@ struct Scripts {
     expire: redis::Script,
     join: redis::Script,
     update: redis::Script,
+    active: redis::Script,
+    idle: redis::Script,
+    release: redis::Script,
     leave: redis::Script,
     takeover: redis::Script,
     watch: redis::Script,
@@ -120,6 +124,9 @@ impl Scripts {
             expire: lua::script(lua::EXPIRE),
             join: lua::script(lua::JOIN),
             update: lua::script(lua::UPDATE),
+            active: lua::script(lua::ACTIVE),
+            idle: lua::script(lua::IDLE),
+            release: lua::script(lua::RELEASE),
             leave: lua::script(lua::LEAVE),
             takeover: lua::script(lua::TAKEOVER),
             watch: lua::script(lua::WATCH),
@@ -154,6 +161,10 @@ struct Tracked {
     state: RoomState,
     raw: Option<Arc<str>>,
     placeholder_until: Option<u64>,
+    /// The holder's idle clock in the last state seen (Redis ms, see [`Decoded::active_at`]).
+    active_at: Option<u64>,
+    /// This room's entry in [`Local::idle`], if it has one.
+    idle_at: Option<Instant>,
     members: Vec<SessionId>,
     watchers: Vec<SessionId>,
     pending: usize,
@@ -170,6 +181,11 @@ struct Local {
     sessions: HashMap<SessionId, LocalSession>,
     rooms: HashMap<RoomId, Tracked>,
     timers: BTreeSet<(Instant, SessionId)>,
+    /// Idle deadlines of followed rooms whose holder has a session here while someone waits
+    /// (at most one per room, see [`Tracked::idle_at`]), earliest first. A deadline is never
+    /// later than the holder's true one (it is computed from the last state seen; activity only
+    /// moves the true one later): the idle script re-checks and says how long is left.
+    idle: BTreeSet<(Instant, RoomId)>,
 }
 
 impl Local {
@@ -179,6 +195,8 @@ impl Local {
             state: RoomState::default(),
             raw: None,
             placeholder_until: None,
+            active_at: None,
+            idle_at: None,
             members: Vec::new(),
             watchers: Vec::new(),
             pending: 0,
@@ -187,8 +205,39 @@ impl Local {
 
     fn untrack_if_idle(&mut self, room: &str) {
         if self.rooms.get(room).is_some_and(Tracked::idle) {
+            self.set_idle(room, None);
             self.rooms.remove(room);
         }
+    }
+
+    /// Sets (or clears) a followed room's idle deadline. O(log rooms). Returns true when the
+    /// deadline is the earliest (the idle task must look again).
+    fn set_idle(&mut self, room: &str, at: Option<Instant>) -> bool {
+        let Some(t) = self.rooms.get_mut(room) else {
+            return false;
+        };
+        if t.idle_at == at {
+            return false;
+        }
+        if let Some(old) = t.idle_at.take() {
+            self.idle.remove(&(old, t.id.clone()));
+        }
+        let Some(at) = at else {
+            return false;
+        };
+        t.idle_at = Some(at);
+        self.idle.insert((at, t.id.clone()));
+        self.idle.first().is_some_and(|(first, _)| *first == at)
+    }
+
+    /// Whether this node should keep an idle deadline for a followed room: someone waits and
+    /// the holder has a session here. O(holder's sessions).
+    fn hosts_waited_on_holder(&self, t: &Tracked) -> bool {
+        t.state.occupants.len() >= 2
+            && t.state.occupants[0]
+                .sessions
+                .iter()
+                .any(|s| self.sessions.contains_key(s))
     }
 
     /// Forgets a local session and its interest in rooms.
@@ -223,6 +272,9 @@ struct Inner {
     round_trips: AtomicU64,
     recover: tokio::sync::Mutex<()>,
     signals: Arc<Signals>,
+    /// Redis time minus this machine's Unix time, in ms (measured at each lease renewal): turns
+    /// the idle clocks Redis stamps into local deadlines.
+    clock_offset: AtomicI64,
 }
 
 /// Shared with the background tasks, which hold only a weak reference to the backend.
@@ -230,6 +282,8 @@ struct Inner {
 struct Signals {
     /// Wakes the lease task (e.g. after the subscriber reconnected).
     poke: Notify,
+    /// Wakes the idle task (a new earliest idle deadline).
+    idle: Notify,
     closed: AtomicBool,
     stop: Notify,
 }
@@ -264,6 +318,17 @@ fn unavailable(e: impl std::fmt::Display) -> Error {
     Error::Unavailable {
         reason: format!("redis: {e}"),
     }
+}
+
+/// The runtime's clock (tokio's, as the Hub's).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn random_node_id() -> Result<String, Error> {
@@ -306,6 +371,7 @@ impl RedisBackend {
                 round_trips: AtomicU64::new(0),
                 recover: tokio::sync::Mutex::new(()),
                 signals: Arc::default(),
+                clock_offset: AtomicI64::new(0),
             }),
         };
         backend.inner.renew().await?;
@@ -368,6 +434,88 @@ impl Inner {
         self.config.get().map_or(8, |c| c.presence_occupants)
     }
 
+    /// [`Config::idle_timeout`] in ms (at least 1), `None` when idle expiry is off.
+    fn idle_ms(&self) -> Option<u64> {
+        self.config
+            .get()
+            .and_then(|c| c.idle_timeout)
+            .map(|d| (d.as_millis() as u64).max(1))
+    }
+
+    /// The idle timeout as a script argument: ms, 0 = off.
+    fn idle_arg(&self) -> String {
+        self.idle_ms().unwrap_or(0).to_string()
+    }
+
+    /// Recomputes a followed room's idle deadline from its last state seen: when this node
+    /// hosts a session of a holder someone waits behind, the holder's idle clock plus the
+    /// timeout, converted from Redis time to this machine's clock. Wakes the idle task when the
+    /// deadline is the earliest.
+    fn rearm_idle(&self, local: &mut Local, room: &str) {
+        let at = self.idle_ms().and_then(|idle| {
+            let t = local.rooms.get(room)?;
+            if !local.hosts_waited_on_holder(t) {
+                return None;
+            }
+            let due = t.active_at?.saturating_add(idle) as i64;
+            let redis_now = unix_ms() as i64 + self.clock_offset.load(Ordering::Relaxed);
+            let wait = due.saturating_sub(redis_now).max(0) as u64;
+            Some(now() + Duration::from_millis(wait))
+        });
+        if local.set_idle(room, at) {
+            self.signals.idle.notify_one();
+        }
+    }
+
+    /// Runs the idle script for every room whose local deadline came due; returns the next
+    /// deadline. A room whose holder was active meanwhile gets its deadline back, at the time the
+    /// script says is left; a displaced holder's room is re-armed (for its new holder, if this
+    /// node hosts it) by the published state, like any change.
+    async fn fire_idle(&self) -> Option<Instant> {
+        let start = now();
+        let due: Vec<RoomId> = {
+            let mut local = self.lock();
+            let mut due = Vec::new();
+            while let Some((at, _)) = local.idle.first()
+                && *at <= start
+            {
+                let (_, room) = local.idle.pop_first().expect("just looked");
+                if let Some(t) = local.rooms.get_mut(room.as_str()) {
+                    t.idle_at = None;
+                }
+                due.push(room);
+            }
+            due
+        };
+        for room in due {
+            let Some(idle) = self.idle_ms() else { break };
+            let r = self
+                .run(
+                    &self.scripts.idle,
+                    args().a(room.as_str()).a(idle.to_string()),
+                )
+                .await;
+            let again = match r {
+                Ok(reply) => reply.d.map(Duration::from_millis),
+                Err(e) => {
+                    warn!(room = %room, error = %e, "idle check failed; retrying");
+                    Some(Duration::from_millis(200))
+                }
+            };
+            if let Some(wait) = again {
+                let mut local = self.lock();
+                let rearm = local
+                    .rooms
+                    .get(room.as_str())
+                    .is_some_and(|t| t.idle_at.is_none() && local.hosts_waited_on_holder(t));
+                if rearm {
+                    local.set_idle(room.as_str(), Some(now() + wait));
+                }
+            }
+        }
+        self.lock().idle.first().map(|(at, _)| *at)
+    }
+
     /// Runs a script: one round trip, bounded by `op_timeout`. Applies the rooms it changed
     /// (also when it refused), then maps its error code.
     async fn run(&self, script: &redis::Script, rest: Args) -> Result<Reply, Error> {
@@ -423,6 +571,7 @@ impl Inner {
         let old = std::mem::replace(&mut t.state, d.state);
         t.raw = Some(d.raw);
         t.placeholder_until = d.placeholder_until;
+        t.active_at = d.active_at;
         if let Some(sink) = self.sink.get() {
             sink.room_changed(
                 &t.id,
@@ -432,6 +581,18 @@ impl Inner {
                 self.presence_occupants(),
             );
         }
+        self.rearm_idle(local, room);
+    }
+
+    /// Adopts a room's state seen for the first time (no notices: nobody here was in it).
+    fn adopt_locked(&self, local: &mut Local, room: &RoomId, d: &Decoded) {
+        let t = local.track(room);
+        t.state = d.state.clone();
+        t.raw = Some(d.raw.clone());
+        t.placeholder_until = d.placeholder_until;
+        t.active_at = d.active_at;
+        self.high_water.fetch_max(d.state.version, Ordering::AcqRel);
+        self.rearm_idle(local, room.as_str());
     }
 
     /// The local, live session's occupant key, meta and principal; `UnknownSession` otherwise.
@@ -522,6 +683,10 @@ impl Inner {
         let reply = self
             .run(&self.scripts.renew, args().a(&self.node).a(&lease_ms))
             .await?;
+        if let Some(redis_ms) = reply.d {
+            self.clock_offset
+                .store(redis_ms as i64 - unix_ms() as i64, Ordering::Relaxed);
+        }
         match reply.s {
             Some(0) => self.restore().await?,
             Some(-1) => self.swept(),
@@ -655,9 +820,7 @@ impl Inner {
     }
 
     async fn prune_due(&self) -> Result<(), Error> {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = unix_ms();
         let due: Vec<RoomId> = self
             .lock()
             .rooms
@@ -833,6 +996,32 @@ async fn lease_task(weak: Weak<Inner>, signals: Arc<Signals>) {
     }
 }
 
+/// Fires the idle deadlines of the rooms whose holder this node hosts ([`Inner::fire_idle`]).
+async fn idle_task(weak: Weak<Inner>, signals: Arc<Signals>) {
+    loop {
+        let stopped = signals.stop.notified();
+        let poked = signals.idle.notified();
+        if signals.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let next = {
+            let Some(inner) = weak.upgrade() else { return };
+            inner.fire_idle().await
+        };
+        match next {
+            Some(at) => tokio::select! {
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                _ = poked => {}
+                _ = stopped => return,
+            },
+            None => tokio::select! {
+                _ = poked => {}
+                _ = stopped => return,
+            },
+        }
+    }
+}
+
 #[async_trait]
 impl Backend for RedisBackend {
     fn attach(&self, config: &Config, sink: Arc<dyn NoticeSink>) -> Result<(), Error> {
@@ -858,7 +1047,8 @@ impl Backend for RedisBackend {
             format!("{}:ch", self.inner.cfg.prefix),
             self.inner.cfg.op_timeout,
         ));
-        runtime.spawn(lease_task(weak, signals));
+        runtime.spawn(lease_task(weak.clone(), signals.clone()));
+        runtime.spawn(idle_task(weak, signals));
         Ok(())
     }
 
@@ -1066,9 +1256,7 @@ impl Backend for RedisBackend {
                 let fresh = t.raw.is_none();
                 if fresh && d.state.version > t.state.version {
                     // First sight: adopt without notices (nobody here was in it).
-                    t.state = d.state.clone();
-                    t.raw = Some(d.raw.clone());
-                    t.placeholder_until = d.placeholder_until;
+                    inner.adopt_locked(&mut local, room, d);
                 } else {
                     inner.apply_locked(&mut local, room.as_str(), d.clone());
                 }
@@ -1175,7 +1363,8 @@ impl Backend for RedisBackend {
                     .a(room)
                     .a(&meta_json)
                     .a(config.limits.max_rooms_per_session.to_string())
-                    .a(config.limits.max_occupants_per_room.to_string()),
+                    .a(config.limits.max_occupants_per_room.to_string())
+                    .a(inner.idle_arg()),
             )
             .await
             .and_then(|reply| inner.joined_from(&room_id, &reply));
@@ -1248,13 +1437,61 @@ impl Backend for RedisBackend {
                     .a(session_hex(session))
                     .a(&inner.node)
                     .a(room)
-                    .a(&meta_json),
+                    .a(&meta_json)
+                    .a(inner.idle_arg()),
             )
             .await?;
         let (joined, d) = inner.joined_from(&room_id, &reply)?;
         let mut local = inner.lock();
         inner.apply_locked(&mut local, room, d);
         Ok(joined)
+    }
+
+    async fn active(&self, session: SessionId, room: &str) -> Result<Joined, Error> {
+        let inner = &self.inner;
+        // In the machine's order: the room id, the session, then membership.
+        RoomId::check(room, inner.config()?.limits.max_room_id_len)?;
+        inner.live(session)?;
+        let room_id = RoomId::parse(room, usize::MAX)?;
+        let reply = inner
+            .run_session_op(
+                session,
+                &inner.scripts.active,
+                args()
+                    .a(session_hex(session))
+                    .a(&inner.node)
+                    .a(room)
+                    .a(inner.idle_arg()),
+            )
+            .await?;
+        let (joined, d) = inner.joined_from(&room_id, &reply)?;
+        let mut local = inner.lock();
+        inner.apply_locked(&mut local, room, d);
+        Ok(joined)
+    }
+
+    async fn release(&self, room: &str) -> Result<ForcedRelease, Error> {
+        let inner = &self.inner;
+        RoomId::check(room, inner.config()?.limits.max_room_id_len)?;
+        let reply = inner.run(&inner.scripts.release, args().a(room)).await?;
+        match reply.k.as_deref() {
+            Some("vacant") => Ok(ForcedRelease::Vacant),
+            Some("pending") => Ok(ForcedRelease::Pending),
+            Some("handed") => {
+                let d = decode_room(reply.r.as_deref().ok_or_else(|| bad("no room state"))?)?;
+                let to = d
+                    .state
+                    .occupants
+                    .first()
+                    .ok_or_else(|| bad("empty room after a release"))?
+                    .person();
+                let version = d.state.version;
+                let mut local = inner.lock();
+                inner.apply_locked(&mut local, room, d);
+                Ok(ForcedRelease::HandedOver { version, to })
+            }
+            other => Err(bad(format_args!("release outcome {other:?}"))),
+        }
     }
 
     async fn takeover(&self, session: SessionId, room: &str) -> Result<Joined, Error> {
@@ -1300,9 +1537,7 @@ impl Backend for RedisBackend {
                 let body = PresenceBody::of(&d.state, inner.presence_occupants());
                 let t = local.track(&room_id);
                 if t.raw.is_none() && d.state.version >= t.state.version {
-                    t.state = d.state.clone();
-                    t.raw = Some(d.raw.clone());
-                    t.placeholder_until = d.placeholder_until;
+                    inner.adopt_locked(&mut local, &room_id, &d);
                 } else {
                     inner.apply_locked(&mut local, room, d);
                 }

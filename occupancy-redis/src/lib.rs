@@ -17,9 +17,9 @@
 //!
 //! ## How it works
 //!
-//! - **Redis is the truth.** Each transition (join, leave, take over, watch, unwatch, connect,
-//!   disconnect, close, resume, grace expiry) is one Lua script run with `EVALSHA`: one round
-//!   trip, atomic. The scripts reproduce [`Machine`](occupancy_core::Machine)'s rules and
+//! - **Redis is the truth.** Each transition (join, update, active, leave, take over, watch,
+//!   unwatch, forced release, connect, disconnect, close, resume, grace expiry, idle expiry) is
+//!   one Lua script run with `EVALSHA`: one round trip, atomic. The scripts reproduce [`Machine`](occupancy_core::Machine)'s rules and
 //!   errors exactly; the shared conformance suite and a differential property test (same random
 //!   operations through the memory backend and this one) check it.
 //! - **Full states, not deltas.** Every script that changes a room publishes the room's whole
@@ -33,6 +33,25 @@
 //! - **Versions** are `max(stored + 1, Redis TIME in µs, the node's highest seen version + 1)`:
 //!   strictly increasing per room, also after the room was emptied (its key is deleted) and after
 //!   Redis restarted empty.
+//! - **Times** (`since` of each occupant, `held_since` of the room, the holder's idle clock) are
+//!   Redis `TIME` in milliseconds, read inside the scripts as versions are: one clock for every
+//!   node, so `since` follows the order of arrival whichever node served it, and an idle deadline
+//!   is checked against the clock that stamped it. A room is *granted* (its `held_since` stamped,
+//!   the new holder's idle clock started, a pending forced release dropped) in one place, the
+//!   scripts' `save_room`, whenever the occupant at the front changed.
+//! - **Idle expiry** ([`Config::idle_timeout`](occupancy_core::Config::idle_timeout)): the
+//!   holder's last join, update or `active` is kept in the room (`a`, without a new version or a
+//!   publish: nobody sees it). A join that makes someone wait behind a holder whose timeout has
+//!   passed (or one a forced release found alone) displaces it in the same script, as a second
+//!   change and a second publish. While someone waits, every node that hosts a session of the
+//!   holder keeps a deadline for the room (from the last state it saw; Redis time is converted to
+//!   the node's clock with the offset measured at each lease renewal) and runs the idle script
+//!   when it comes due; the script re-checks atomically and, if the holder was active meanwhile,
+//!   answers how long is left (the node waits again). A holder's node that died is swept after
+//!   its lease, as before.
+//! - **Forced release** ([`Hub::release`](occupancy_core::Hub::release)) is one script, on any
+//!   node (it need not host anyone in the room): the holder displaced with reason `server`, or a
+//!   pending flag (`p`) the next join acts on when the holder is alone.
 //! - **Grace** deadlines are kept by the node that owns the session: it runs the timer and calls
 //!   the expiry script (which does nothing if the session was resumed elsewhere meanwhile). The
 //!   session record also holds the deadline in Redis time, so a resume on another node after the
@@ -66,7 +85,7 @@
 //!
 //! | key | type | content |
 //! |---|---|---|
-//! | `occ:r:{<hex of room id>}` | string | the room: JSON `{"v": version, "o": [occupant], "w": [watcher session]}`; occupant `{"k": "u:<user>" or "a:<session>", "m": meta JSON, "q": order key, "s": [session], "x"?/"u"?: placeholder deadline and unconfirmed sessions}` |
+//! | `occ:r:{<hex of room id>}` | string | the room: JSON `{"v": version, "o": [occupant], "w": [watcher session], "h"?: held_since, "a"?: holder's idle clock, "p"?: "1" when a forced release is pending, "r"?: "idle" or "server"}`; occupant `{"k": "u:<user>" or "a:<session>", "m": meta JSON, "q": order key, "s": [session], "t": since, "x"?/"u"?: placeholder deadline and unconfirmed sessions}` |
 //! | `occ:s:{<session hex>}` | hash | `n` owning node, `p` principal, `m` meta, `t` resume token, `j` joined rooms (JSON, in order), `w` watched rooms, `g` grace deadline (Redis ms, 0 = live) |
 //! | `occ:t:{<token hex>}` | string | the session of a resume token |
 //! | `occ:ns:{<node>}` | set | the node's sessions (for the sweep) |
@@ -74,6 +93,15 @@
 //! | `occ:dead:{<node>}` | string | "swept" mark (1 day) |
 //! | `occ:stats` | hash | counts: rooms, sessions, grace, occupants, watchers |
 //! | `occ:ch` | channel | `r<room>\n<state JSON>`, `s<session>\n<node>` (resumed elsewhere), `x<session>\n<node>` (swept) |
+//!
+//! Times (`h`, `a`, `t`) are Redis `TIME` in Unix milliseconds, stored as decimal strings like
+//! the version. `h` is there whenever someone stands in line and gone when nobody does, as are
+//! `a` (present once the holder refreshed its idle clock after the grant; until then `h` is its
+//! clock) and `p`. `r` is why the change that made this version displaced the holder (absent: a
+//! take over, or nobody was displaced); it lets [`room_notices`](occupancy_core::room_notices)
+//! name the reason from two states. Rooms stored by a version without these fields still
+//! decode: `since` 0, no `held_since`, and no idle clock (such a holder is not expired for
+//! idleness until the room is granted again).
 //!
 //! Room ids are arbitrary UTF-8 (and may contain `{`/`}`): the hash tag of a room's key is the hex
 //! of its bytes, so the tag is always well formed and distinct rooms never share a key.
@@ -88,6 +116,11 @@
 //!
 //! ## Limits of the design
 //!
+//! - A room is one JSON string: every script decodes and re-encodes it, and the session
+//!   scripts find the caller's occupant by walking the decoded line, so each operation costs
+//!   O(line) inside Redis whatever the edit (the grant, idle and forced-release steps add O(1)).
+//!   `active` by the holder with idle expiry on rewrites the room too (no publish): pages should
+//!   throttle it, as the protocol says.
 //! - One channel carries every room's states to every node (each node ignores rooms it does not
 //!   follow): fine for a few nodes; per-room sharded channels would scale further.
 //! - A node cut off from Redis for longer than its lease is swept: when it comes back its

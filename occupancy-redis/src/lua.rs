@@ -8,6 +8,16 @@
 //! `[room, state]` pairs, in the order it changed them), `r` (the state of the room it was about
 //! after the call) and fields of its own.
 //!
+//! Times (`since` of an occupant `t`, `held_since` of a room `h`, the holder's idle clock `a`,
+//! grace deadlines, leases) are Redis `TIME` in milliseconds, read inside the script: one clock
+//! for every node, so the order of `since` stamps is the order of the changes, and an idle
+//! deadline is checked against the same clock that stamped it, whatever the nodes' clocks say.
+//!
+//! Each script names the [`Machine`](occupancy_core::Machine) rule it reproduces; the grant of a
+//! room (`held_since`, idle clock, pending forced release) is done in one place, `save_room`,
+//! whenever the occupant at the front changed, as `Machine`'s `grant` is called wherever the
+//! holder changes.
+//!
 //! A session belongs to one node at a time (its record's `n`; a resume on another node moves it).
 //! Every script that acts on an existing session takes the calling node and refuses with
 //! `not_owner` when another node owns it: the caller's connection is a stale one that a resume
@@ -53,10 +63,25 @@ local function reply(t, room)
   return cjson.encode(t)
 end
 -- Versions: above the stored one, above Redis TIME in microseconds, above the caller's floor.
-local function bump(st) st.v = fmt(math.max(tonumber(st.v) + 1, now_us(), FLOOR + 1)) end
+-- A new version displaced nobody until the script says so (`r`, see `displace`).
+local function bump(st)
+  st.v = fmt(math.max(tonumber(st.v) + 1, now_us(), FLOOR + 1))
+  st.r = nil
+end
 local function new_room() return {v = fmt(math.max(now_us(), FLOOR)), o = {}, w = {}} end
+local function holder_key(st) return st.o[1] and st.o[1].k end
+-- Saves a room (publishing its new state if `publish`). Machine's `grant`: when the occupant at
+-- the front is not the one that was (a join into an empty line, the holder leaving, a take over,
+-- a displacement), the new holder's `held_since` (`h`) is now, its idle clock starts there (no
+-- `a`: `h` is the clock until it is refreshed) and a pending forced release (`p`) is dropped.
+-- When nobody stands in line, none of them is kept.
 local function save_room(room, was, st, publish)
   local n, w = #st.o, #st.w
+  if n == 0 then
+    st.h = nil; st.a = nil; st.p = nil
+  elseif holder_key(st) ~= was.hk then
+    st.h = fmt(now_ms()); st.a = nil; st.p = nil
+  end
   local js = cjson.encode(st)
   if n == 0 and w == 0 then
     if was.exists then redis.call('DEL', rkey(room)); stat('rooms', -1) end
@@ -66,7 +91,7 @@ local function save_room(room, was, st, publish)
   end
   stat('occupants', n - was.n)
   stat('watchers', w - was.w)
-  was.exists = (n > 0 or w > 0); was.n = n; was.w = w
+  was.exists = (n > 0 or w > 0); was.n = n; was.w = w; was.hk = holder_key(st)
   if publish then
     redis.call('PUBLISH', CH, 'r' .. room .. '\n' .. js)
     table.insert(CHANGED, {room, js})
@@ -77,7 +102,7 @@ local function load_room(room)
   local raw = redis.call('GET', rkey(room))
   if not raw then return nil, {exists = false, n = 0, w = 0} end
   local st = cjson.decode(raw)
-  local was = {exists = true, n = #st.o, w = #st.w}
+  local was = {exists = true, n = #st.o, w = #st.w, hk = holder_key(st)}
   local pruned = false
   for i = #st.o, 1, -1 do
     local occ = st.o[i]
@@ -98,6 +123,27 @@ local function load_room(room)
   end
   return st, was
 end
+-- Machine::displace_holder: in a line of two or more, the occupant at place 1 moves to the front
+-- (one change, one version): the holder becomes next in line, displaced for `reason` (`idle`,
+-- `server`; a take over stores none), and save_room grants the room to the new holder. O(1)
+-- besides the room's encoding.
+local function displace(room, st, was, reason)
+  bump(st)
+  local occ = table.remove(st.o, 2)
+  occ.q = fmt(tonumber(st.o[1].q) - 1)
+  table.insert(st.o, 1, occ)
+  if reason ~= 'takeover' then st.r = reason end
+  save_room(room, was, st, true)
+end
+-- When the holder's idle timeout comes due (Redis ms): its idle clock (last refresh `a`, else
+-- when it was granted the room `h`) plus `idle`. nil without a clock or with the timeout off.
+local function idle_due(st, idle)
+  if idle <= 0 or #st.o == 0 then return nil end
+  local a = st.a or st.h
+  if not a then return nil end
+  return tonumber(a) + idle
+end
+local function now_str() return fmt(now_ms()) end
 local function load_sess(sid)
   local h = redis.call('HGETALL', skey(sid))
   if #h == 0 then return nil end
@@ -167,7 +213,7 @@ local function close_session(sid, s, swept)
 end
 "#;
 
-/// `connect(sid, node, has_principal, principal, meta, token)`.
+/// `connect(sid, node, has_principal, principal, meta, token)`: Machine::connect.
 pub(crate) const CONNECT: &str = r#"
 local sid, node, hasp, p, meta, tok = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 if redis.call('EXISTS', skey(sid)) == 1 or redis.call('EXISTS', tkey(tok)) == 1 then
@@ -181,7 +227,7 @@ stat('sessions', 1)
 return reply({}, nil)
 "#;
 
-/// `disconnect(sid, node, grace_ms)`: grace 0 closes at once.
+/// `disconnect(sid, node, grace_ms)`: Machine::disconnect_as; grace 0 closes at once.
 pub(crate) const DISCONNECT: &str = r#"
 local sid, node, rem = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local s, e = owned(sid, node)
@@ -196,7 +242,7 @@ end
 return reply({}, nil)
 "#;
 
-/// `close(sid, node)`.
+/// `close(sid, node)`: Machine::close.
 pub(crate) const CLOSE: &str = r#"
 local sid, node = ARGV[3], ARGV[4]
 local s, e = owned(sid, node)
@@ -205,8 +251,9 @@ close_session(sid, s, false)
 return reply({}, nil)
 "#;
 
-/// `expire(sid, node)`: the owning node's grace timer ran out; closes the session if it is still
-/// in grace and still owned by that node (a resume on another node moved it).
+/// `expire(sid, node)`: Machine::handle_timeout's grace expiry. The owning node's grace timer
+/// ran out; closes the session if it is still in grace and still owned by that node (a resume on
+/// another node moved it).
 pub(crate) const EXPIRE: &str = r#"
 local sid, node = ARGV[3], ARGV[4]
 local s = load_sess(sid)
@@ -217,10 +264,17 @@ end
 return reply({n = 0}, nil)
 "#;
 
-/// `join(sid, node, room, meta, max_rooms, max_occupants)`.
+/// `join(sid, node, room, meta, max_rooms, max_occupants, idle_ms)` (`idle_ms` 0: no idle
+/// expiry).
+///
+/// Machine::join: idempotent for a session already in line; a new occupant stands at the back
+/// with `since` (`t`) now. A join by any session of the holder (also an idempotent one) refreshes
+/// its idle clock. A join that makes someone wait behind a holder a forced release found alone
+/// (`p`), or behind an idle holder, is followed at once by a second change (and publish):
+/// displacing the holder (reason `server` / `idle`); the reply gives the place after both.
 pub(crate) const JOIN: &str = r#"
 local sid, node, room, meta = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local max_rooms, max_occ = tonumber(ARGV[7]), tonumber(ARGV[8])
+local max_rooms, max_occ, idle = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local s, e = live(sid, node)
 if not s then return e end
 local key = okey(sid, s)
@@ -229,27 +283,52 @@ local pos = nil
 if st then
   for i, occ in ipairs(st.o) do if occ.k == key then pos = i; break end end
 end
-if pos and find(st.o[pos].s, sid) then return reply({p = pos - 1}, room) end
+if pos and find(st.o[pos].s, sid) then
+  if pos == 1 and idle > 0 then
+    st.a = now_str()
+    save_room(room, was, st, false)
+  end
+  return reply({p = pos - 1}, room)
+end
 if #s.j + #s.w >= max_rooms then return err('too_many_rooms') end
 if (not pos) and st and #st.o >= max_occ then return err('room_full') end
 if not st then st = new_room() end
 bump(st)
+local behind = false
 if pos then
   table.insert(st.o[pos].s, sid)
+  if pos == 1 and idle > 0 then st.a = now_str() end
 else
-  table.insert(st.o, {k = key, m = meta, q = st.v, s = {sid}})
+  behind = #st.o > 0
+  table.insert(st.o, {k = key, m = meta, q = st.v, s = {sid}, t = now_str()})
   pos = #st.o
 end
 save_room(room, was, st, true)
 table.insert(s.j, room)
 save_lists(sid, s)
+if behind then
+  local reason = nil
+  local due = idle_due(st, idle)
+  if st.p then
+    reason = 'server'
+  elseif due and due <= now_ms() then
+    reason = 'idle'
+  end
+  if reason then
+    displace(room, st, was, reason)
+    -- Places 1 and 2 (1-based) swapped; everyone else stays.
+    if pos == 2 then pos = 1 end
+  end
+end
 return reply({p = pos - 1}, room)
 "#;
 
-/// `update(sid, node, room, meta)`: the occupant's metadata in a room the session stands in;
-/// the same metadata again changes nothing (no version, no publish).
+/// `update(sid, node, room, meta, idle_ms)`: Machine::update, the occupant's metadata in a room
+/// the session stands in; the same metadata again changes nothing (no version, no publish). An
+/// update by a session of the holder refreshes its idle clock (stored without a publish: nobody
+/// sees it).
 pub(crate) const UPDATE: &str = r#"
-local sid, node, room, meta = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local sid, node, room, meta, idle = ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
 local s, e = live(sid, node)
 if not s then return e end
 local key = okey(sid, s)
@@ -258,15 +337,20 @@ if not st then return err('not_member') end
 local pos = nil
 for i, occ in ipairs(st.o) do if occ.k == key then pos = i; break end end
 if (not pos) or (not find(st.o[pos].s, sid)) then return err('not_member') end
+local refresh = (pos == 1 and idle > 0)
+if refresh then st.a = now_str() end
 if st.o[pos].m ~= meta then
   st.o[pos].m = meta
   bump(st)
   save_room(room, was, st, true)
+elseif refresh then
+  save_room(room, was, st, false)
 end
 return reply({p = pos - 1}, room)
 "#;
 
-/// `leave(sid, node, room)`.
+/// `leave(sid, node, room)`: Machine::leave (the next in line is granted the room in
+/// `save_room` when the holder left).
 pub(crate) const LEAVE: &str = r#"
 local sid, node, room = ARGV[3], ARGV[4], ARGV[5]
 local s, e = live(sid, node)
@@ -279,7 +363,8 @@ remove_from_line(room, sid, okey(sid, s))
 return reply({wm = 1}, room)
 "#;
 
-/// `takeover(sid, node, room)`.
+/// `takeover(sid, node, room)`: Machine::takeover (the room is granted to the caller in
+/// `save_room`; no `r`: the reason is a take over).
 pub(crate) const TAKEOVER: &str = r#"
 local sid, node, room = ARGV[3], ARGV[4], ARGV[5]
 local s, e = live(sid, node)
@@ -300,7 +385,61 @@ end
 return reply({p = 0}, room)
 "#;
 
-/// `watch(sid, node, room, max_rooms)`.
+/// `active(sid, node, room, idle_ms)`: Machine::active. `not_member` unless this session stands
+/// in the room; when its occupant holds and idle expiry is on, its idle clock is now (stored
+/// without a publish: no version, nobody is told).
+pub(crate) const ACTIVE: &str = r#"
+local sid, node, room, idle = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local s, e = live(sid, node)
+if not s then return e end
+local key = okey(sid, s)
+local st, was = load_room(room)
+if not st then return err('not_member') end
+local pos = nil
+for i, occ in ipairs(st.o) do if occ.k == key then pos = i; break end end
+if (not pos) or (not find(st.o[pos].s, sid)) then return err('not_member') end
+if pos == 1 and idle > 0 then
+  st.a = now_str()
+  save_room(room, was, st, false)
+end
+return reply({p = pos - 1}, room)
+"#;
+
+/// `idle(room, idle_ms)`: Machine::handle_timeout's idle expiry, run by a node that hosts a
+/// session of the holder when its local deadline comes due. Re-checks under Redis's atomicity:
+/// if someone waits and the holder's idle clock plus `idle_ms` has passed, displaces the holder
+/// (reason `idle`, one change, one publish; `n` = 1); if the holder was active meanwhile (or was
+/// granted the room since), replies `d` = milliseconds until its deadline; otherwise (nobody
+/// waits, nobody holds) nothing.
+pub(crate) const IDLE: &str = r#"
+local room, idle = ARGV[3], tonumber(ARGV[4])
+local st, was = load_room(room)
+if (not st) or #st.o < 2 then return reply({}, nil) end
+local due = idle_due(st, idle)
+if not due then return reply({}, nil) end
+if due > now_ms() then return reply({d = fmt(due - now_ms())}, nil) end
+displace(room, st, was, 'idle')
+return reply({n = 1}, nil)
+"#;
+
+/// `release(room)`: Machine::release, a forced release. Nobody in line: `k` = `vacant`. The
+/// holder alone: `pending` (`p` stored, no version, no publish; the next join that makes someone
+/// wait displaces the holder, see `join`). Two or more: the holder is displaced (reason
+/// `server`), `handed`, and `r` is the new state.
+pub(crate) const RELEASE: &str = r#"
+local room = ARGV[3]
+local st, was = load_room(room)
+if (not st) or #st.o == 0 then return reply({k = 'vacant'}, nil) end
+if #st.o == 1 then
+  st.p = '1'
+  save_room(room, was, st, false)
+  return reply({k = 'pending'}, nil)
+end
+displace(room, st, was, 'server')
+return reply({k = 'handed'}, room)
+"#;
+
+/// `watch(sid, node, room, max_rooms)`: Machine::watch.
 pub(crate) const WATCH: &str = r#"
 local sid, node, room, max_rooms = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local s, e = live(sid, node)
@@ -316,7 +455,7 @@ save_lists(sid, s)
 return reply({}, room)
 "#;
 
-/// `unwatch(sid, node, room)`.
+/// `unwatch(sid, node, room)`: Machine::unwatch.
 pub(crate) const UNWATCH: &str = r#"
 local sid, node, room = ARGV[3], ARGV[4], ARGV[5]
 local s, e = live(sid, node)
@@ -329,8 +468,8 @@ remove_watcher(room, sid)
 return reply({wm = 1}, nil)
 "#;
 
-/// `resume(token, new_token, node)`: moves the session to `node` (publishing `s` so its old node
-/// closes the old connection), returns its rooms' states.
+/// `resume(token, new_token, node)`: Machine::resume. Moves the session to `node` (publishing
+/// `s` so its old node closes the old connection), returns its rooms' states.
 pub(crate) const RESUME: &str = r#"
 local tok, new, node = ARGV[3], ARGV[4], ARGV[5]
 local sid = redis.call('GET', tkey(tok))
@@ -368,7 +507,8 @@ return reply({i = sid, pr = p or nil}, nil)
 
 /// `renew(node, lease_ms)`: extends the node's lease. `s` = 1 (fine), 0 (the registration was
 /// lost: Redis lost its data; restore), -1 (another node swept this one: its sessions are gone).
-/// `x` lists the nodes whose lease has ended.
+/// `x` lists the nodes whose lease has ended, `d` is Redis time (ms: the node's estimate of its
+/// clock's offset, for idle deadlines).
 pub(crate) const RENEW: &str = r#"
 local node, lease = ARGV[3], tonumber(ARGV[4])
 local status = 1
@@ -382,7 +522,7 @@ if not redis.call('ZSCORE', NODES, node) then
 end
 redis.call('ZADD', NODES, now_ms() + lease, node)
 local expired = redis.call('ZRANGEBYSCORE', NODES, '-inf', now_ms())
-return reply({s = status, x = expired}, nil)
+return reply({s = status, x = expired, d = now_str()}, nil)
 "#;
 
 /// `sweep(dead_node)`: if the node's lease has ended, closes every session it owned (publishing
@@ -442,7 +582,8 @@ local seen = cjson.decode(raw)
 local st, was = load_room(room)
 local changed = false
 if not st then
-  st = {v = seen.v, o = {}, w = {}}
+  -- The line as it was, with its holder's grant (held_since, idle clock, pending release).
+  st = {v = seen.v, o = {}, w = {}, h = seen.h, a = seen.a, p = seen.p, r = seen.r}
   for _, occ in ipairs(seen.o) do
     local u = {}
     for _, sid in ipairs(occ.s) do
@@ -451,6 +592,8 @@ if not st then
     if #u > 0 then occ.u = u; occ.x = fmt(now_ms() + lease) else occ.u = nil; occ.x = nil end
     table.insert(st.o, occ)
   end
+  -- Not a grant: the holder is the one that held.
+  was.hk = holder_key(st)
   changed = true
 else
   for _, socc in ipairs(seen.o) do
@@ -466,7 +609,7 @@ else
         for i, occ in ipairs(st.o) do
           if tonumber(occ.q) > tonumber(socc.q) then at = i; break end
         end
-        table.insert(st.o, at, {k = socc.k, m = socc.m, q = socc.q, s = ours})
+        table.insert(st.o, at, {k = socc.k, m = socc.m, q = socc.q, s = ours, t = socc.t})
         changed = true
       else
         local occ = st.o[pos]
@@ -502,8 +645,11 @@ for _, k in ipairs(redis.call('KEYS', P .. ':r:*')) do
   n.occupants = n.occupants + #st.o
   n.watchers = n.watchers + #st.w
   if #st.o == 0 and #st.w == 0 then table.insert(problems, 'empty room ' .. room) end
+  if #st.o > 0 and not st.h then table.insert(problems, 'no held_since in ' .. room) end
+  if #st.o == 0 and (st.h or st.a or st.p) then table.insert(problems, 'a hold kept in empty ' .. room) end
   for _, occ in ipairs(st.o) do
     if #occ.s == 0 then table.insert(problems, 'occupant without session in ' .. room) end
+    if not occ.t then table.insert(problems, 'occupant without since in ' .. room) end
     for _, sid in ipairs(occ.s) do
       local s = load_sess(sid)
       if not s then table.insert(problems, 'unknown session ' .. sid .. ' in ' .. room)

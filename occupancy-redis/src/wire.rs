@@ -1,10 +1,12 @@
-//! What the scripts store and reply, decoded: room states (`{"v","o","w"}` JSON, see the crate
-//! docs) into core [`RoomState`]s, and the scripts' JSON replies. Lua's cjson encodes an empty
-//! array as `{}`, so every list accepts an empty object too.
+//! What the scripts store and reply, decoded: room states (`{"v","o","w","h","a","p","r"}` JSON,
+//! see the crate docs) into core [`RoomState`]s, and the scripts' JSON replies. Lua's cjson
+//! encodes an empty array as `{}`, so every list accepts an empty object too.
 
 use std::sync::Arc;
 
-use occupancy_core::{Error, Meta, OccupantKey, OccupantState, RoomState, SessionId};
+use occupancy_core::{
+    DisplacedReason, Error, Meta, OccupantKey, OccupantState, RoomState, SessionId,
+};
 use serde::{Deserialize, Deserializer};
 
 /// A list that Lua may have written as `{}` when empty.
@@ -26,11 +28,41 @@ where
     }
 }
 
+/// A number of milliseconds the scripts store as a decimal string (like versions: cjson would
+/// print large numbers in exponent form); a plain JSON number is accepted too.
+fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        Str(String),
+        Int(u64),
+        Float(f64),
+    }
+    Ok(match Option::<N>::deserialize(d)? {
+        None => None,
+        Some(N::Str(s)) => Some(s.parse::<u64>().map_err(serde::de::Error::custom)?),
+        Some(N::Int(n)) => Some(n),
+        Some(N::Float(f)) if f >= 0.0 => Some(f as u64),
+        Some(N::Float(f)) => return Err(serde::de::Error::custom(format!("negative time {f}"))),
+    })
+}
+
 #[derive(Deserialize)]
 struct WireRoom {
     v: String,
     #[serde(default, deserialize_with = "list")]
     o: Vec<WireOccupant>,
+    /// When the holder was granted the room (Redis ms); absent when nobody stands in line, and
+    /// in rooms stored before it existed.
+    #[serde(default, deserialize_with = "millis")]
+    h: Option<u64>,
+    /// The holder's last refresh of its idle clock (Redis ms), when later than `h`.
+    #[serde(default, deserialize_with = "millis")]
+    a: Option<u64>,
+    /// Why the holder was displaced by the change that made this version: `"idle"`,
+    /// `"server"`; absent for a take over (and for changes that displaced nobody).
+    #[serde(default)]
+    r: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +73,9 @@ struct WireOccupant {
     s: Vec<String>,
     #[serde(default)]
     x: Option<String>,
+    /// When the occupant entered the line (Redis ms); 0 in rooms stored before it existed.
+    #[serde(default, deserialize_with = "millis")]
+    t: Option<u64>,
 }
 
 /// A decoded room state plus what only this backend needs.
@@ -51,6 +86,9 @@ pub(crate) struct Decoded {
     pub raw: Arc<str>,
     /// The earliest deadline of a restored placeholder (Redis ms), if any.
     pub placeholder_until: Option<u64>,
+    /// The holder's idle clock (Redis ms): its last refresh, else when it was granted the room
+    /// (`None` when nobody holds, or the room was stored without either).
+    pub active_at: Option<u64>,
 }
 
 pub(crate) fn bad(what: impl std::fmt::Display) -> Error {
@@ -101,12 +139,26 @@ pub(crate) fn decode_room(raw: &str) -> Result<Decoded, Error> {
                 .iter()
                 .map(|s| parse_session(s))
                 .collect::<Result<_, _>>()?,
+            since: o.t.unwrap_or(0),
         });
     }
+    let held = !occupants.is_empty();
+    let reason = match w.r.as_deref() {
+        Some("idle") => DisplacedReason::Idle,
+        Some("server") => DisplacedReason::Server,
+        // Absent (a take over, or nobody was displaced) or a reason this version does not know.
+        _ => DisplacedReason::Takeover,
+    };
     Ok(Decoded {
-        state: RoomState { version, occupants },
+        state: RoomState {
+            version,
+            occupants,
+            held_since: w.h.filter(|_| held),
+            reason,
+        },
         raw: Arc::from(raw),
         placeholder_until,
+        active_at: w.a.or(w.h).filter(|_| held),
     })
 }
 
@@ -131,6 +183,12 @@ pub(crate) struct Reply {
     /// A count.
     #[serde(default)]
     pub n: Option<u64>,
+    /// Milliseconds until a holder's idle deadline (idle), or Redis time in ms (renew).
+    #[serde(default, deserialize_with = "millis")]
+    pub d: Option<u64>,
+    /// What a forced release did: `vacant`, `pending` or `handed` (release).
+    #[serde(default)]
+    pub k: Option<String>,
     /// A status (renew).
     #[serde(default)]
     pub s: Option<i64>,
@@ -174,5 +232,44 @@ pub(crate) fn code_error(code: &str, limits: &occupancy_core::Limits) -> Error {
             limit: limits.max_occupants_per_room,
         },
         other => bad(format_args!("error code {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_new_fields() {
+        let raw = r#"{"v":"9","h":"1700000000500","a":"1700000000900","r":"idle",
+            "o":[{"k":"u:bob","m":"{}","q":"8","s":["0000000000000002"],"t":"1700000000100"},
+                 {"k":"a:0000000000000001","m":"{}","q":"7","s":["0000000000000001"],"t":1700000000000}],
+            "w":{}}"#;
+        let d = decode_room(raw).unwrap();
+        assert_eq!(d.state.held_since, Some(1_700_000_000_500));
+        assert_eq!(d.state.reason, DisplacedReason::Idle);
+        assert_eq!(d.active_at, Some(1_700_000_000_900));
+        let since: Vec<u64> = d.state.occupants.iter().map(|o| o.since).collect();
+        assert_eq!(since, [1_700_000_000_100, 1_700_000_000_000]);
+        let d = decode_room(&raw.replace(r#""r":"idle","#, r#""r":"server","#)).unwrap();
+        assert_eq!(d.state.reason, DisplacedReason::Server);
+        // No `a`: the idle clock is the grant.
+        let d = decode_room(&raw.replace(r#""a":"1700000000900","#, "")).unwrap();
+        assert_eq!(d.active_at, Some(1_700_000_000_500));
+    }
+
+    #[test]
+    fn rooms_stored_before_the_new_fields_decode() {
+        let raw =
+            r#"{"v":"5","o":[{"k":"u:old","m":"{}","q":"5","s":["00000000000000aa"]}],"w":{}}"#;
+        let d = decode_room(raw).unwrap();
+        assert_eq!(d.state.occupants[0].since, 0);
+        assert_eq!(d.state.held_since, None);
+        assert_eq!(d.state.reason, DisplacedReason::Takeover);
+        assert_eq!(d.active_at, None);
+        // Nobody in line: no held_since even if one was left behind.
+        let d = decode_room(r#"{"v":"5","o":{},"w":["00000000000000aa"],"h":"3"}"#).unwrap();
+        assert_eq!((d.state.held_since, d.active_at), (None, None));
+        assert!(decode_room(r#"{"v":"5","o":{},"w":{},"h":"soon"}"#).is_err());
     }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use occupancy_core::{
-    Backend, Config, Ending, Error, Joined, Left, Meta, NoticeSink, PresenceBody, ResumeToken,
-    Resumed, RoomState, SessionId, Stats, async_trait,
+    Backend, Config, Ending, Error, ForcedRelease, Joined, Left, Meta, NoticeSink, PresenceBody,
+    ResumeToken, Resumed, RoomState, SessionId, Stats, async_trait,
 };
 use occupancy_redis::{RedisBackend, RedisConfig};
 pub use server::RedisServer;
@@ -74,6 +74,12 @@ impl Backend for Owned {
     }
     async fn update(&self, s: SessionId, room: &str, meta: Meta) -> Result<Joined, Error> {
         self.backend.update(s, room, meta).await
+    }
+    async fn active(&self, s: SessionId, room: &str) -> Result<Joined, Error> {
+        self.backend.active(s, room).await
+    }
+    async fn release(&self, room: &str) -> Result<ForcedRelease, Error> {
+        self.backend.release(room).await
     }
     async fn leave(&self, s: SessionId, room: &str) -> Result<Left, Error> {
         self.backend.leave(s, room).await
