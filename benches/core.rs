@@ -368,9 +368,13 @@ fn idle(c: &mut Criterion) {
             .collect();
         m.drain_notices().for_each(drop);
         for (who, s) in [("holder", line[0]), ("last", line[n - 1])] {
-            g.bench_with_input(BenchmarkId::new(format!("active by the {who}"), n), &n, |b, _| {
-                b.iter(|| m.active(s, black_box("hot")).unwrap());
-            });
+            g.bench_with_input(
+                BenchmarkId::new(format!("active by the {who}"), n),
+                &n,
+                |b, _| {
+                    b.iter(|| m.active(s, black_box("hot")).unwrap());
+                },
+            );
         }
         let s = connect(&mut m, 1 << 40);
         g.bench_with_input(BenchmarkId::new("join+leave at the back", n), &n, |b, _| {

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use occupancy_core::{
     Backend, Config, Ending, Error, ForcedRelease, Joined, Left, Meta, NoticeSink, OccupantKey,
-    PresenceBody, ResumeToken, Resumed, RoomId, RoomState, SessionId, Stats, async_trait,
+    PresenceBody, ResumeToken, Resumed, RoomId, RoomState, RoomSummary, SessionId, Stats,
+    async_trait,
 };
 use occupancy_core::{Notice, NoticeKind, Presence};
 use redis::aio::ConnectionManager;
@@ -539,7 +540,7 @@ impl Inner {
         Ok(reply)
     }
 
-    /// Applies published or returned room states (each dropped unless newer than the last seen).
+    /// Applies the room states a script returned (each dropped unless newer than the last seen).
     fn apply_changes(&self, changed: &[(String, String)]) {
         if changed.is_empty() {
             return;
@@ -554,9 +555,26 @@ impl Inner {
                 }
             })
             .collect();
+        // The changes this node's own call made, for the Hub's change stream (`Hub::changes`):
+        // states published by other nodes are theirs to report.
+        let report: Vec<(RoomId, u64)> = match self.sink.get() {
+            Some(sink) if sink.wants_changes() => decoded
+                .iter()
+                .filter_map(|(room, d)| {
+                    Some((RoomId::parse(room, usize::MAX).ok()?, d.state.version))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let mut local = self.lock();
         for (room, d) in decoded {
             self.apply_locked(&mut local, room, d);
+        }
+        drop(local);
+        if !report.is_empty()
+            && let Some(sink) = self.sink.get()
+        {
+            sink.rooms_changed(&report);
         }
     }
 
@@ -895,6 +913,19 @@ impl Inner {
 }
 
 /// The key of a room's state: `{prefix}:r:{<hex of the room id>}` (the hex is the hash tag).
+/// The room id of a room key (`room_key`'s inverse); `None` for anything else.
+fn room_of_key(key: &str) -> Option<String> {
+    let hex = key.rsplit_once(":r:{")?.1.strip_suffix('}')?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
 pub(crate) fn room_key(prefix: &str, room: &str) -> String {
     let mut k = String::with_capacity(prefix.len() + 5 + room.len() * 2);
     k.push_str(prefix);
@@ -1587,6 +1618,70 @@ impl Backend for RedisBackend {
     async fn room(&self, room: &str) -> Result<Option<RoomState>, Error> {
         let raw = self.inner.get_room_raw(room).await?;
         raw.map(|r| decode_room(&r).map(|d| d.state)).transpose()
+    }
+
+    async fn summary(&self, room: &str) -> Result<Option<RoomSummary>, Error> {
+        let Some(raw) = self.inner.get_room_raw(room).await? else {
+            return Ok(None);
+        };
+        let state = decode_room(&raw)?.state;
+        Ok(Some(RoomSummary {
+            room: RoomId::parse(room, usize::MAX)?,
+            version: state.version,
+            holder: state.holder().map(|o| o.person()),
+            held_since: state.holder().and(state.held_since),
+            waiting: state.waiting() as u32,
+            watchers: crate::wire::watcher_count(&raw)?,
+        }))
+    }
+
+    /// Lists rooms with `SCAN` over the room keys (Redis walks every key of the prefix), then one
+    /// read per listed room: O(all rooms) per page, as on the memory backends. For admin pages.
+    async fn rooms(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomSummary>, Error> {
+        let inner = &self.inner;
+        let pattern = format!("{}:r:*", inner.cfg.prefix);
+        let mut conn = inner.conn.clone();
+        let mut ids: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            inner.round_trips.fetch_add(1, Ordering::Relaxed);
+            let (next, keys): (u64, Vec<String>) = tokio::time::timeout(
+                inner.cfg.op_timeout,
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn),
+            )
+            .await
+            .map_err(|_| unavailable("timed out"))?
+            .map_err(unavailable)?;
+            ids.extend(
+                keys.iter()
+                    .filter_map(|k| room_of_key(k))
+                    .filter(|id| after.is_none_or(|a| id.as_str() > a)),
+            );
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        // SCAN may return a key twice.
+        ids.sort_unstable();
+        ids.dedup();
+        let mut page = Vec::with_capacity(limit.min(ids.len()));
+        for id in ids {
+            if page.len() == limit {
+                break;
+            }
+            // A room emptied since the scan is skipped.
+            if let Some(summary) = self.summary(&id).await? {
+                page.push(summary);
+            }
+        }
+        Ok(page)
     }
 
     async fn stats(&self) -> Result<Stats, Error> {

@@ -162,6 +162,17 @@ pub(crate) fn decode_room(raw: &str) -> Result<Decoded, Error> {
     })
 }
 
+/// How many sessions watch a stored room (its `"w"` list), without decoding the line.
+pub(crate) fn watcher_count(raw: &str) -> Result<u32, Error> {
+    #[derive(Deserialize)]
+    struct Watchers {
+        #[serde(default, deserialize_with = "list")]
+        w: Vec<serde::de::IgnoredAny>,
+    }
+    let w: Watchers = serde_json::from_str(raw).map_err(bad)?;
+    Ok(w.w.len() as u32)
+}
+
 /// A script's reply (every field optional; see `lua.rs`).
 #[derive(Deserialize, Default)]
 pub(crate) struct Reply {
