@@ -1,18 +1,20 @@
 // Browser end-to-end test of the documents example in headless Chromium (Debian's
 // /usr/bin/chromium, driven by playwright-core). Run by tests/browser.rs:
 //
-//   node tests/browser/e2e.mjs <base-url> <screenshot-dir>
+//   node tests/browser/e2e.mjs <base-url> <screenshot-dir> [<idle-server-url> <idle-ms>]
 //
 // Two pages open the same document: the first holds it, the second shows who holds it and its
 // place in line. A reload of the holder keeps its place (resume). Then the holder's tab is
 // closed and the second page must show that it now holds the document, after the close grace
 // (2 s) and well before the grace of a lost connection (60 s on the test's server). Finally a third page
-// joins and takes the document over. Screenshots go to <screenshot-dir>.
+// joins and takes the document over. On the idle server (an idle timeout of <idle-ms>), a holder
+// who keeps typing keeps the document while someone waits, and loses it once it stops: the other
+// page holds and the first says it was idle. Screenshots go to <screenshot-dir>.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
-const [base, shots = 'target/browser-e2e'] = process.argv.slice(2);
+const [base, shots = 'target/browser-e2e', idleBase, idleMs] = process.argv.slice(2);
 if (!base) {
   console.error('usage: node e2e.mjs <base-url> [screenshot-dir]');
   process.exit(2);
@@ -43,12 +45,12 @@ const watchdog = setTimeout(() => {
   process.exit(1);
 }, 180000);
 
-async function open(name) {
+async function open(name, url = `${base}/doc/1?name=${encodeURIComponent(name)}`) {
   const context = await browser.newContext({ viewport: { width: 720, height: 640 } });
   const page = await context.newPage();
   page.on('pageerror', (e) => console.error(`[${name}] page error:`, e.message));
   page.on('console', (m) => m.type() === 'error' && console.error(`[${name}] console:`, m.text()));
-  await page.goto(`${base}/doc/1?name=${encodeURIComponent(name)}`);
+  await page.goto(url);
   return { context, page };
 }
 
@@ -124,7 +126,7 @@ try {
     const [room] = [...window.occupancy._joined.keys()];
     await window.occupancy.update(room, { name: 'Ann' });
   });
-  await expectText(bob.page, 'holder', /Held by Ann\.$/, 'and the update back');
+  await expectText(bob.page, 'holder', /Held by Ann since [^.]*\.$/, 'and the update back');
   step('Ann updated her metadata in place; Bob saw it');
 
   // A reload keeps the place (resume token in sessionStorage).
@@ -177,6 +179,34 @@ try {
   await bob.page.locator('[data-testid="banner"]').waitFor({ state: 'hidden', timeout: WAIT });
   await expectText(carl.page, 'banner', /Bob took the document over from you/, 'the banner follows who took over');
   step('Bob took it back: his banner cleared, Carl\'s names Bob');
+
+  if (idleBase) {
+    // Idle expiry: Dee holds and keeps typing (the page says `active`, here at most every
+    // 200 ms), for twice the idle timeout, while Eve waits: Dee keeps it. Then Dee stops.
+    const idle = Number(idleMs);
+    const url = (name) => `${idleBase}/doc/5?name=${name}&active_ms=200`;
+    const dee = await open('Dee', url('Dee'));
+    await expectText(dee.page, 'position', /You hold this document/, 'Dee holds on the idle server');
+    await expectText(dee.page, 'holder', /Held by you \(Dee\) since \d/, 'the holder line says since when');
+    const eve = await open('Eve', url('Eve'));
+    await expectText(eve.page, 'position', /You are #1 in line/, 'Eve waits');
+    const typeUntil = Date.now() + 2 * idle;
+    while (Date.now() < typeUntil) {
+      await dee.page.locator('[data-testid="editor"]').press('x');
+      await dee.page.waitForTimeout(100);
+    }
+    await expectText(dee.page, 'position', /You hold this document/, 'typing keeps the document');
+    step(`Dee typed for ${2 * idle} ms (idle timeout ${idle} ms) and still holds`);
+    const stoppedAt = Date.now();
+    await expectText(eve.page, 'position', /You hold this document/, 'the idle holder gives way');
+    const after = Date.now() - stoppedAt;
+    await expectText(dee.page, 'banner', /You were idle, so Eve got the document/, 'the idle holder is told why');
+    await expectText(dee.page, 'position', /You are #1 in line/, 'the idle holder is next in line');
+    step(`Dee stopped typing; Eve holds ${after} ms later and Dee is told she was idle`);
+    await dee.page.screenshot({ path: join(shots, 'idle.png') });
+    await dee.context.close();
+    await eve.context.close();
+  }
   console.log(`e2e: screenshots in ${shots}`);
 } catch (e) {
   failed = true;
