@@ -214,6 +214,16 @@
 //! | 4000 | the session was resumed by another connection |
 //! | 4001 | nothing arrived within the liveness timeout |
 //!
+//! ## Logging
+//!
+//! The adapter and the Hub log through [`tracing`](https://docs.rs/tracing). What a connection
+//! logs (its requests, the Hub's events inside them, its close and end) is logged in an `info`
+//! span named `occupancy_connection` with fields `session` (the session id, as in `hello`) and
+//! `principal` (absent when anonymous), so a `fmt` subscriber prints
+//! `occupancy_connection{session=… principal=…}` before each line. The span is opened for each
+//! of those steps, not held for the connection's life: a span held open costs the subscriber its
+//! record per idle connection (about 0.55 KiB with `tracing_subscriber::fmt`).
+//!
 //! ## A browser client
 //!
 //! The `documents` example serves `occupancy.js`, a small dependency-free ES module (in the

@@ -6,21 +6,22 @@ use std::collections::HashMap;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use metrics_util::{CompositeKey, MetricKind};
-use occupancy_core::{Ending, Error, Hub, Meta, ResumeToken};
+use occupancy_core::{Ending, Error, Hub, Meta, NoticeKind, ResumeToken};
 use serde_json::json;
 
-/// The counters and gauges of a snapshot, as `name{label=value,...}` → value.
-fn read(
-    snapshot: Vec<(
-        CompositeKey,
-        Option<metrics::Unit>,
-        Option<metrics::SharedString>,
-        DebugValue,
-    )>,
-) -> HashMap<String, f64> {
+type Snapshot = Vec<(
+    CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    DebugValue,
+)>;
+
+/// The counters and gauges of a snapshot, as `name{label=value,...}` → value (a histogram's
+/// value: how many samples it has).
+fn read(snapshot: &Snapshot) -> HashMap<String, f64> {
     let mut out = HashMap::new();
     for (key, _, _, value) in snapshot {
-        let (kind, key) = key.into_parts();
+        let (kind, key) = (key.kind(), key.key());
         let mut labels: Vec<String> = key
             .labels()
             .map(|l| format!("{}={}", l.key(), l.value()))
@@ -32,7 +33,7 @@ fn read(
             format!("{}{{{}}}", key.name(), labels.join(","))
         };
         let v = match (kind, value) {
-            (MetricKind::Counter, DebugValue::Counter(n)) => n as f64,
+            (MetricKind::Counter, DebugValue::Counter(n)) => *n as f64,
             (MetricKind::Gauge, DebugValue::Gauge(g)) => g.into_inner(),
             (MetricKind::Histogram, DebugValue::Histogram(h)) => h.len() as f64,
             other => panic!("unexpected {other:?}"),
@@ -40,6 +41,19 @@ fn read(
         out.insert(name, v);
     }
     out
+}
+
+/// The samples of the histogram `name` (without labels).
+fn samples(snapshot: &Snapshot, name: &str) -> Vec<f64> {
+    snapshot
+        .iter()
+        .find_map(|(key, _, _, value)| match value {
+            DebugValue::Histogram(h) if key.key().name() == name => {
+                Some(h.iter().map(|v| v.into_inner()).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no histogram {name}"))
 }
 
 #[test]
@@ -54,11 +68,11 @@ fn the_hub_counts_requests_hand_overs_resumes_and_endings() {
         .unwrap();
     rt.block_on(async {
         let hub = Hub::new();
-        let (a, _an) = hub
+        let (a, mut an) = hub
             .connect(Some("ann".into()), Meta::empty())
             .await
             .unwrap();
-        let (b, _bn) = hub
+        let (b, mut bn) = hub
             .connect(Some("bob".into()), Meta::empty())
             .await
             .unwrap();
@@ -66,6 +80,13 @@ fn the_hub_counts_requests_hand_overs_resumes_and_endings() {
         b.join("doc", None).await.unwrap();
         b.takeover("doc").await.unwrap(); // Ann displaced, Bob released
         b.leave("doc").await.unwrap(); // Ann released
+        // Each reads everything it was told: occupied, displaced and presence notices besides
+        // the two `released`, which alone are timed (when taken from the queue).
+        let mut told = 0;
+        while an.try_recv().is_some() || bn.try_recv().is_some() {
+            told += 1;
+        }
+        assert!(told > 2, "{told} notices");
         let status = Meta::from_value(json!({ "status": "editing" })).unwrap();
         a.update("doc", status.clone()).await.unwrap();
         assert_eq!(b.update("doc", status).await.err(), Some(Error::NotMember));
@@ -73,7 +94,8 @@ fn the_hub_counts_requests_hand_overs_resumes_and_endings() {
         b.disconnect_as(Ending::Closed).await;
         hub.record_gauges().await.unwrap();
     });
-    let m = read(snapshotter.snapshot().into_vec());
+    let snapshot = snapshotter.snapshot().into_vec();
+    let m = read(&snapshot);
     let get = |k: &str| {
         m.get(k)
             .copied()
@@ -93,6 +115,16 @@ fn the_hub_counts_requests_hand_overs_resumes_and_endings() {
         "one sample per join"
     );
     assert_eq!(get("occupancy_released_total"), 2.0);
+    let handovers = samples(&snapshot, "occupancy_handover_seconds");
+    assert_eq!(
+        handovers.len(),
+        2,
+        "one sample per hand-over: {handovers:?}"
+    );
+    assert!(
+        handovers.iter().all(|s| (0.0..10.0).contains(s)),
+        "seconds: {handovers:?}"
+    );
     assert_eq!(get("occupancy_displaced_total"), 1.0);
     assert_eq!(get("occupancy_connects_total"), 2.0);
     assert_eq!(get("occupancy_resumes_total{result=refused}"), 1.0);
@@ -101,4 +133,57 @@ fn the_hub_counts_requests_hand_overs_resumes_and_endings() {
     assert_eq!(get("occupancy_sessions"), 2.0);
     assert_eq!(get("occupancy_sessions_in_grace"), 1.0);
     assert_eq!(get("occupancy_connections"), 1.0);
+}
+
+/// A hand-over is timed when the connection takes its `released` from the queue: not while it
+/// waits there, and not for a connection that was closed meanwhile.
+#[test]
+fn a_hand_over_is_timed_when_its_released_is_taken() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Histograms are drained by each snapshot: the samples recorded since the last one.
+    let taken = || {
+        let snapshot = snapshotter.snapshot().into_vec();
+        let timed = snapshot
+            .iter()
+            .any(|(k, ..)| k.key().name() == "occupancy_handover_seconds");
+        if timed {
+            samples(&snapshot, "occupancy_handover_seconds").len()
+        } else {
+            0
+        }
+    };
+    rt.block_on(async {
+        let hub = Hub::new();
+        let (a, _an) = hub.connect(None, Meta::empty()).await.unwrap();
+        let (b, mut bn) = hub.connect(None, Meta::empty()).await.unwrap();
+        let (c, mut cn) = hub.connect(None, Meta::empty()).await.unwrap();
+        for s in [&a, &b, &c] {
+            s.join("doc", None).await.unwrap();
+        }
+        a.leave("doc").await.unwrap(); // b released
+        while cn.try_recv().is_some() {} // c is told only presence
+        assert_eq!(taken(), 0, "queued, not taken yet");
+        let mut kinds = Vec::new();
+        while let Some(n) = bn.try_recv() {
+            kinds.push(n.kind);
+        }
+        assert!(
+            kinds
+                .iter()
+                .any(|k| matches!(k, NoticeKind::Released { .. }))
+        );
+        assert_eq!(taken(), 1);
+
+        // c is released, and its connection ends before it reads: the notice is never taken.
+        b.leave("doc").await.unwrap();
+        c.disconnect().await;
+        assert!(cn.recv().await.is_none());
+        assert_eq!(taken(), 0);
+    });
 }

@@ -121,6 +121,14 @@
 //! idle connection's memory (the queue allocates in fixed blocks), and a small one closes
 //! connections that receive a burst.
 //!
+//! ## Logging
+//!
+//! What a socket's requests log, the Hub's events included, and its connect and end are logged
+//! in an `info` span named `occupancy_connection` with fields `session` (the session id, as in
+//! `occupancy:hello`) and `principal` (absent when anonymous), as in the axum adapter. The span
+//! is opened for each of those steps, not held for the socket's life (a span held open costs the
+//! subscriber its record per idle socket).
+//!
 //! ## Serving
 //!
 //! Set `TCP_NODELAY` on the listener: `axum::serve` leaves Nagle's algorithm on, which delayed a

@@ -71,6 +71,28 @@ pub(super) fn released() {
     counter!("occupancy_released_total").increment(1);
 }
 
+/// `occupancy_handover_seconds`: how long a hand-over took to reach the new holder's connection,
+/// from the moment this Hub's registry took the `released` for delivery (just after the change
+/// that released the room; with a shared backend, once the change reached this node) to the
+/// moment the connection took it out of its notice queue to send it. It is what the Hub and the
+/// application's connection task add to a hand-over (a busy runtime, a connection still writing
+/// earlier frames), not the network's part. `released_at`: the moment the queue kept beside the
+/// notice, `None` for other notices (nothing recorded).
+///
+/// Inlined into the connection's read of every notice, where most are not a `released`: only
+/// the check stays on that path.
+#[inline]
+pub(super) fn handover(released_at: Option<Instant>) {
+    if let Some(at) = released_at {
+        handover_since(at);
+    }
+}
+
+#[inline(never)]
+fn handover_since(at: Instant) {
+    histogram!("occupancy_handover_seconds").record(at.elapsed().as_secs_f64());
+}
+
 pub(super) fn displaced() {
     counter!("occupancy_displaced_total").increment(1);
 }

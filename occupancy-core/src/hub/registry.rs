@@ -184,6 +184,10 @@ impl NoticeSink for Registry {
 
     fn deliver(&self, notices: &mut dyn Iterator<Item = Notice>) {
         let mut kicked = Vec::new();
+        // Where the hand-overs of this delivery begin (`occupancy_handover_seconds` runs until
+        // the connection takes its `released`): read once, at the first `released`, so that a
+        // delivery without one (most of them) does not read the clock at all.
+        let mut released_at = None;
         {
             let mut st = self.lock();
             for n in notices {
@@ -199,8 +203,10 @@ impl NoticeSink for Registry {
                     NoticeKind::Displaced { .. } => super::metrics::displaced(),
                     _ => {}
                 }
+                let began = matches!(n.kind, NoticeKind::Released { .. })
+                    .then(|| *released_at.get_or_insert_with(Instant::now));
                 let session = n.session;
-                match tx.try_send(n) {
+                match tx.try_send(n, began) {
                     Ok(()) => {}
                     Err(queue::TrySendError::Full) => {
                         slot.tx = None;
@@ -286,7 +292,7 @@ mod tests {
 
     fn drain(rx: &mut queue::Receiver) -> Vec<(SessionId, u64)> {
         std::iter::from_fn(|| rx.try_recv())
-            .map(|n| (n.session, n.version()))
+            .map(|q| (q.notice.session, q.notice.version()))
             .collect()
     }
 

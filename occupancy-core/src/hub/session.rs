@@ -327,8 +327,12 @@ impl Notices {
         if self.conn.is_closed() {
             return None;
         }
-        let n = self.rx.recv().await?;
-        (!self.conn.is_closed()).then_some(n)
+        let q = self.rx.recv().await?;
+        if self.conn.is_closed() {
+            return None;
+        }
+        metrics::handover(q.released_at);
+        Some(q.notice)
     }
 
     /// The next notice if one is waiting.
@@ -336,7 +340,9 @@ impl Notices {
         if self.conn.is_closed() {
             return None;
         }
-        self.rx.try_recv()
+        let q = self.rx.try_recv()?;
+        metrics::handover(q.released_at);
+        Some(q.notice)
     }
 
     /// How many notices are waiting.
