@@ -14,7 +14,8 @@
 //!
 //! Environment: `PORT` (default 3001), `REDIS_URL` (default `redis://127.0.0.1:6379`),
 //! `REDIS_PREFIX` (default `occ`), `LEASE_MS` (default 10000), `GRACE_MS` (default 5000),
-//! `CLOSE_GRACE_MS` (default 2000: how long a closed page keeps its places).
+//! `CLOSE_GRACE_MS` (default 2000: how long a closed page keeps its places), `IDLE_MS` (default
+//! 0: off; idle expiry, as in the documents example), `ADMIN_TOKEN` (the admin endpoints).
 
 mod support;
 
@@ -53,11 +54,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     tracing::info!(node = backend.node_id(), %url, ?lease, "joined the shared state");
-    let hub = Hub::builder()
+    let idle_ms: u64 = env_or("IDLE_MS", 0)?;
+    let mut builder = Hub::builder()
         .backend(backend)
         .grace(grace)
-        .close_grace(close_grace)
-        .build()?;
+        .close_grace(close_grace);
+    if idle_ms > 0 {
+        builder = builder.idle_timeout(Duration::from_millis(idle_ms));
+    }
+    let hub = builder.build()?;
     let app = support::app(hub);
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;

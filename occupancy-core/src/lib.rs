@@ -47,11 +47,13 @@
 //!
 //! | name | kind | labels | what |
 //! |---|---|---|---|
-//! | `occupancy_requests_total` | counter | `op`, `result` (`ok` or the error code) | every request of a session (join, leave, takeover, watch, unwatch, update) |
+//! | `occupancy_requests_total` | counter | `op`, `result` (`ok` or the error code) | every request of a session (join, leave, takeover, watch, unwatch, update, active) |
 //! | `occupancy_request_duration_seconds` | histogram | `op` | from the call to its return: the change, and the delivery of its urgent notices (a holder's `leave` returns once the next one's `released` is queued) |
 //! | `occupancy_released_total` | counter | | `released` notices queued (one per session of each new holder) |
 //! | `occupancy_handover_seconds` | histogram | | per `released` notice: from the change that released the room (when the Hub took the notice for delivery; with a shared backend, when the change reached this node) to the moment the new holder's connection took the notice from its queue to send it. The Hub's and the connection task's part of a hand-over, not the network's |
-//! | `occupancy_displaced_total` | counter | | `displaced` notices queued (take overs) |
+//! | `occupancy_displaced_total` | counter | `reason` (`takeover`, `idle`, `server`) | `displaced` notices queued, by why the holder lost the room |
+//! | `occupancy_forced_releases_total` | counter | | [`Hub::release`] calls that succeeded |
+//! | `occupancy_kicks_total` | counter | | sessions ended by [`Hub::kick`] |
 //! | `occupancy_slow_consumers_total` | counter | | sessions closed because their notice buffer overflowed |
 //! | `occupancy_connects_total` | counter | | sessions started |
 //! | `occupancy_disconnects_total` | counter | `ending` (`lost`, `closed`) | connections ended, by how (which grace applies) |

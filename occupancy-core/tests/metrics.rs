@@ -90,6 +90,15 @@ fn the_hub_counts_requests_hand_overs_resumes_and_endings() {
         let status = Meta::from_value(json!({ "status": "editing" })).unwrap();
         a.update("doc", status.clone()).await.unwrap();
         assert_eq!(b.update("doc", status).await.err(), Some(Error::NotMember));
+        a.active("doc").await.unwrap();
+        // Carol joins behind Ann; the application forces a release, then kicks Carol.
+        let (c, _cn) = hub
+            .connect(Some("carol".into()), Meta::empty())
+            .await
+            .unwrap();
+        c.join("doc", None).await.unwrap();
+        hub.release("doc").await.unwrap();
+        assert!(hub.kick(c.id()).await.unwrap());
         assert!(hub.resume(ResumeToken(7)).await.is_err());
         b.disconnect_as(Ending::Closed).await;
         hub.record_gauges().await.unwrap();
@@ -101,7 +110,8 @@ fn the_hub_counts_requests_hand_overs_resumes_and_endings() {
             .copied()
             .unwrap_or_else(|| panic!("{k} missing from {m:#?}"))
     };
-    assert_eq!(get("occupancy_requests_total{op=join,result=ok}"), 2.0);
+    assert_eq!(get("occupancy_requests_total{op=join,result=ok}"), 3.0);
+    assert_eq!(get("occupancy_requests_total{op=active,result=ok}"), 1.0);
     assert_eq!(get("occupancy_requests_total{op=takeover,result=ok}"), 1.0);
     assert_eq!(get("occupancy_requests_total{op=leave,result=ok}"), 1.0);
     assert_eq!(get("occupancy_requests_total{op=update,result=ok}"), 1.0);
@@ -111,10 +121,14 @@ fn the_hub_counts_requests_hand_overs_resumes_and_endings() {
     );
     assert_eq!(
         get("occupancy_request_duration_seconds{op=join}"),
-        2.0,
+        3.0,
         "one sample per join"
     );
-    assert_eq!(get("occupancy_released_total"), 2.0);
+    assert_eq!(
+        get("occupancy_released_total"),
+        4.0,
+        "take over, leave, release, kick"
+    );
     let handovers = samples(&snapshot, "occupancy_handover_seconds");
     assert_eq!(
         handovers.len(),
@@ -125,8 +139,11 @@ fn the_hub_counts_requests_hand_overs_resumes_and_endings() {
         handovers.iter().all(|s| (0.0..10.0).contains(s)),
         "seconds: {handovers:?}"
     );
-    assert_eq!(get("occupancy_displaced_total"), 1.0);
-    assert_eq!(get("occupancy_connects_total"), 2.0);
+    assert_eq!(get("occupancy_displaced_total{reason=takeover}"), 1.0);
+    assert_eq!(get("occupancy_displaced_total{reason=server}"), 1.0);
+    assert_eq!(get("occupancy_forced_releases_total"), 1.0);
+    assert_eq!(get("occupancy_kicks_total"), 1.0);
+    assert_eq!(get("occupancy_connects_total"), 3.0);
     assert_eq!(get("occupancy_resumes_total{result=refused}"), 1.0);
     assert_eq!(get("occupancy_disconnects_total{ending=closed}"), 1.0);
     assert_eq!(get("occupancy_rooms"), 1.0);

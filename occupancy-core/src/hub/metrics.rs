@@ -93,8 +93,8 @@ fn handover_since(at: Instant) {
     histogram!("occupancy_handover_seconds").record(at.elapsed().as_secs_f64());
 }
 
-pub(super) fn displaced() {
-    counter!("occupancy_displaced_total").increment(1);
+pub(super) fn displaced(reason: crate::notice::DisplacedReason) {
+    counter!("occupancy_displaced_total", "reason" => reason.as_str()).increment(1);
 }
 
 pub(super) fn kicked() {

@@ -200,7 +200,7 @@ impl NoticeSink for Registry {
                         debug!(session = %n.session, room = %n.room, version, "released");
                         super::metrics::released();
                     }
-                    NoticeKind::Displaced { .. } => super::metrics::displaced(),
+                    NoticeKind::Displaced { reason, .. } => super::metrics::displaced(reason),
                     _ => {}
                 }
                 let began = matches!(n.kind, NoticeKind::Released { .. })
