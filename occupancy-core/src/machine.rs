@@ -138,14 +138,6 @@ struct Room {
     watchers: Vec<SessionId>,
     /// When the current holder was granted the room (Unix ms); meaningless when empty.
     held_since: u64,
-    /// The holder's idle clock: when it was granted the room or one of its sessions last
-    /// joined, updated or said `active`, whichever is later (only kept with an idle timeout).
-    active_at: Option<Instant>,
-    /// The deadline of this room's entry in [`Machine::idle_timers`], if it has one (at most
-    /// one: a grant does not add a second, the pending one re-arms itself when it fires early).
-    idle_timer: Option<Instant>,
-    /// A forced release found the holder alone: the next to join is granted the room.
-    release_pending: bool,
 }
 
 impl Room {
@@ -156,9 +148,6 @@ impl Room {
             line: Line::default(),
             watchers: Vec::new(),
             held_since: 0,
-            active_at: None,
-            idle_timer: None,
-            release_pending: false,
         }
     }
 
@@ -222,14 +211,12 @@ pub struct Machine {
     tokens: HashMap<ResumeToken, SessionId, IdHash>,
     /// Grace deadlines, earliest first. Exact removal on resume keeps it small.
     timers: BTreeSet<(Instant, SessionId)>,
-    /// Idle deadlines of holders ([`Config::idle_timeout`]), earliest first, one per room at most.
-    idle_timers: BTreeSet<(Instant, RoomId)>,
+    /// Idle clocks, idle deadlines and pending forced releases of holds.
+    holds: Holds,
     /// The latest time a caller passed in ([`Machine::advance`]); `None` before the first.
     now: Option<Instant>,
     /// An instant and the Unix time in milliseconds it corresponds to ([`Machine::set_wall_clock`]).
     epoch: Option<(Instant, u64)>,
-    /// An idle deadline earlier than every other was set ([`Machine::take_deadline_moved`]).
-    deadline_moved: bool,
     /// Rooms changed since the last [`Machine::take_changes`], with their new versions, while
     /// [`Machine::record_changes`] is on.
     changed: Vec<(RoomId, u64)>,
@@ -261,10 +248,9 @@ impl Machine {
             rooms: HashMap::default(),
             tokens: HashMap::default(),
             timers: BTreeSet::new(),
-            idle_timers: BTreeSet::new(),
+            holds: Holds::default(),
             now: None,
             epoch: None,
-            deadline_moved: false,
             changed: Vec::new(),
             recording: false,
             clock: 0,
@@ -308,7 +294,7 @@ impl Machine {
     /// must look again. Grace deadlines are not counted (the driver starts those itself, with
     /// [`Machine::disconnect`]).
     pub fn take_deadline_moved(&mut self) -> bool {
-        std::mem::take(&mut self.deadline_moved)
+        std::mem::take(&mut self.holds.moved)
     }
 
     /// Turns the record of changed rooms on or off (off by default): while on, every change of a
@@ -329,16 +315,7 @@ impl Machine {
 
     /// The current time as Unix milliseconds (0 before any time was passed in).
     pub fn now_unix_ms(&self) -> u64 {
-        match (self.now, self.epoch) {
-            (Some(now), Some((at, ms))) => {
-                if now >= at {
-                    ms.saturating_add(now.duration_since(at).as_millis() as u64)
-                } else {
-                    ms.saturating_sub(at.duration_since(now).as_millis() as u64)
-                }
-            }
-            _ => 0,
-        }
+        unix_ms(self.now, self.epoch)
     }
 
     // ----- mutators: sessions ---------------------------------------------------------------
@@ -616,7 +593,7 @@ impl Machine {
                 if pos == 0
                     && let Some((_, now)) = idle
                 {
-                    r.active_at = Some(now);
+                    self.holds.refresh(room, now);
                 }
                 return Ok(joined(r, pos as u32));
             }
@@ -655,17 +632,6 @@ impl Machine {
             self.changed.push((r.id.clone(), r.version));
         }
         let k = self.config.presence_occupants;
-        // `since` and `held_since` in the server's Unix milliseconds (inlined `now_unix_ms`: the
-        // room is borrowed).
-        let now_ms = match (self.now, self.epoch) {
-            (Some(now), Some((at, ms))) if now >= at => {
-                ms.saturating_add(now.duration_since(at).as_millis() as u64)
-            }
-            (Some(now), Some((at, ms))) => {
-                ms.saturating_sub(at.duration_since(now).as_millis() as u64)
-            }
-            _ => 0,
-        };
         let mut behind_holder = false;
         let change = match occupant_pos {
             // Another tab of an occupant already in line: only this session is told.
@@ -676,7 +642,7 @@ impl Machine {
                 if pos == 0
                     && let Some((_, now)) = idle
                 {
-                    r.active_at = Some(now);
+                    self.holds.refresh(room, now);
                 }
                 Change {
                     version: r.version,
@@ -686,6 +652,8 @@ impl Machine {
             }
             None => {
                 let n_old = r.line.len();
+                // `since` (and `held_since`) in the server's Unix milliseconds.
+                let now_ms = unix_ms(self.now, self.epoch);
                 r.line.push_back(OccupantState {
                     key,
                     meta,
@@ -694,12 +662,8 @@ impl Machine {
                 });
                 self.occupants += 1;
                 if n_old == 0 {
-                    grant(
-                        r,
-                        now_ms,
-                        idle,
-                        &mut (&mut self.idle_timers, &mut self.deadline_moved),
-                    );
+                    r.held_since = now_ms;
+                    self.holds.grant(&r.id, idle);
                 } else {
                     behind_holder = true;
                 }
@@ -713,31 +677,16 @@ impl Machine {
                 }
             }
         };
-        let mut position = change.new_session.map_or(0, |(_, p)| p as u32);
+        let position = change.new_session.map_or(0, |(_, p)| p as u32);
+        let reply = joined(r, position);
         emit(&change, r, &self.sessions, k, &mut self.outbox);
-        let room_id = r.id.clone();
         // Someone waits now: an idle holder (or one a forced release found alone) gives way.
-        let give_way = if !behind_holder {
-            None
-        } else if r.release_pending {
-            Some(DisplacedReason::Server)
-        } else if let Some((timeout, now)) = idle {
-            let due = r.active_at.map(|t| t + timeout);
-            if due.is_some_and(|due| due <= now) {
-                Some(DisplacedReason::Idle)
-            } else {
-                if let Some(due) = due {
-                    arm(
-                        r,
-                        due,
-                        &mut (&mut self.idle_timers, &mut self.deadline_moved),
-                    );
-                }
-                None
-            }
+        let give_way = if behind_holder && !self.holds.is_empty() {
+            self.holds.give_way(&r.id, idle)
         } else {
             None
         };
+        let room_id = r.id.clone();
         let rooms = &mut self
             .sessions
             .get_mut(&session)
@@ -747,18 +696,19 @@ impl Machine {
             // Most sessions stand in one room: room for one, not four.
             rooms.reserve_exact(1);
         }
+        let Some(reason) = give_way else {
+            rooms.push(room_id);
+            return Ok(reply);
+        };
         rooms.push(room_id.clone());
-        if let Some(reason) = give_way {
-            self.displace_holder(&room_id, reason);
-            // Places 0 and 1 swapped; everyone else stays.
-            position = match position {
-                0 => 1,
-                1 => 0,
-                p => p,
-            };
-        }
-        let r = &self.rooms[&room_id];
-        Ok(joined(r, position))
+        self.displace_holder(&room_id, reason);
+        // Places 0 and 1 swapped; everyone else stays.
+        let position = match position {
+            0 => 1,
+            1 => 0,
+            p => p,
+        };
+        Ok(joined(&self.rooms[&room_id], position))
     }
 
     /// Changes the metadata `session`'s occupant shows in `room` ("viewing" → "editing")
@@ -778,13 +728,13 @@ impl Machine {
         meta.check(limits.max_meta_bytes)?;
         let (r, pos) = self.standing(session, &key, room, Error::NotMember)?;
         let unchanged = r.line.get(pos).is_some_and(|o| o.meta == meta);
-        let r = self.rooms.get_mut(room).expect("found above");
         if pos == 0
             && self.config.idle_timeout.is_some()
             && let Some(now) = self.now
         {
-            r.active_at = Some(now);
+            self.holds.refresh(room, now);
         }
+        let r = self.rooms.get_mut(room).expect("found above");
         if unchanged {
             return Ok(joined(r, pos as u32));
         }
@@ -818,15 +768,15 @@ impl Machine {
     pub fn active(&mut self, session: SessionId, room: &str) -> Result<Joined, Error> {
         RoomId::check(room, self.config.limits.max_room_id_len)?;
         let key = self.live_session(session)?.key(session);
-        let (_, pos) = self.standing(session, &key, room, Error::NotMember)?;
-        let r = self.rooms.get_mut(room).expect("found above");
+        let (r, pos) = self.standing(session, &key, room, Error::NotMember)?;
+        let reply = joined(r, pos as u32);
         if pos == 0
             && self.config.idle_timeout.is_some()
             && let Some(now) = self.now
         {
-            r.active_at = Some(now);
+            self.holds.refresh(room, now);
         }
-        Ok(joined(r, pos as u32))
+        Ok(reply)
     }
 
     /// Forces a release of `room` (an administrator unlocking a document): the holder is
@@ -841,7 +791,8 @@ impl Machine {
         match r.line.len() {
             0 => Ok(ForcedRelease::Vacant),
             1 => {
-                r.release_pending = true;
+                let id = r.id.clone();
+                self.holds.set_pending(&id);
                 Ok(ForcedRelease::Pending)
             }
             _ => {
@@ -871,12 +822,8 @@ impl Machine {
         if self.recording {
             self.changed.push((r.id.clone(), version));
         }
-        grant(
-            r,
-            now_ms,
-            idle,
-            &mut (&mut self.idle_timers, &mut self.deadline_moved),
-        );
+        r.held_since = now_ms;
+        self.holds.grant(&r.id, idle);
         let change = Change {
             version,
             holder_changed: true,
@@ -958,12 +905,8 @@ impl Machine {
         if self.recording {
             self.changed.push((r.id.clone(), version));
         }
-        grant(
-            r,
-            now_ms,
-            idle,
-            &mut (&mut self.idle_timers, &mut self.deadline_moved),
-        );
+        r.held_since = now_ms;
+        self.holds.grant(&r.id, idle);
         let change = Change {
             version,
             holder_changed: true,
@@ -1040,7 +983,7 @@ impl Machine {
     /// ([`Config::idle_timeout`]) coming due.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let grace = self.timers.first().map(|&(t, _)| t);
-        let idle = self.idle_timers.first().map(|(t, _)| *t);
+        let idle = self.holds.timers.first().map(|(t, _)| *t);
         match (grace, idle) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -1066,25 +1009,13 @@ impl Machine {
         let Some(timeout) = self.config.idle_timeout else {
             return;
         };
-        while let Some((deadline, _)) = self.idle_timers.first()
-            && *deadline <= now
-        {
-            let (_, room_id) = self.idle_timers.pop_first().expect("just looked");
-            let Some(r) = self.rooms.get_mut(&room_id) else {
-                debug_assert!(false, "an idle timer of a forgotten room");
-                continue;
-            };
-            r.idle_timer = None;
-            let Some(due) = r.active_at.map(|t| t + timeout) else {
+        while let Some(room_id) = self.holds.pop_due(now) {
+            let Some(due) = self.holds.active_at(&room_id).map(|t| t + timeout) else {
                 continue;
             };
             if due > now {
-                arm(
-                    r,
-                    due,
-                    &mut (&mut self.idle_timers, &mut self.deadline_moved),
-                );
-            } else if r.line.len() >= 2 {
+                self.holds.arm(&room_id, due);
+            } else if self.rooms.get(&room_id).is_some_and(|r| r.line.len() >= 2) {
                 self.displace_holder(&room_id, DisplacedReason::Idle);
             }
         }
@@ -1381,24 +1312,24 @@ impl Machine {
             return Err("timer or token index has leftovers".into());
         }
         let mut armed = 0;
-        for (id, room) in &self.rooms {
-            if let Some(deadline) = room.idle_timer {
+        for (id, hold) in &self.holds.of {
+            if self.rooms.get(id).is_none_or(|r| r.line.is_empty()) {
+                return Err(format!("room {id:?}: nobody holds but a hold is kept"));
+            }
+            if let Some(deadline) = hold.timer {
                 armed += 1;
-                if !self.idle_timers.contains(&(deadline, id.clone())) {
+                if !self.holds.timers.contains(&(deadline, id.clone())) {
                     return Err(format!("room {id:?}: idle deadline without a timer"));
                 }
             } else if self.config.idle_timeout.is_some()
-                && room.active_at.is_some()
-                && room.line.len() >= 2
+                && hold.active_at.is_some()
+                && self.rooms[id].line.len() >= 2
             {
                 // (A hold granted before any time was passed in has no idle clock.)
                 return Err(format!("room {id:?}: people wait but no idle deadline"));
             }
-            if room.line.is_empty() && (room.active_at.is_some() || room.release_pending) {
-                return Err(format!("room {id:?}: nobody holds but a hold is kept"));
-            }
         }
-        if armed != self.idle_timers.len() {
+        if armed != self.holds.timers.len() {
             return Err("idle timers have leftovers".into());
         }
         Ok(())
@@ -1444,7 +1375,6 @@ impl Machine {
     fn remove_members(&mut self, room_id: &RoomId, removals: &[(OccupantKey, SessionId)]) {
         let k = self.config.presence_occupants;
         let version = self.tick();
-        let now_ms = self.now_unix_ms();
         let idle = self.config.idle_timeout.zip(self.now);
         let Some(r) = self.rooms.get_mut(room_id) else {
             debug_assert!(false, "reverse index points at a missing room");
@@ -1519,21 +1449,13 @@ impl Machine {
             self.changed.push((r.id.clone(), version));
         }
         if change.holder_changed && !r.line.is_empty() {
-            grant(
-                r,
-                now_ms,
-                idle,
-                &mut (&mut self.idle_timers, &mut self.deadline_moved),
-            );
+            r.held_since = unix_ms(self.now, self.epoch);
+            self.holds.grant(&r.id, idle);
         }
         emit(&change, r, &self.sessions, k, &mut self.outbox);
         if r.line.is_empty() {
             // Nobody holds: no idle clock, no pending forced release.
-            if let Some(deadline) = r.idle_timer.take() {
-                self.idle_timers.remove(&(deadline, r.id.clone()));
-            }
-            r.active_at = None;
-            r.release_pending = false;
+            self.holds.forget(&r.id);
         }
         if r.is_empty() {
             // HashMap::remove: O(1), not a shift of every other room.
@@ -1565,31 +1487,141 @@ impl Machine {
     }
 }
 
-/// A new holder was just put at the front of `r`: stamps `held_since`, starts its idle clock and
-/// makes sure the room has an idle deadline (`idle`: the timeout and the current time, when the
-/// idle timeout is on and time was passed in). A pending deadline is kept: it is no later than
-/// the new one, and re-arms itself when it fires.
-fn grant(r: &mut Room, now_ms: u64, idle: Option<(Duration, Instant)>, timers: &mut IdleTimers) {
-    r.held_since = now_ms;
-    r.release_pending = false;
-    if let Some((timeout, now)) = idle {
-        r.active_at = Some(now);
-        arm(r, now + timeout, timers);
+/// `now` as Unix milliseconds by the wall clock anchor `epoch` (0 without both).
+fn unix_ms(now: Option<Instant>, epoch: Option<(Instant, u64)>) -> u64 {
+    match (now, epoch) {
+        (Some(now), Some((at, ms))) if now >= at => {
+            ms.saturating_add(now.duration_since(at).as_millis() as u64)
+        }
+        (Some(now), Some((at, ms))) => ms.saturating_sub(at.duration_since(now).as_millis() as u64),
+        _ => 0,
     }
 }
 
-/// The idle deadlines and whether one earlier than all others was set
-/// ([`Machine::take_deadline_moved`]), borrowed together.
-type IdleTimers<'a> = (&'a mut BTreeSet<(Instant, RoomId)>, &'a mut bool);
+/// The holds' idle clocks, idle deadlines and pending forced releases, kept beside the rooms:
+/// most rooms never need them (idle expiry is off by default, a forced release is rare), and a
+/// room's size is what a machine with many rooms pays in cache misses on every call. Empty
+/// unless idle expiry is on or a release is pending, so the hot paths test `is_empty` only.
+#[derive(Debug, Default)]
+struct Holds {
+    of: HashMap<RoomId, Hold, foldhash::fast::RandomState>,
+    /// Idle deadlines, earliest first, one per room at most (a grant keeps a pending one: it is
+    /// no later than the new one, and re-arms itself at the right time when it fires).
+    timers: BTreeSet<(Instant, RoomId)>,
+    /// A deadline earlier than every other was set ([`Machine::take_deadline_moved`]).
+    moved: bool,
+}
 
-/// Gives `r` an idle deadline at `due` unless it has one.
-fn arm(r: &mut Room, due: Instant, (timers, moved): &mut IdleTimers) {
-    if r.idle_timer.is_none() {
-        if timers.first().is_none_or(|(first, _)| due < *first) {
-            **moved = true;
+#[derive(Debug, Default)]
+struct Hold {
+    /// The holder's idle clock: when it was granted the room or one of its sessions last joined,
+    /// updated or said `active`, whichever is later.
+    active_at: Option<Instant>,
+    /// This room's entry in [`Holds::timers`].
+    timer: Option<Instant>,
+    /// A forced release found the holder alone: the next join that makes someone wait displaces
+    /// it.
+    release_pending: bool,
+}
+
+impl Holds {
+    fn is_empty(&self) -> bool {
+        self.of.is_empty()
+    }
+
+    /// A new holder was granted `room`: a pending release is spent, and with `idle` (the timeout
+    /// and the current time) its idle clock starts and the room has a deadline.
+    fn grant(&mut self, room: &RoomId, idle: Option<(Duration, Instant)>) {
+        match idle {
+            Some((timeout, now)) => {
+                let h = self.of.entry(room.clone()).or_default();
+                h.active_at = Some(now);
+                h.release_pending = false;
+                self.arm(room, now + timeout);
+            }
+            None if self.of.is_empty() => {}
+            None => {
+                if self
+                    .of
+                    .get_mut(room)
+                    .is_some_and(|h| std::mem::take(&mut h.release_pending) && h.timer.is_none())
+                {
+                    self.of.remove(room);
+                }
+            }
         }
-        r.idle_timer = Some(due);
-        timers.insert((due, r.id.clone()));
+    }
+
+    /// Gives `room` an idle deadline at `due` unless it has one.
+    fn arm(&mut self, room: &RoomId, due: Instant) {
+        let h = self.of.entry(room.clone()).or_default();
+        if h.timer.is_none() {
+            if self.timers.first().is_none_or(|(first, _)| due < *first) {
+                self.moved = true;
+            }
+            h.timer = Some(due);
+            self.timers.insert((due, room.clone()));
+        }
+    }
+
+    /// The holder of `room` was active now.
+    fn refresh(&mut self, room: &str, now: Instant) {
+        if let Some(h) = self.of.get_mut(room) {
+            h.active_at = Some(now);
+        }
+    }
+
+    fn active_at(&self, room: &RoomId) -> Option<Instant> {
+        self.of.get(room).and_then(|h| h.active_at)
+    }
+
+    fn set_pending(&mut self, room: &RoomId) {
+        self.of.entry(room.clone()).or_default().release_pending = true;
+    }
+
+    /// Someone now waits in `room`: the reason its holder gives way at once (a pending forced
+    /// release, an idle clock past the timeout), or `None` (and the room has a deadline).
+    fn give_way(
+        &mut self,
+        room: &RoomId,
+        idle: Option<(Duration, Instant)>,
+    ) -> Option<DisplacedReason> {
+        let h = self.of.get(room)?;
+        if h.release_pending {
+            return Some(DisplacedReason::Server);
+        }
+        let (timeout, now) = idle?;
+        let due = h.active_at? + timeout;
+        if due <= now {
+            return Some(DisplacedReason::Idle);
+        }
+        self.arm(room, due);
+        None
+    }
+
+    /// The room with the earliest deadline at or before `now`, its deadline taken.
+    fn pop_due(&mut self, now: Instant) -> Option<RoomId> {
+        let (deadline, _) = self.timers.first()?;
+        if *deadline > now {
+            return None;
+        }
+        let (_, room) = self.timers.pop_first().expect("just looked");
+        if let Some(h) = self.of.get_mut(&room) {
+            h.timer = None;
+        }
+        Some(room)
+    }
+
+    /// Nobody holds `room` any more.
+    fn forget(&mut self, room: &RoomId) {
+        if self.of.is_empty() {
+            return;
+        }
+        if let Some(h) = self.of.remove(room)
+            && let Some(deadline) = h.timer
+        {
+            self.timers.remove(&(deadline, room.clone()));
+        }
     }
 }
 
