@@ -215,8 +215,8 @@ impl Model {
     /// After a change: a new holder is granted its room now; newcomers to a line entered it now;
     /// an empty room keeps nothing.
     fn settle(&mut self, before: &[Line]) {
-        for r in 0..self.p.rooms {
-            let (old, new) = (&before[r], &self.rooms[r]);
+        for (r, old) in before.iter().enumerate() {
+            let new = &self.rooms[r];
             match (old.first(), new.first()) {
                 (_, None) => self.holds[r] = Hold::default(),
                 (Some(o), Some(n)) if o.0 == n.0 => {}
@@ -755,11 +755,11 @@ impl Harness {
             return Err(TestCaseError::fail(format!("invariant after {op:?}: {e}")));
         }
         // since and held_since (Unix ms from time 0 of the run).
-        for r in 0..self.p.rooms {
+        for (r, line) in after.iter().enumerate() {
             let Some(state) = self.m.room(&room_name(r)) else {
                 continue;
             };
-            let want_held = (!after[r].is_empty()).then(|| self.model.holds[r].granted * 1000);
+            let want_held = (!line.is_empty()).then(|| self.model.holds[r].granted * 1000);
             prop_assert_eq!(
                 state.held_since,
                 want_held,
