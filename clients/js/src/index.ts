@@ -19,6 +19,8 @@ export interface WebSocketLike {
   onmessage: ((event: any) => void) | null;
   onclose: ((event: any) => void) | null;
   onerror: ((event: any) => void) | null;
+  /** `ws` only: drop the connection at once, without a closing handshake. */
+  terminate?(): void;
 }
 
 /** A WebSocket constructor (`WebSocket` in browsers; `import WebSocket from 'ws'` in Node). */
@@ -31,10 +33,12 @@ export interface Options extends BaseOptions {
   /** The WebSocket implementation (default: the global `WebSocket`). */
   WebSocket?: WebSocketConstructor;
   /**
-   * Send `ping` every `heartbeat_ms` of `hello` and reconnect when a pong does not come back
-   * within twice that (at least 2 s), so a dead server or network is noticed (default true).
+   * Send `ping` every `heartbeat_ms` of `hello` (or every `heartbeat` ms when a number) and
+   * reconnect when a pong does not come back within twice that (at least 1 s), so a dead
+   * server or network is noticed (default true). The same `requestTimeoutMs` bounds the wait
+   * for `hello` on a new connection.
    */
-  heartbeat?: boolean;
+  heartbeat?: boolean | number;
 }
 
 /**
@@ -46,11 +50,12 @@ export class Occupancy extends Client {
   readonly url: string;
   private readonly params: Options['params'];
   private readonly Impl: WebSocketConstructor | undefined;
-  private readonly beat: boolean;
+  private readonly beat: boolean | number;
   private ws: WebSocketLike | null = null;
   private attempt = 0;
   private retryTimer: ReturnType<typeof setTimeout> | undefined;
   private beatTimer: ReturnType<typeof setInterval> | undefined;
+  private helloTimer: ReturnType<typeof setTimeout> | undefined;
 
   /**
    * @param url `ws://` or `wss://` URL, an `http(s)://` one, or a path like `/occupancy`
@@ -83,19 +88,20 @@ export class Occupancy extends Client {
 
   protected override opened(hello: HelloEvent): void {
     this.attempt = 0;
-    const ms = hello.heartbeat_ms;
+    const ms = typeof this.beat == 'number' ? this.beat : this.beat ? hello.heartbeat_ms : 0;
     const ws = this.ws;
-    if (!this.beat || !(ms > 0)) return;
-    let out = 0;
+    if (!(ms > 0)) return;
+    let out = false;
     this.beatTimer = setInterval(() => {
-      // The previous ping is still out after twice the interval: the server or network is gone.
-      if (out && Date.now() - out > Math.max(2 * ms, 2000)) return this.lost(ws, 4002);
       if (out) return;
-      out = Date.now();
-      this.ping().then(
-        () => (out = 0),
-        () => (out = 0),
-      );
+      out = true;
+      // No pong in time: the server or the network is gone, whatever TCP says.
+      const timer = setTimeout(() => this.lost(ws, 4002), Math.max(2 * ms, 1000));
+      const done = () => {
+        out = false;
+        clearTimeout(timer);
+      };
+      this.ping().then(done, done);
     }, ms);
   }
 
@@ -118,8 +124,11 @@ export class Occupancy extends Client {
       return this.retry();
     }
     this.ws = ws;
+    // A connection that does not say hello in time (a server that accepts and hangs) is retried.
+    this.helloTimer = setTimeout(() => this.lost(ws, 4002), this.opts.requestTimeoutMs);
     ws.onmessage = (e) => {
       if (this.ws != ws) return;
+      clearTimeout(this.helloTimer);
       let ev;
       try {
         ev = JSON.parse(e.data);
@@ -145,12 +154,13 @@ export class Occupancy extends Client {
     if (!ws || this.ws != ws) return;
     this.ws = null;
     clearInterval(this.beatTimer);
-    if (code) {
-      try {
-        ws.close(code);
-      } catch {
-        // already closing
-      }
+    clearTimeout(this.helloTimer);
+    try {
+      // A dead peer would never answer a closing handshake: `ws` drops it at once.
+      if (code == 4002 && ws.terminate) ws.terminate();
+      else if (code) ws.close(code);
+    } catch {
+      // already closing
     }
     if (this.closed) return;
     this.dropped();

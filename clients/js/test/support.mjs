@@ -84,6 +84,16 @@ export class Server {
     return this;
   }
 
+  /** Freezes the process (SIGSTOP): its connections stay up and say nothing, like a dead network. */
+  freeze() {
+    this.proc.kill('SIGSTOP');
+  }
+
+  /** Lets a frozen process run again (SIGCONT). */
+  thaw() {
+    this.proc.kill('SIGCONT');
+  }
+
   /** Ends the process at once and waits until it is gone. */
   async kill() {
     const proc = this.proc;

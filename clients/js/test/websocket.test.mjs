@@ -343,6 +343,38 @@ describe('WebSocket client across a server restart', () => {
   });
 });
 
+describe('WebSocket client and a silent server', () => {
+  const server = new Server('documents', { GRACE_MS: '10000', CLOSE_GRACE_MS: '300' });
+  before(() => server.start());
+  after(async () => {
+    closeAll();
+    await server.kill();
+  });
+
+  test('the heartbeat notices a server that stopped answering: stale, then fresh when it is back', async () => {
+    const room = roomId();
+    // A quick heartbeat and hello timeout, so the test does not wait for the server's 4 s.
+    const ann = connect(server, 'ann', { heartbeat: 200, requestTimeoutMs: 1000 });
+    const bob = connect(server, 'bob');
+    await ann.join(room);
+    await bob.join(room);
+    await view(ann, room, (v) => v.waiting === 1, 'ann sees bob');
+    server.freeze();
+    try {
+      // TCP stays up; only the missing pongs tell.
+      const sv = await view(ann, room, (v) => v.stale, 'ann stale while the server is silent', 10000);
+      assert.equal(sv.holding, false);
+      assert.notEqual(ann.status, 'open');
+    } finally {
+      server.thaw();
+    }
+    const v = await view(ann, room, (v) => !v.stale, 'ann fresh once the server answers', 20000);
+    assert.equal(v.holding, true, 'ann (the same user) still holds');
+    const bv = await view(bob, room, (v) => !v.stale && v.holder?.id === 'ann', 'bob still waits', 20000);
+    assert.equal(bv.position, 1);
+  });
+});
+
 describe('WebSocket client with idle expiry', () => {
   const server = new Server('documents', { IDLE_MS: '300' });
   before(() => server.start());
