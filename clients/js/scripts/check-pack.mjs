@@ -6,7 +6,7 @@ const [pack] = JSON.parse(execFileSync('npm', ['pack', '--dry-run', '--json', '-
 const files = pack.files.map((f) => f.path).sort();
 const allowed = /^(dist\/[\w.-]+\.(js|d\.ts)|README\.md|LICENSE-MIT|LICENSE-APACHE|package\.json)$/;
 const extra = files.filter((f) => !allowed.test(f));
-const needed = ['README.md', 'LICENSE-MIT', 'LICENSE-APACHE', 'dist/index.js', 'dist/index.d.ts', 'dist/socketio.js', 'dist/socketio.d.ts'];
+const needed = ['README.md', 'LICENSE-MIT', 'LICENSE-APACHE', 'dist/index.js', 'dist/index.d.ts', 'dist/socketio.js', 'dist/socketio.d.ts', 'dist/react.js', 'dist/react.d.ts'];
 const missing = needed.filter((f) => !files.includes(f));
 console.log(`${pack.filename}: ${files.length} files, ${pack.size} bytes packed\n  ${files.join('\n  ')}`);
 if (extra.length || missing.length) {

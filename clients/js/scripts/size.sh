@@ -18,6 +18,10 @@ size() { # label, then esbuild arguments
 phoenix=$(node -p "require('./node_modules/phoenix/package.json').version")
 sio=$(node -p "require('./node_modules/socket.io-client/package.json').version")
 size "occupancy-client (.)" dist/index.js
+printf "import { Occupancy } from './dist/index.js';\nimport { OccupancyProvider, useRoom, useWatch } from './dist/react.js';\nexport { Occupancy, OccupancyProvider, useRoom, useWatch };\n" > .size-react.mjs
+trap 'rm -f .size-react.mjs' EXIT
+size "occupancy-client/react alone (react external)" dist/react.js --external:react
+size "occupancy-client + /react (react external)" .size-react.mjs --external:react
 size "occupancy-client/socketio (peer dep external)" dist/socketio.js --external:socket.io-client
 size "occupancy-client/socketio + socket.io-client $sio" dist/socketio.js
 size "socket.io-client $sio alone" node_modules/socket.io-client/build/esm/index.js

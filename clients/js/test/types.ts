@@ -16,6 +16,7 @@ import {
   type View,
 } from 'occupancy-client';
 import { Occupancy as SocketIoOccupancy } from 'occupancy-client/socketio';
+import { OccupancyProvider, useRoom, useStatus, useWatch, type RoomState } from 'occupancy-client/react';
 
 // The `ws` package's WebSocket (and the browser's) are accepted implementations.
 const occ = new Occupancy('ws://127.0.0.1:3000/occupancy', {
@@ -98,3 +99,17 @@ const sio = new SocketIoOccupancy('http://127.0.0.1:9000', {
 });
 sio.on('room', (_room, view) => void view.stale);
 void sio.join('document-1').then((j) => j.holding);
+
+// The hooks work with either client.
+void OccupancyProvider({ client: occ, leaveDelayMs: 100 });
+void OccupancyProvider({ client: sio });
+function useDoc(id: string): string {
+  const r: RoomState = useRoom(`document-${id}`, { meta: { name: 'Ann' }, active: 2000 });
+  const watched = useWatch(['a', 'b']);
+  const status: 'connecting' | 'open' | 'reconnecting' | 'closed' = useStatus();
+  void useRoom(null);
+  void useRoom('document-2', { watch: true });
+  if (r.stale) return `stale (${status})`;
+  return r.holding ? 'holding' : `${r.view?.position} ${watched['a']?.holder?.id}`;
+}
+void useDoc;
