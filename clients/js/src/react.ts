@@ -19,8 +19,8 @@ import {
   useSyncExternalStore,
   type ReactNode,
 } from 'react';
-import type { Client, Status, View } from './core.js';
-import type { OccupancyError } from './core.js';
+import type { Client, Status, View } from './index.js';
+import type { OccupancyError } from './index.js';
 import type { JoinedEvent, Meta } from './protocol.js';
 
 interface Context {

@@ -12,11 +12,11 @@
 // `occupancy:error`. socket.io-client reconnects by itself; the resume token rides in `auth`.
 
 import { io, type ManagerOptions, type Socket, type SocketOptions } from 'socket.io-client';
-import { Client, type BaseOptions, type Sent } from './core.js';
+import { Client, type BaseOptions, type Sent } from './index.js';
 import type { ServerEvent } from './protocol.js';
 
-export { OccupancyError } from './core.js';
-export type { BaseOptions, Client, ClientEvents, Status, StorageLike, UnansweredError, View } from './core.js';
+export { OccupancyError } from './index.js';
+export type { BaseOptions, Client, ClientEvents, Status, StorageLike, UnansweredError, View } from './index.js';
 export type * from './protocol.js';
 
 /** Options of the Socket.IO client. */
