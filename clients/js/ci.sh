@@ -44,6 +44,12 @@ npm run typecheck
 step "build (tsc → dist/)"
 npm run build
 
+step "examples/static/occupancy.js is the build of src/index.ts"
+if ! cmp -s dist/index.js ../../examples/static/occupancy.js; then
+    echo "examples/static/occupancy.js is not dist/index.js: run npm run build:example in clients/js and commit it" >&2
+    exit 1
+fi
+
 step "test (the published types, then node:test against documents and socketio_documents)"
 npm test
 

@@ -1,7 +1,9 @@
 // occupancy-client: the client of occupancy protocol v1 over a WebSocket (the axum adapter), and
 // the transport-independent core the Socket.IO client (occupancy-client/socketio) shares.
-// Source of the package occupancy-client (clients/js in the occupancy repository). This module's
-// build (dist/index.js) is self-contained: the documents example serves it as /occupancy.js.
+// Source of the npm package occupancy-client (clients/js/src/index.ts in the occupancy
+// repository). Its build, dist/index.js, is self-contained: examples/static/occupancy.js is a copy
+// of it (`npm run build:example` in clients/js; CI checks that it is up to date), which the
+// documents example serves as /occupancy.js. Edit the source, not the copy.
 //
 //   import { Occupancy } from 'occupancy-client';        // or '/occupancy.js' in the example
 //   const occ = new Occupancy('/occupancy', { params: { name: 'Ann' } });
