@@ -19,10 +19,18 @@ export function examplesDir() {
   return join(isAbsolute(target) ? target : join(repo, target), 'debug', 'examples');
 }
 
+// The servers die with the tests, also when the tests are interrupted (a timeout's SIGTERM).
 const live = new Set();
-process.on('exit', () => {
+const killAll = () => {
   for (const p of live) p.kill('SIGKILL');
-});
+};
+process.on('exit', killAll);
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.once(signal, () => {
+    killAll();
+    process.exit(1);
+  });
+}
 
 /**
  * A running example server. `start()` launches it (on `port`, or a free one the first time:
