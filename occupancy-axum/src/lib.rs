@@ -226,11 +226,13 @@
 //!
 //! ## A browser client
 //!
-//! The `documents` example serves `occupancy.js`, a small dependency-free ES module (in the
-//! repository's `examples/static/`): requests return Promises matched by `ref`, it reconnects
-//! with backoff and resumes with the token kept in sessionStorage (a reload keeps your place),
-//! rejoins your rooms when the session could not be resumed, keeps a per-room view and emits
-//! `room` events.
+//! The npm package `occupancy-client` (the repository's `clients/js/`, TypeScript) is the client:
+//! requests return Promises matched by `ref`, it reconnects with backoff and resumes with the
+//! token kept in sessionStorage (a reload keeps your place), rejoins your rooms when the session
+//! could not be resumed, keeps a per-room view (stale while the connection is down: it never
+//! shows a hold it cannot vouch for) and emits `room` events; it has a Socket.IO variant and
+//! React hooks. The `documents` example serves its build as `occupancy.js`, a small
+//! dependency-free ES module (`examples/static/`).
 #![warn(missing_docs)]
 // On docs.rs (nightly, `--cfg docsrs`): badges saying which feature an item needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]

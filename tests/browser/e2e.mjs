@@ -116,14 +116,14 @@ try {
 
   // `update`: Ann's page changes her metadata in place; Bob's page shows the new name at once.
   const updated = await ann.page.evaluate(async () => {
-    const [room] = [...window.occupancy._joined.keys()];
+    const room = 'document-' + location.pathname.split('/').pop();
     const r = await window.occupancy.update(room, { name: 'Ann (editing)' });
     return [r.ev, r.position];
   });
   if (updated[0] !== 'joined' || updated[1] !== 0) throw new Error(`update answered ${updated}`);
   await expectText(bob.page, 'holder', /Held by Ann \(editing\)/, 'the other page sees the update');
   await ann.page.evaluate(async () => {
-    const [room] = [...window.occupancy._joined.keys()];
+    const room = 'document-' + location.pathname.split('/').pop();
     await window.occupancy.update(room, { name: 'Ann' });
   });
   await expectText(bob.page, 'holder', /Held by Ann since [^.]*\.$/, 'and the update back');
@@ -137,8 +137,13 @@ try {
 
   // The connection drops under a live page (network change): the client reconnects with backoff
   // and resumes its session, keeping its place without a reload.
-  const before = await bob.page.evaluate(() => window.occupancy.session);
-  await bob.page.evaluate(() => window.occupancy._ws.close());
+  const before = await bob.page.evaluate(() => {
+    // Every view the page is shown while the connection is down is stale and claims no hold.
+    window.staleViews = [];
+    window.occupancy.on('room', (_, v) => v.stale && window.staleViews.push(v));
+    return window.occupancy.session;
+  });
+  await bob.page.evaluate(() => window.occupancy.ws.close());
   await expectText(bob.page, 'status', /reconnecting|live/, 'the client notices the drop');
   await bob.page.waitForFunction(
     (s) => window.occupancy.status === 'open' && window.occupancy.session === s,
@@ -146,6 +151,10 @@ try {
     { timeout: WAIT },
   );
   await expectText(bob.page, 'position', /You are #1 in line/, 'the resumed page keeps its place');
+  const stale = await bob.page.evaluate(() => window.staleViews.map((v) => [v.holding, v.position]));
+  if (stale.length !== 1 || stale[0][0] !== false || stale[0][1] !== 1) {
+    throw new Error(`the drop should show one stale view (not holding, last place 1): ${JSON.stringify(stale)}`);
+  }
   step('Bob\'s connection dropped; the client reconnected and resumed the same session');
 
   await ann.page.screenshot({ path: join(shots, 'holder.png') });
