@@ -384,7 +384,10 @@ impl Shared {
             Ok(req) => req,
             Err(e) => return Body::Refused(Box::new(e.to_event())),
         };
-        if let Err(e) = RoomId::check(&req.room, limits.max_room_id_len) {
+        // A ping names no room.
+        if req.op != OpKind::Ping
+            && let Err(e) = RoomId::check(&req.room, limits.max_room_id_len)
+        {
             return Body::Refused(Box::new(Event::error(req.r#ref, &e)));
         }
         if let Some(Err(e)) = req.meta.as_ref().map(|m| m.check(limits.max_meta_bytes)) {

@@ -40,6 +40,7 @@
 //! | `occupancy:unwatch` | `{"room": R}` or `R` | `left` |
 //! | `occupancy:update` | `{"room": R, "meta": {...}}` | `joined` (your unchanged place); `not_member` unless you stand in the room |
 //! | `occupancy:active` | `{"room": R}` or `R` | `joined` (your place; refreshes the holder's idle clock); `not_member` unless you stand in the room |
+//! | `occupancy:ping` | `{"ref": X}` or nothing | `pong` (a round trip through the socket's request queue) |
 //!
 //! Every ack is the protocol v1 object ([`occupancy_core::protocol::Event`]), with `"ev"`; a
 //! failure is `{"ev": "error", "code": ..., "message": ...}` with a code from

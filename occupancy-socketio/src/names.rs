@@ -28,6 +28,9 @@ pub struct EventNames {
     /// Acked: "still working here", refreshes the holder's idle clock (default
     /// `occupancy:active`).
     pub active: Cow<'static, str>,
+    /// Acked: a round trip through the socket's request queue, answered `pong` (default
+    /// `occupancy:ping`; liveness itself is the engine's pings).
+    pub ping: Cow<'static, str>,
     /// Push: the first event on every socket, with its session id and resume token (default
     /// `occupancy:hello`).
     pub hello: Cow<'static, str>,
@@ -69,6 +72,7 @@ impl Default for EventNames {
             unwatch: Cow::Borrowed("occupancy:unwatch"),
             update: Cow::Borrowed("occupancy:update"),
             active: Cow::Borrowed("occupancy:active"),
+            ping: Cow::Borrowed("occupancy:ping"),
             hello: Cow::Borrowed("occupancy:hello"),
             occupied: Cow::Borrowed("occupancy:occupied"),
             released: Cow::Borrowed("occupancy:released"),
@@ -93,6 +97,7 @@ impl EventNames {
             unwatch: p("unwatch"),
             update: p("update"),
             active: p("active"),
+            ping: p("ping"),
             hello: p("hello"),
             occupied: p("occupied"),
             released: p("released"),
@@ -119,6 +124,7 @@ impl EventNames {
             (&self.unwatch, OpKind::Unwatch, false),
             (&self.update, OpKind::Update, false),
             (&self.active, OpKind::Active, false),
+            (&self.ping, OpKind::Ping, false),
         ];
         if article {
             ops.push((&self.article_join, OpKind::Join, true));
@@ -140,6 +146,7 @@ mod tests {
         assert_eq!(n.presence, "occupancy:presence");
         assert_eq!(n.error, "occupancy:error");
         assert_eq!(n.active, "occupancy:active");
+        assert_eq!(n.ping, "occupancy:ping");
         assert_eq!(n.article_join, "join_document_room");
         assert_eq!(n.article_occupied, "is_occupied");
         assert_eq!(n.article_occupied_message, "Its occupied");
@@ -155,7 +162,7 @@ mod tests {
             .collect();
         incoming.sort();
         incoming.dedup();
-        assert_eq!(incoming.len(), 9);
-        assert_eq!(n.incoming(false).len(), 7);
+        assert_eq!(incoming.len(), 10);
+        assert_eq!(n.incoming(false).len(), 8);
     }
 }

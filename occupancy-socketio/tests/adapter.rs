@@ -164,6 +164,12 @@ async fn rich_events_are_acked_with_protocol_v1_objects_and_pushed() {
     );
     let r = w.call("occupancy:active", json!({"room": "doc"})).await;
     assert_eq!(r["code"], "not_member");
+    // ping: a pong with the ref, nothing else changes.
+    let r = w.call("occupancy:ping", json!({"ref": 77})).await;
+    assert_eq!(
+        (r["ev"].clone(), r["ref"].clone()),
+        (json!("pong"), json!(77))
+    );
 
     let r = b.call("occupancy:takeover", json!({"room": "doc"})).await;
     assert_eq!(

@@ -36,9 +36,8 @@ const PUSHES = ['hello', 'occupied', 'released', 'presence', 'displaced', 'error
 
 /**
  * The occupancy client over Socket.IO: the same API and views as the WebSocket client.
- * `ping()` is a round trip through the socket's request queue on the server (the adapter has no
- * ping event: it sends an `occupancy:active` without a room, which the server answers with an
- * error and otherwise ignores); liveness is Socket.IO's own.
+ * `ping()` is a round trip through the socket's request queue on the server (`occupancy:ping`);
+ * liveness is Socket.IO's own.
  */
 export class Occupancy extends Client {
   /** The underlying socket.io-client socket. */
@@ -68,15 +67,10 @@ export class Occupancy extends Client {
   }
 
   protected send(msg: Sent): void {
-    const { op, ref } = msg;
-    if (op == 'ping') {
-      this.socket.emit(this.prefix + 'active', { ref }, () => this.reply({ ev: 'pong', ref }));
-    } else {
-      const { op: _, ...payload } = msg;
-      this.socket.emit(this.prefix + op, payload, (ack: ServerEvent) =>
-        this.reply({ ...ack, ref } as ServerEvent & { ref: number }),
-      );
-    }
+    const { op: name, ref, ...payload } = msg;
+    this.socket.emit(this.prefix + name, { ...payload, ref }, (ack: ServerEvent) =>
+      this.reply({ ...ack, ref } as ServerEvent & { ref: number }),
+    );
   }
 
   protected shut(): void {
