@@ -53,6 +53,11 @@ fi
 step "test (the published types, then node:test against documents and socketio_documents)"
 npm test
 
+step "the hook tests again on React 18 (test/react18: its own lockfile; React 19 above)"
+npm ci --prefix test/react18 --no-audit --no-fund
+EXPECT_REACT=18 node --import ./test/react18.mjs --test --test-concurrency=1 --test-reporter=spec \
+    test/react.test.mjs
+
 step "pack --dry-run: only dist/, README, licences"
 node scripts/check-pack.mjs
 

@@ -14,6 +14,10 @@ for (const key of ['window', 'document', 'HTMLElement', 'Element', 'Node', 'Text
 Object.defineProperty(globalThis, 'navigator', { value: dom.window.navigator, configurable: true });
 
 const React = await import('react');
+// ci.sh runs these tests twice: on the package's React 19, and with test/react18.mjs on 18.
+if (process.env.EXPECT_REACT) {
+  assert.ok(React.version.startsWith(`${process.env.EXPECT_REACT}.`), `React ${React.version}`);
+}
 const { render, screen, waitFor, fireEvent, cleanup, act } = await import('@testing-library/react');
 // The views change when the server speaks, not inside act(): Testing Library's act() and
 // waitFor() switch React's act environment on and off themselves.
