@@ -23,13 +23,18 @@
 //!   errors exactly; the shared conformance suite and a differential property test (same random
 //!   operations through the memory backend and this one) check it.
 //! - **Full states, not deltas.** Every script that changes a room publishes the room's whole
-//!   new state on one channel (`{prefix}:ch`). Each node keeps the last state it saw of every
-//!   room it has local sessions or watchers in, drops states whose version is not newer, and
-//!   hands (last seen, new) to [`NoticeSink::room_changed`](occupancy_core::NoticeSink), i.e. to
-//!   the core's pure [`room_notices`](occupancy_core::room_notices). A node's own calls take the
-//!   same path with the state the script returns, so a local call and a remote change produce the
-//!   same notices, and a lost message is healed by the next state (and by a re-read of every
-//!   followed room after the subscription reconnects).
+//!   new state on one channel (`{prefix}:ch`), its version ahead of it in the message. Each
+//!   node keeps the last state it saw of every room it *follows* (has local sessions or
+//!   watchers in, or a call in flight on) and decodes a published state only for such a room and
+//!   only when its version is newer than the last seen: the other rooms' states cost it a look
+//!   at the version. It computes the notices of a change with the core's pure
+//!   [`room_notices`](occupancy_core::room_notices) over (last seen, new), for its own sessions
+//!   only (over views of both states that keep every occupant but only this node's sessions:
+//!   the same notices for those sessions, none computed for the others'). A node's own calls take
+//!   the same path with the state the script returns (once: the reply points at the published
+//!   state instead of carrying it twice), so a local call and a remote change produce the same
+//!   notices, and a lost message is healed by the next state (and by a re-read of every followed
+//!   room after the subscription reconnects).
 //! - **Versions** are `max(stored + 1, Redis TIME in µs, the node's highest seen version + 1)`:
 //!   strictly increasing per room, also after the room was emptied (its key is deleted) and after
 //!   Redis restarted empty.
@@ -92,7 +97,7 @@
 //! | `occ:nodes` | sorted set | node → lease end (Redis ms) |
 //! | `occ:dead:{<node>}` | string | "swept" mark (1 day) |
 //! | `occ:stats` | hash | counts: rooms, sessions, grace, occupants, watchers |
-//! | `occ:ch` | channel | `r<room>\n<state JSON>`, `s<session>\n<node>` (resumed elsewhere), `x<session>\n<node>` (swept) |
+//! | `occ:ch` | channel | `r<room>\n<version>\n<state JSON>`, `s<session>\n<node>` (resumed elsewhere), `x<node>\n<session>,<session>,...` (swept) |
 //!
 //! Times (`h`, `a`, `t`) are Redis `TIME` in Unix milliseconds, stored as decimal strings like
 //! the version. `h` is there whenever someone stands in line and gone when nobody does, as are
@@ -121,8 +126,9 @@
 //!   O(line) inside Redis whatever the edit (the grant, idle and forced-release steps add O(1)).
 //!   `active` by the holder with idle expiry on rewrites the room too (no publish): pages should
 //!   throttle it, as the protocol says.
-//! - One channel carries every room's states to every node (each node ignores rooms it does not
-//!   follow): fine for a few nodes; per-room sharded channels would scale further.
+//! - One channel carries every room's states to every node: each node reads the room and the
+//!   version of every message and decodes only the rooms it follows, but Redis still sends every
+//!   state to every node. Fine for a few nodes; per-room sharded channels would scale further.
 //! - A node cut off from Redis for longer than its lease is swept: when it comes back its
 //!   sessions are ended ([`Error::Unavailable`](occupancy_core::Error::Unavailable) as their
 //!   close reason) rather than put back in front of people who were released meanwhile.

@@ -5,8 +5,15 @@
 //! Every script takes `ARGV[1]` = key prefix and `ARGV[2]` = the calling node's version floor (the
 //! highest room version it has seen), then its own arguments from `ARGV[3]`. Every script replies
 //! with one JSON string: `e` (an error code) when refused, `c` (the rooms it changed, as
-//! `[room, state]` pairs, in the order it changed them), `r` (the state of the room it was about
-//! after the call) and fields of its own.
+//! `[room, version, state]` triples, in the order it changed them; the sweep leaves the state
+//! empty, see `SWEEP`), the state of the room it was about after the call and fields of its own.
+//! That state travels once: when the script changed the room last by a published save, the reply
+//! says which entry of `c` it is (`ri`, 1-based); otherwise it carries the stored state (`r`).
+//!
+//! Published messages on `{prefix}:ch`: `r<room>\n<version>\n<state>` (a room's new state; the
+//! version first, so that a node can drop a state it does not need without decoding it),
+//! `s<session>\n<node>` (the session was resumed on that node) and `x<node>\n<session>,...`
+//! (sessions of that node closed by a sweep).
 //!
 //! Times (`since` of an occupant `t`, `held_since` of a room `h`, the holder's idle clock `a`,
 //! grace deadlines, leases) are Redis `TIME` in milliseconds, read inside the script: one clock
@@ -47,18 +54,42 @@ local function now_us()
   return NOW_US
 end
 local function now_ms() return math.floor(now_us() / 1000) end
-local function stat(f, d) if d ~= 0 then redis.call('HINCRBY', STATS, f, d) end end
+-- Counter changes, written once per script (by `reply` / `err`, which end every script).
+local STAT_D = {}
+local function stat(f, d) if d ~= 0 then STAT_D[f] = (STAT_D[f] or 0) + d end end
+local function flush_stats()
+  for f, d in pairs(STAT_D) do
+    if d ~= 0 then redis.call('HINCRBY', STATS, f, d) end
+  end
+  STAT_D = {}
+end
 local function find(list, x)
   for i, y in ipairs(list) do if y == x then return i end end
   return nil
 end
+-- The rooms this script changed, `{room, version, state}`, for the caller (see the module docs).
 local CHANGED = {}
-local function err(code) return cjson.encode({e = code, c = CHANGED}) end
+-- Whether CHANGED carries the states (the sweep reports versions only: the states reach every
+-- node by pub/sub, and the sweeping node rarely follows the rooms of a dead node).
+local REPORT_STATES = true
+-- room -> index in CHANGED of its last save, when that save was published and the room still
+-- exists (nil after a save without a publish): the reply then names the entry instead of
+-- carrying the state a second time.
+local LAST = {}
+local function err(code)
+  flush_stats()
+  return cjson.encode({e = code, c = CHANGED})
+end
 local function reply(t, room)
+  flush_stats()
   t.c = CHANGED
   if room then
-    local raw = redis.call('GET', rkey(room))
-    if raw then t.r = raw end
+    if LAST[room] then
+      t.ri = LAST[room]
+    else
+      local raw = redis.call('GET', rkey(room))
+      if raw then t.r = raw end
+    end
   end
   return cjson.encode(t)
 end
@@ -93,8 +124,15 @@ local function save_room(room, was, st, publish)
   stat('watchers', w - was.w)
   was.exists = (n > 0 or w > 0); was.n = n; was.w = w; was.hk = holder_key(st)
   if publish then
-    redis.call('PUBLISH', CH, 'r' .. room .. '\n' .. js)
-    table.insert(CHANGED, {room, js})
+    redis.call('PUBLISH', CH, 'r' .. room .. '\n' .. st.v .. '\n' .. js)
+    if REPORT_STATES then
+      table.insert(CHANGED, {room, st.v, js})
+      if was.exists then LAST[room] = #CHANGED else LAST[room] = nil end
+    else
+      table.insert(CHANGED, {room, st.v, ''})
+    end
+  else
+    LAST[room] = nil
   end
 end
 -- Loads a room; first drops sessions restored as placeholders whose owner never came back.
@@ -200,7 +238,8 @@ local function remove_watcher(room, sid)
   if i then table.remove(st.w, i) end
   save_room(room, was, st, false)
 end
-local function close_session(sid, s, swept)
+-- Machine::close: leaves every room of the session (watches first), then forgets it.
+local function close_session(sid, s)
   for _, room in ipairs(s.w) do remove_watcher(room, sid) end
   local key = okey(sid, s)
   for _, room in ipairs(s.j) do remove_from_line(room, sid, key) end
@@ -209,7 +248,6 @@ local function close_session(sid, s, swept)
   if s.n then redis.call('SREM', nskey(s.n), sid) end
   stat('sessions', -1)
   if s.g > 0 then stat('grace', -1) end
-  if swept then redis.call('PUBLISH', CH, 'x' .. sid .. '\n' .. (s.n or '')) end
 end
 "#;
 
@@ -234,7 +272,7 @@ local s, e = owned(sid, node)
 if not s then return e end
 if s.g > 0 then return reply({}, nil) end
 if rem <= 0 then
-  close_session(sid, s, false)
+  close_session(sid, s)
 else
   redis.call('HSET', skey(sid), 'g', fmt(now_ms() + rem))
   stat('grace', 1)
@@ -247,7 +285,7 @@ pub(crate) const CLOSE: &str = r#"
 local sid, node = ARGV[3], ARGV[4]
 local s, e = owned(sid, node)
 if not s then return e end
-close_session(sid, s, false)
+close_session(sid, s)
 return reply({}, nil)
 "#;
 
@@ -258,7 +296,7 @@ pub(crate) const EXPIRE: &str = r#"
 local sid, node = ARGV[3], ARGV[4]
 local s = load_sess(sid)
 if s and s.n == node and s.g > 0 then
-  close_session(sid, s, false)
+  close_session(sid, s)
   return reply({n = 1}, nil)
 end
 return reply({n = 0}, nil)
@@ -478,7 +516,7 @@ if tok ~= new and redis.call('EXISTS', tkey(new)) == 1 then return err('session_
 local s = load_sess(sid)
 if not s then return err('resume_invalid') end
 if s.g > 0 and s.g <= now_ms() then
-  close_session(sid, s, false)
+  close_session(sid, s)
   return err('resume_invalid')
 end
 local was_live = (s.g == 0)
@@ -526,9 +564,11 @@ return reply({s = status, x = expired, d = now_str()}, nil)
 "#;
 
 /// `sweep(dead_node)`: if the node's lease has ended, closes every session it owned (publishing
-/// each room's new state and `x` per session) and marks it dead.
+/// each room's new state and `x` per session) and marks it dead. Replies the changed rooms'
+/// versions, not their states (they reach every node by pub/sub).
 pub(crate) const SWEEP: &str = r#"
 local dead = ARGV[3]
+REPORT_STATES = false
 local score = redis.call('ZSCORE', NODES, dead)
 if (not score) or tonumber(score) > now_ms() then return reply({n = 0}, nil) end
 redis.call('ZREM', NODES, dead)
@@ -537,7 +577,8 @@ local n = 0
 for _, sid in ipairs(redis.call('SMEMBERS', nskey(dead))) do
   local s = load_sess(sid)
   if s and s.n == dead then
-    close_session(sid, s, true)
+    close_session(sid, s)
+    redis.call('PUBLISH', CH, 'x' .. dead .. '\n' .. sid)
     n = n + 1
   end
 end
@@ -548,7 +589,7 @@ return reply({n = n}, nil)
 /// `prune(room)`: drops expired placeholders (see `restore`).
 pub(crate) const PRUNE: &str = r#"
 local st = load_room(ARGV[3])
-return reply({}, ARGV[3])
+return reply({}, nil)
 "#;
 
 /// `reregister(sid, node, has_principal, principal, meta, token, joined, watching, grace_ms)`:
@@ -630,7 +671,7 @@ for _, w in ipairs(mywatch) do
 end
 if changed then bump(st) end
 save_room(room, was, st, changed)
-return reply({}, room)
+return reply({}, nil)
 "#;
 
 /// `check()`: the invariants (tests only; O(everything), uses KEYS). Replies `x`: problems.

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use occupancy_core::{
-    DisplacedReason, Error, Meta, OccupantKey, OccupantState, RoomState, SessionId,
+    DisplacedReason, Error, Meta, OccupantKey, OccupantState, Person, RoomState, SessionId,
 };
 use serde::{Deserialize, Deserializer};
 
@@ -211,18 +211,45 @@ pub(crate) fn watcher_count(raw: &str) -> Result<u32, Error> {
     Ok(w.w.len() as u32)
 }
 
+/// What a call's reply says about the room it was about: its version and holder after the call.
+#[derive(Debug, Clone)]
+pub(crate) struct Head {
+    pub version: u64,
+    pub holder: Option<Person>,
+}
+
+impl Head {
+    pub fn of(state: &RoomState) -> Head {
+        Head {
+            version: state.version,
+            holder: state.holder().map(OccupantState::person),
+        }
+    }
+}
+
 /// A script's reply (every field optional; see `lua.rs`).
 #[derive(Deserialize, Default)]
 pub(crate) struct Reply {
     /// Error code.
     #[serde(default)]
     pub e: Option<String>,
-    /// Changed rooms, in order.
+    /// Changed rooms, in order: room, version, state (empty when the script reports the version
+    /// only).
     #[serde(default, deserialize_with = "list")]
-    pub c: Vec<(String, String)>,
-    /// The state of the room the call was about.
+    pub c: Vec<(String, String, String)>,
+    /// The state of the room the call was about, when the call did not change it by a publish.
     #[serde(default)]
     pub r: Option<String>,
+    /// Which entry of `c` (1-based) is the state of the room the call was about.
+    #[serde(default)]
+    pub ri: Option<usize>,
+    /// The room the call was about, after it (from `r` or `c[ri]`; filled by the caller of the
+    /// script, not sent).
+    #[serde(skip)]
+    pub head: Option<Head>,
+    /// `r`, decoded (filled by the caller of the script, not sent).
+    #[serde(skip)]
+    pub state: Option<Decoded>,
     /// Position (0-based).
     #[serde(default)]
     pub p: Option<u32>,
