@@ -3,7 +3,7 @@
 //! pub/sub subscriber that turns published states into notices, the lease task, and the idle
 //! task that fires the idle deadlines of rooms whose holder this node hosts.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -23,6 +23,18 @@ use crate::lua;
 use crate::wire::{
     Decoded, Head, Reply, bad, code_error, decode_room, parse_meta, parse_session, session_hex,
 };
+
+/// Sessions a sweep call takes at most (see `lua::SWEEP`).
+const SWEEP_SESSIONS: u32 = 500;
+/// Rooms plus line lengths a sweep call reads at most from the queued rooms.
+const SWEEP_UNITS: u32 = 4000;
+/// Redis time a sweep call may use, in µs, before it stops at the next session or room (half of
+/// it for taking sessions). A room is never split: one whose line alone takes longer is a call
+/// of its own.
+const SWEEP_BUDGET_US: u32 = 2000;
+/// Rooms whose stored state is at most this long (about 150 occupants) lose a sweep call's
+/// removals in that call; longer ones are queued and changed once per sweep.
+const SWEEP_SMALL_BYTES: u32 = 16 * 1024;
 
 /// Settings of a [`RedisBackend`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,8 +288,16 @@ struct Inner {
     /// Redis time minus this machine's Unix time, in ms (measured at each lease renewal): turns
     /// the idle clocks Redis stamps into local deadlines.
     clock_offset: AtomicI64,
+    /// This backend, weakly: `renew` spawns the sweep of a dead node with it.
+    me: Weak<Inner>,
+    /// The dead nodes this node is sweeping now (one task each).
+    sweeping: Mutex<HashSet<String>>,
     /// Room states decoded so far (see [`RedisBackend::states_decoded`]).
     decoded: AtomicU64,
+    /// When the lease task looks at the other nodes' leases again (this machine's Unix ms; 0: at
+    /// the next renewal): just after the earliest of them ends, so that a dead node is swept
+    /// promptly after its lease, not up to a third of a lease later.
+    recheck_at: AtomicU64,
 }
 
 /// Shared with the background tasks, which hold only a weak reference to the backend.
@@ -362,7 +382,7 @@ impl RedisBackend {
         .map_err(unavailable)?;
         let node = random_node_id()?;
         let backend = RedisBackend {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|me| Inner {
                 node,
                 cfg,
                 client,
@@ -376,7 +396,10 @@ impl RedisBackend {
                 recover: tokio::sync::Mutex::new(()),
                 signals: Arc::default(),
                 clock_offset: AtomicI64::new(0),
+                me: me.clone(),
+                sweeping: Mutex::new(HashSet::new()),
                 decoded: AtomicU64::new(0),
+                recheck_at: AtomicU64::new(0),
             }),
         };
         backend.inner.renew().await?;
@@ -751,7 +774,9 @@ impl Inner {
 
     // ----- lease, sweep, recovery -----------------------------------------------------------
 
-    /// Renews the lease; handles a lost registration; sweeps nodes whose lease ended.
+    /// Renews the lease; handles a lost registration; starts sweeping the nodes whose lease
+    /// ended (each in a task of its own, see [`sweep_task`]: a long sweep must not hold up
+    /// this node's renewals); notes when the next lease of another node ends.
     async fn renew(&self) -> Result<(), Error> {
         let lease_ms = self.cfg.lease.as_millis().to_string();
         let reply = self
@@ -760,6 +785,13 @@ impl Inner {
         if let Some(redis_ms) = reply.d {
             self.clock_offset
                 .store(redis_ms as i64 - unix_ms() as i64, Ordering::Relaxed);
+            // Just after the earliest other lease ends. Live nodes renew long before their lease
+            // ends, so while they live this comes after this node's next renewal and changes
+            // nothing; once one stops renewing, it is looked at as soon as its lease is over.
+            let at = reply.ne.map_or(0, |end| {
+                unix_ms() + end.saturating_sub(redis_ms) + LEASE_END_MARGIN.as_millis() as u64
+            });
+            self.recheck_at.store(at, Ordering::Relaxed);
         }
         match reply.s {
             Some(0) => self.restore().await?,
@@ -770,12 +802,33 @@ impl Inner {
             if dead == self.node {
                 continue;
             }
-            let r = self.run(&self.scripts.sweep, args().a(&dead)).await?;
-            if r.n.unwrap_or(0) > 0 {
-                info!(node = %dead, sessions = r.n, "swept the sessions of a node whose lease ended");
+            if !self
+                .sweeping
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(dead.clone())
+            {
+                continue;
             }
+            tokio::spawn(sweep_task(self.me.clone(), self.signals.clone(), dead));
         }
         Ok(())
+    }
+
+    /// One call of a dead node's sweep (see `lua::SWEEP`); true when there is more to do.
+    async fn sweep_step(&self, dead: &str) -> Result<(bool, u64), Error> {
+        let r = self
+            .run(
+                &self.scripts.sweep,
+                args()
+                    .a(dead)
+                    .a(SWEEP_SESSIONS.to_string())
+                    .a(SWEEP_UNITS.to_string())
+                    .a(SWEEP_BUDGET_US.to_string())
+                    .a(SWEEP_SMALL_BYTES.to_string()),
+            )
+            .await?;
+        Ok((r.m == Some(1), r.n.unwrap_or(0)))
     }
 
     async fn recover_now(&self) -> Result<(), Error> {
@@ -1124,6 +1177,52 @@ async fn subscriber(
     }
 }
 
+/// How long after another node's lease ends this node looks at it (so that a renewal made at
+/// the last moment is seen).
+const LEASE_END_MARGIN: Duration = Duration::from_millis(5);
+
+/// Sweeps a dead node, one bounded script call after another (see `lua::SWEEP`), until the
+/// sweep is over. Several nodes may sweep the same dead node at once: every call is atomic and
+/// takes what is left. On an error the task ends; the sweep is left in Redis and the next
+/// renewal (of any node) starts it again.
+async fn sweep_task(weak: Weak<Inner>, signals: Arc<Signals>, dead: String) {
+    let started = Instant::now();
+    let (mut calls, mut sessions) = (0u64, 0u64);
+    loop {
+        if signals.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        let r = inner.sweep_step(&dead).await;
+        calls += 1;
+        let done = match r {
+            Ok((more, n)) => {
+                sessions += n;
+                !more
+            }
+            Err(e) => {
+                warn!(node = %dead, error = %e, "sweeping a dead node failed; the next renewal carries on");
+                true
+            }
+        };
+        if done {
+            inner
+                .sweeping
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&dead);
+            if sessions > 0 {
+                info!(node = %dead, sessions, calls, elapsed = ?started.elapsed(), "swept the sessions of a node whose lease ended");
+            }
+            return;
+        }
+        drop(inner);
+        // Let this node's other work run between two calls (Redis serves the other clients
+        // between them anyway).
+        tokio::task::yield_now().await;
+    }
+}
+
 async fn lease_task(weak: Weak<Inner>, signals: Arc<Signals>) {
     let mut resync = true;
     loop {
@@ -1142,11 +1241,16 @@ async fn lease_task(weak: Weak<Inner>, signals: Arc<Signals>) {
             inner.prune_due().await
         }
         .await;
+        let recheck = match inner.recheck_at.load(Ordering::Relaxed) {
+            0 => period,
+            at => Duration::from_millis(at.saturating_sub(unix_ms())),
+        };
         drop(inner);
         let wait = match r {
             Ok(()) => {
                 resync = false;
-                period
+                // Not more often than every 20 ms however the leases fall.
+                period.min(recheck).max(Duration::from_millis(20))
             }
             Err(e) => {
                 debug!(error = %e, "lease renewal failed; retrying");

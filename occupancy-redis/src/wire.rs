@@ -268,7 +268,13 @@ pub(crate) struct Reply {
     /// A status (renew).
     #[serde(default)]
     pub s: Option<i64>,
-    /// Nodes whose lease ended (renew), or problems (check).
+    /// More to do (sweep): 1, or 0 when the sweep is over.
+    #[serde(default)]
+    pub m: Option<u8>,
+    /// The earliest lease end of the other nodes, in Redis ms (renew).
+    #[serde(default, deserialize_with = "millis")]
+    pub ne: Option<u64>,
+    /// Nodes to sweep (renew), or problems (check).
     #[serde(default, deserialize_with = "list")]
     pub x: Vec<String>,
     /// Session id (resume, token).
