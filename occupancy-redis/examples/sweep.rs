@@ -21,7 +21,7 @@
 //! end is read from Redis, so the figure does not depend on when it died within its lease), when
 //! the sweep was over (every session and room of the dead node dealt with), and the latency of
 //! a join + leave in an unrelated room on the survivor while it ran (one after the other, from
-//! the lease end until the sweep was over). Uses only the public API and the documented data
+//! the lease end until the sweep was over). `SWEEP_VERBOSE=1` also prints the longest commands. Uses only the public API and the documented data
 //! layout, so the same file measures an older build too.
 
 #[path = "../tests/common/server.rs"]
@@ -108,7 +108,14 @@ async fn scenario(layout: &str, n: usize) {
     let server = server::RedisServer::start();
     let url = server.url();
     let client = redis::Client::open(url.as_str()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    // No response timeout: before the sweep was bounded, one script kept Redis busy for
+    // seconds to minutes, and this connection waits it out.
+    let mut c = client
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+        )
+        .await
+        .unwrap();
     let cfg = RedisConfig::new(&url)
         .lease(LEASE)
         .op_timeout(Duration::from_secs(60));
@@ -254,6 +261,7 @@ async fn scenario(layout: &str, n: usize) {
                 .unwrap_or((None, 1, 1));
             if sessions == Some(live) && sweeping == 0 && queued == 0 {
                 swept_at = Some(Instant::now());
+                probing.store(false, std::sync::atomic::Ordering::Relaxed);
             }
         }
         if swept_at.is_some() && waiters.iter().all(|w| w.released_at.is_some()) {
@@ -326,6 +334,27 @@ async fn scenario(layout: &str, n: usize) {
         .map(|e| e.2)
         .collect();
     let longest = log.iter().max_by_key(|e| e.2);
+    if std::env::var_os("SWEEP_VERBOSE").is_some() {
+        let mut by_time: Vec<_> = log.iter().collect();
+        by_time.sort_by_key(|e| std::cmp::Reverse(e.2));
+        let mut names: std::collections::BTreeMap<String, usize> = Default::default();
+        for e in &log {
+            *names
+                .entry(e.3.first().cloned().unwrap_or_default())
+                .or_default() += 1;
+        }
+        println!(
+            "{layout}:{n}:   {} SLOWLOG entries {names:?}; longest:",
+            log.len()
+        );
+        for e in by_time.iter().take(5) {
+            println!(
+                "      {} us: {:?}",
+                e.2,
+                e.3.iter().take(6).collect::<Vec<_>>()
+            );
+        }
+    }
     let mut sorted = sweeps.clone();
     sorted.sort_unstable_by(|a, b| b.cmp(a));
     let over_5ms = sorted.iter().filter(|&&d| d > 5000).count();
