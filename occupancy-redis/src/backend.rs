@@ -3,7 +3,7 @@
 //! pub/sub subscriber that turns published states into notices, the lease task, and the idle
 //! task that fires the idle deadlines of rooms whose holder this node hosts.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -14,15 +14,27 @@ use occupancy_core::{
     PresenceBody, ResumeToken, Resumed, RoomId, RoomState, RoomSummary, SessionId, Stats,
     async_trait,
 };
-use occupancy_core::{Notice, NoticeKind, Presence};
+use occupancy_core::{Notice, NoticeKind, Presence, room_notices};
 use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::lua;
 use crate::wire::{
-    Decoded, Reply, bad, code_error, decode_room, parse_meta, parse_session, session_hex,
+    Decoded, Head, Reply, bad, code_error, decode_room, parse_meta, parse_session, session_hex,
 };
+
+/// Sessions a sweep call takes at most (see `lua::SWEEP`).
+const SWEEP_SESSIONS: u32 = 500;
+/// Rooms plus line lengths a sweep call reads at most from the queued rooms.
+const SWEEP_UNITS: u32 = 4000;
+/// Redis time a sweep call may use, in µs, before it stops at the next session or room (half of
+/// it for taking sessions). A room is never split: one whose line alone takes longer is a call
+/// of its own.
+const SWEEP_BUDGET_US: u32 = 2000;
+/// Rooms whose stored state is at most this long (about 150 occupants) lose a sweep call's
+/// removals in that call; longer ones are queued and changed once per sweep.
+const SWEEP_SMALL_BYTES: u32 = 16 * 1024;
 
 /// Settings of a [`RedisBackend`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,6 +288,16 @@ struct Inner {
     /// Redis time minus this machine's Unix time, in ms (measured at each lease renewal): turns
     /// the idle clocks Redis stamps into local deadlines.
     clock_offset: AtomicI64,
+    /// This backend, weakly: `renew` spawns the sweep of a dead node with it.
+    me: Weak<Inner>,
+    /// The dead nodes this node is sweeping now (one task each).
+    sweeping: Mutex<HashSet<String>>,
+    /// Room states decoded so far (see [`RedisBackend::states_decoded`]).
+    decoded: AtomicU64,
+    /// When the lease task looks at the other nodes' leases again (this machine's Unix ms; 0: at
+    /// the next renewal): just after the earliest of them ends, so that a dead node is swept
+    /// promptly after its lease, not up to a third of a lease later.
+    recheck_at: AtomicU64,
 }
 
 /// Shared with the background tasks, which hold only a weak reference to the backend.
@@ -358,9 +380,10 @@ impl RedisBackend {
         .await
         .map_err(|_| unavailable("connect timed out"))?
         .map_err(unavailable)?;
+        let node = random_node_id()?;
         let backend = RedisBackend {
-            inner: Arc::new(Inner {
-                node: random_node_id()?,
+            inner: Arc::new_cyclic(|me| Inner {
+                node,
                 cfg,
                 client,
                 conn,
@@ -373,6 +396,10 @@ impl RedisBackend {
                 recover: tokio::sync::Mutex::new(()),
                 signals: Arc::default(),
                 clock_offset: AtomicI64::new(0),
+                me: me.clone(),
+                sweeping: Mutex::new(HashSet::new()),
+                decoded: AtomicU64::new(0),
+                recheck_at: AtomicU64::new(0),
             }),
         };
         backend.inner.renew().await?;
@@ -393,6 +420,14 @@ impl RedisBackend {
     /// background lease and subscriber work). For benchmarks: one operation is one request.
     pub fn round_trips(&self) -> u64 {
         self.inner.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// How many room states this node has decoded so far (published states, script replies,
+    /// reads). For tests and benchmarks: a node decodes a published state only for a room it
+    /// follows (one it has a session, a watcher or a call in flight in) and only when it is newer
+    /// than the last state it saw.
+    pub fn states_decoded(&self) -> u64 {
+        self.inner.decoded.load(Ordering::Relaxed)
     }
 }
 
@@ -517,8 +552,15 @@ impl Inner {
         self.lock().idle.first().map(|(at, _)| *at)
     }
 
+    /// Decodes a room state (counted, see [`RedisBackend::states_decoded`]).
+    fn decode(&self, raw: &str) -> Result<Decoded, Error> {
+        self.decoded.fetch_add(1, Ordering::Relaxed);
+        decode_room(raw)
+    }
+
     /// Runs a script: one round trip, bounded by `op_timeout`. Applies the rooms it changed
-    /// (also when it refused), then maps its error code.
+    /// (also when it refused), fills [`Reply::head`] (and [`Reply::state`] when the reply
+    /// carried the state itself), then maps its error code.
     async fn run(&self, script: &redis::Script, rest: Args) -> Result<Reply, Error> {
         let mut inv = script.prepare_invoke();
         inv.arg(self.cfg.prefix.as_str())
@@ -532,43 +574,68 @@ impl Inner {
             .await
             .map_err(|_| unavailable("timed out"))?
             .map_err(unavailable)?;
-        let reply: Reply = serde_json::from_str(&raw).map_err(bad)?;
-        self.apply_changes(&reply.c);
+        let mut reply: Reply = serde_json::from_str(&raw).map_err(bad)?;
+        self.apply_changes(&mut reply);
         if let Some(code) = &reply.e {
             return Err(code_error(code, &self.limits()));
+        }
+        if let Some(raw) = reply.r.take() {
+            let d = self.decode(&raw)?;
+            reply.head = Some(Head::of(&d.state));
+            reply.state = Some(d);
         }
         Ok(reply)
     }
 
     /// Applies the room states a script returned (each dropped unless newer than the last seen).
-    fn apply_changes(&self, changed: &[(String, String)]) {
-        if changed.is_empty() {
+    /// Decodes only the rooms this node follows, and the one the call was about (`ri`: its head
+    /// goes into [`Reply::head`]); the others only raise the version floor and are reported.
+    fn apply_changes(&self, reply: &mut Reply) {
+        if reply.c.is_empty() {
             return;
         }
-        let decoded: Vec<_> = changed
-            .iter()
-            .filter_map(|(room, raw)| match decode_room(raw) {
-                Ok(d) => Some((room.as_str(), d)),
-                Err(e) => {
-                    warn!(room, error = %e, "undecodable room state");
-                    None
-                }
-            })
-            .collect();
+        let changed = std::mem::take(&mut reply.c);
+        let wanted: Vec<bool> = {
+            let local = self.lock();
+            changed
+                .iter()
+                .enumerate()
+                .map(|(i, (room, _, raw))| {
+                    !raw.is_empty()
+                        && (reply.ri == Some(i + 1) || local.rooms.contains_key(room.as_str()))
+                })
+                .collect()
+        };
         // The changes this node's own call made, for the Hub's change stream (`Hub::changes`):
         // states published by other nodes are theirs to report.
-        let report: Vec<(RoomId, u64)> = match self.sink.get() {
-            Some(sink) if sink.wants_changes() => decoded
-                .iter()
-                .filter_map(|(room, d)| {
-                    Some((RoomId::parse(room, usize::MAX).ok()?, d.state.version))
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        let reporting = self.sink.get().is_some_and(|s| s.wants_changes());
+        let mut report: Vec<(RoomId, u64)> = Vec::new();
+        let mut decoded = Vec::new();
+        for (i, (room, version, raw)) in changed.into_iter().enumerate() {
+            let Ok(version) = version.parse::<u64>() else {
+                warn!(room, version, "undecodable room version");
+                continue;
+            };
+            self.high_water.fetch_max(version, Ordering::AcqRel);
+            if reporting && let Ok(id) = RoomId::parse(&room, usize::MAX) {
+                report.push((id, version));
+            }
+            if !wanted[i] {
+                continue;
+            }
+            match self.decode(&raw) {
+                Ok(d) => {
+                    if reply.ri == Some(i + 1) {
+                        reply.head = Some(Head::of(&d.state));
+                    }
+                    decoded.push((room, d));
+                }
+                Err(e) => warn!(room, error = %e, "undecodable room state"),
+            }
+        }
         let mut local = self.lock();
         for (room, d) in decoded {
-            self.apply_locked(&mut local, room, d);
+            self.apply_locked(&mut local, &room, d);
         }
         drop(local);
         if !report.is_empty()
@@ -578,9 +645,14 @@ impl Inner {
         }
     }
 
+    /// Takes a room's new state if it is newer than the last seen, and delivers the notices of
+    /// the change to this node's sessions (see [`local_notices`]).
     fn apply_locked(&self, local: &mut Local, room: &str, d: Decoded) {
         self.high_water.fetch_max(d.state.version, Ordering::AcqRel);
-        let Some(t) = local.rooms.get_mut(room) else {
+        let Local {
+            sessions, rooms, ..
+        } = &mut *local;
+        let Some(t) = rooms.get_mut(room) else {
             return;
         };
         if d.state.version <= t.state.version {
@@ -591,13 +663,19 @@ impl Inner {
         t.placeholder_until = d.placeholder_until;
         t.active_at = d.active_at;
         if let Some(sink) = self.sink.get() {
-            sink.room_changed(
+            let mut out = Vec::new();
+            local_notices(
                 &t.id,
                 &old,
                 &t.state,
                 &t.watchers,
+                |s| sessions.contains_key(&s),
                 self.presence_occupants(),
+                &mut out,
             );
+            if !out.is_empty() {
+                sink.deliver(&mut out.into_iter());
+            }
         }
         self.rearm_idle(local, room);
     }
@@ -671,31 +749,34 @@ impl Inner {
         }
     }
 
-    fn joined_from(&self, room: &RoomId, reply: &Reply) -> Result<(Joined, Decoded), Error> {
-        let raw = reply.r.as_deref().ok_or_else(|| bad("no room state"))?;
-        let d = decode_room(raw)?;
+    /// The place a join (update, active, take over) reply gives, and the room's state when the
+    /// reply carried it (the call changed nothing: the caller applies it, it may be newer than
+    /// the last seen; a change was applied by [`Inner::run`]).
+    fn joined_from(
+        &self,
+        room: &RoomId,
+        mut reply: Reply,
+    ) -> Result<(Joined, Option<Decoded>), Error> {
+        let head = reply.head.take().ok_or_else(|| bad("no room state"))?;
         let position = reply.p.ok_or_else(|| bad("no position"))?;
-        let holder = d
-            .state
-            .occupants
-            .first()
-            .ok_or_else(|| bad("empty room after join"))?
-            .person();
+        let holder = head.holder.ok_or_else(|| bad("empty room after join"))?;
         Ok((
             Joined {
                 room: room.clone(),
                 holding: position == 0,
                 position,
-                version: d.state.version,
+                version: head.version,
                 holder,
             },
-            d,
+            reply.state,
         ))
     }
 
     // ----- lease, sweep, recovery -----------------------------------------------------------
 
-    /// Renews the lease; handles a lost registration; sweeps nodes whose lease ended.
+    /// Renews the lease; handles a lost registration; starts sweeping the nodes whose lease
+    /// ended (each in a task of its own, see [`sweep_task`]: a long sweep must not hold up
+    /// this node's renewals); notes when the next lease of another node ends.
     async fn renew(&self) -> Result<(), Error> {
         let lease_ms = self.cfg.lease.as_millis().to_string();
         let reply = self
@@ -704,6 +785,13 @@ impl Inner {
         if let Some(redis_ms) = reply.d {
             self.clock_offset
                 .store(redis_ms as i64 - unix_ms() as i64, Ordering::Relaxed);
+            // Just after the earliest other lease ends. Live nodes renew long before their lease
+            // ends, so while they live this comes after this node's next renewal and changes
+            // nothing; once one stops renewing, it is looked at as soon as its lease is over.
+            let at = reply.ne.map_or(0, |end| {
+                unix_ms() + end.saturating_sub(redis_ms) + LEASE_END_MARGIN.as_millis() as u64
+            });
+            self.recheck_at.store(at, Ordering::Relaxed);
         }
         match reply.s {
             Some(0) => self.restore().await?,
@@ -714,12 +802,33 @@ impl Inner {
             if dead == self.node {
                 continue;
             }
-            let r = self.run(&self.scripts.sweep, args().a(&dead)).await?;
-            if r.n.unwrap_or(0) > 0 {
-                info!(node = %dead, sessions = r.n, "swept the sessions of a node whose lease ended");
+            if !self
+                .sweeping
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(dead.clone())
+            {
+                continue;
             }
+            tokio::spawn(sweep_task(self.me.clone(), self.signals.clone(), dead));
         }
         Ok(())
+    }
+
+    /// One call of a dead node's sweep (see `lua::SWEEP`); true when there is more to do.
+    async fn sweep_step(&self, dead: &str) -> Result<(bool, u64), Error> {
+        let r = self
+            .run(
+                &self.scripts.sweep,
+                args()
+                    .a(dead)
+                    .a(SWEEP_SESSIONS.to_string())
+                    .a(SWEEP_UNITS.to_string())
+                    .a(SWEEP_BUDGET_US.to_string())
+                    .a(SWEEP_SMALL_BYTES.to_string()),
+            )
+            .await?;
+        Ok((r.m == Some(1), r.n.unwrap_or(0)))
     }
 
     async fn recover_now(&self) -> Result<(), Error> {
@@ -828,7 +937,7 @@ impl Inner {
         for room in rooms {
             let raw = self.get_room_raw(room.as_str()).await?;
             if let Some(raw) = raw
-                && let Ok(d) = decode_room(&raw)
+                && let Ok(d) = self.decode(&raw)
             {
                 let mut local = self.lock();
                 self.apply_locked(&mut local, room.as_str(), d);
@@ -868,6 +977,9 @@ impl Inner {
 
     // ----- messages ---------------------------------------------------------------------
 
+    /// A message on the channel (formats in `lua.rs`). A room's state is decoded only when this
+    /// node follows the room and the state is newer than the last it saw: every node receives
+    /// every room's states, and most are none of its business.
     fn on_message(&self, payload: &[u8]) {
         let Ok(text) = std::str::from_utf8(payload) else {
             return;
@@ -879,7 +991,25 @@ impl Inner {
         match chars.next() {
             Some('r') => {
                 let room = chars.as_str();
-                match decode_room(body) {
+                let Some((version, state)) = body
+                    .split_once('\n')
+                    .and_then(|(v, st)| Some((v.parse::<u64>().ok()?, st)))
+                else {
+                    warn!(room, "undecodable published state");
+                    return;
+                };
+                self.high_water.fetch_max(version, Ordering::AcqRel);
+                let wanted = self
+                    .lock()
+                    .rooms
+                    .get(room)
+                    .is_some_and(|t| t.state.version < version);
+                if !wanted {
+                    return;
+                }
+                // Decoded outside the lock (a long line takes a while); `apply_locked` checks
+                // the version again.
+                match self.decode(state) {
                     Ok(d) => {
                         let mut local = self.lock();
                         self.apply_locked(&mut local, room, d);
@@ -887,29 +1017,87 @@ impl Inner {
                     Err(e) => warn!(room, error = %e, "undecodable published state"),
                 }
             }
-            Some(kind @ ('s' | 'x')) => {
+            Some('s') => {
                 let Ok(id) = parse_session(chars.as_str()) else {
                     return;
                 };
-                if kind == 's' && body == self.node {
-                    return;
+                if body != self.node {
+                    self.ended_elsewhere(id, Error::SessionReplaced);
                 }
-                let forgotten = self.lock().forget(id).is_some();
-                if forgotten && let Some(sink) = self.sink.get() {
-                    let reason = if kind == 's' {
-                        Error::SessionReplaced
-                    } else {
+            }
+            Some('x') => {
+                for id in body.split(',').filter_map(|s| parse_session(s).ok()) {
+                    self.ended_elsewhere(
+                        id,
                         Error::Unavailable {
                             reason: "this server lost its lease on the shared state".into(),
-                        }
-                    };
-                    debug!(session = %id, ?reason, "session ended by another node");
-                    sink.session_ended(id, Some(reason));
+                        },
+                    );
                 }
             }
             _ => {}
         }
     }
+
+    /// Another node ended a session: resumed it there, or swept it (this node's lease ended).
+    /// Ends it here if it is this node's.
+    fn ended_elsewhere(&self, id: SessionId, reason: Error) {
+        let forgotten = self.lock().forget(id).is_some();
+        if forgotten && let Some(sink) = self.sink.get() {
+            debug!(session = %id, ?reason, "session ended by another node");
+            sink.session_ended(id, Some(reason));
+        }
+    }
+}
+
+/// The notices of a room going from `old` to `new` for this node's sessions (`here`) only: the
+/// core's [`room_notices`] over views of both states that keep every occupant (so every place,
+/// the holder and the first few shown are the same) but only the sessions that are here, in
+/// both alike. A session that is here gets exactly the notices it would get from the whole
+/// states (`room_notices` looks at a session's own place and at the line, never at another
+/// session), and no notice is computed for the other nodes' sessions. `watchers` are this node's.
+/// When every session is here (one node), the states are used as they are.
+pub(crate) fn local_notices(
+    room: &RoomId,
+    old: &RoomState,
+    new: &RoomState,
+    watchers: &[SessionId],
+    here: impl Fn(SessionId) -> bool,
+    presence_occupants: usize,
+    out: &mut Vec<Notice>,
+) {
+    let old_view = local_view(old, &here);
+    let new_view = local_view(new, &here);
+    room_notices(
+        room,
+        old_view.as_ref().unwrap_or(old),
+        new_view.as_ref().unwrap_or(new),
+        watchers,
+        presence_occupants,
+        out,
+    );
+}
+
+/// `state` with only the sessions for which `here` is true (occupants without any are kept, with
+/// no session: they still hold their places); `None` when every session is here. O(line).
+fn local_view(state: &RoomState, here: &impl Fn(SessionId) -> bool) -> Option<RoomState> {
+    let first = state
+        .occupants
+        .iter()
+        .position(|o| o.sessions.iter().any(|&s| !here(s)))?;
+    let mut occupants = Vec::with_capacity(state.occupants.len());
+    occupants.extend_from_slice(&state.occupants[..first]);
+    occupants.extend(state.occupants[first..].iter().map(|o| {
+        let mut o = o.clone();
+        o.sessions.retain(|&s| here(s));
+        o
+    }));
+    Some(RoomState {
+        version: state.version,
+        occupants,
+        held_since: state.held_since,
+        reason: state.reason,
+    })
 }
 
 /// The key of a room's state: `{prefix}:r:{<hex of the room id>}` (the hex is the hash tag).
@@ -989,6 +1177,52 @@ async fn subscriber(
     }
 }
 
+/// How long after another node's lease ends this node looks at it (so that a renewal made at
+/// the last moment is seen).
+const LEASE_END_MARGIN: Duration = Duration::from_millis(5);
+
+/// Sweeps a dead node, one bounded script call after another (see `lua::SWEEP`), until the
+/// sweep is over. Several nodes may sweep the same dead node at once: every call is atomic and
+/// takes what is left. On an error the task ends; the sweep is left in Redis and the next
+/// renewal (of any node) starts it again.
+async fn sweep_task(weak: Weak<Inner>, signals: Arc<Signals>, dead: String) {
+    let started = Instant::now();
+    let (mut calls, mut sessions) = (0u64, 0u64);
+    loop {
+        if signals.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        let r = inner.sweep_step(&dead).await;
+        calls += 1;
+        let done = match r {
+            Ok((more, n)) => {
+                sessions += n;
+                !more
+            }
+            Err(e) => {
+                warn!(node = %dead, error = %e, "sweeping a dead node failed; the next renewal carries on");
+                true
+            }
+        };
+        if done {
+            inner
+                .sweeping
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&dead);
+            if sessions > 0 {
+                info!(node = %dead, sessions, calls, elapsed = ?started.elapsed(), "swept the sessions of a node whose lease ended");
+            }
+            return;
+        }
+        drop(inner);
+        // Let this node's other work run between two calls (Redis serves the other clients
+        // between them anyway).
+        tokio::task::yield_now().await;
+    }
+}
+
 async fn lease_task(weak: Weak<Inner>, signals: Arc<Signals>) {
     let mut resync = true;
     loop {
@@ -1007,11 +1241,16 @@ async fn lease_task(weak: Weak<Inner>, signals: Arc<Signals>) {
             inner.prune_due().await
         }
         .await;
+        let recheck = match inner.recheck_at.load(Ordering::Relaxed) {
+            0 => period,
+            at => Duration::from_millis(at.saturating_sub(unix_ms())),
+        };
         drop(inner);
         let wait = match r {
             Ok(()) => {
                 resync = false;
-                period
+                // Not more often than every 20 ms however the leases fall.
+                period.min(recheck).max(Duration::from_millis(20))
             }
             Err(e) => {
                 debug!(error = %e, "lease renewal failed; retrying");
@@ -1262,7 +1501,7 @@ impl Backend for RedisBackend {
                     let d = if raw.is_empty() {
                         None
                     } else {
-                        Some(decode_room(raw)?)
+                        Some(inner.decode(raw)?)
                     };
                     Ok((id, d))
                 })
@@ -1398,7 +1637,7 @@ impl Backend for RedisBackend {
                     .a(inner.idle_arg()),
             )
             .await
-            .and_then(|reply| inner.joined_from(&room_id, &reply));
+            .and_then(|reply| inner.joined_from(&room_id, reply));
         let mut local = inner.lock();
         let result = match r {
             Ok((joined, d)) => {
@@ -1411,7 +1650,9 @@ impl Backend for RedisBackend {
                 {
                     s.joined.push(room_id.clone());
                 }
-                inner.apply_locked(&mut local, room, d);
+                if let Some(d) = d {
+                    inner.apply_locked(&mut local, room, d);
+                }
                 Ok(joined)
             }
             Err(e) => Err(e),
@@ -1472,9 +1713,11 @@ impl Backend for RedisBackend {
                     .a(inner.idle_arg()),
             )
             .await?;
-        let (joined, d) = inner.joined_from(&room_id, &reply)?;
-        let mut local = inner.lock();
-        inner.apply_locked(&mut local, room, d);
+        let (joined, d) = inner.joined_from(&room_id, reply)?;
+        if let Some(d) = d {
+            let mut local = inner.lock();
+            inner.apply_locked(&mut local, room, d);
+        }
         Ok(joined)
     }
 
@@ -1495,9 +1738,11 @@ impl Backend for RedisBackend {
                     .a(inner.idle_arg()),
             )
             .await?;
-        let (joined, d) = inner.joined_from(&room_id, &reply)?;
-        let mut local = inner.lock();
-        inner.apply_locked(&mut local, room, d);
+        let (joined, d) = inner.joined_from(&room_id, reply)?;
+        if let Some(d) = d {
+            let mut local = inner.lock();
+            inner.apply_locked(&mut local, room, d);
+        }
         Ok(joined)
     }
 
@@ -1509,17 +1754,15 @@ impl Backend for RedisBackend {
             Some("vacant") => Ok(ForcedRelease::Vacant),
             Some("pending") => Ok(ForcedRelease::Pending),
             Some("handed") => {
-                let d = decode_room(reply.r.as_deref().ok_or_else(|| bad("no room state"))?)?;
-                let to = d
-                    .state
-                    .occupants
-                    .first()
-                    .ok_or_else(|| bad("empty room after a release"))?
-                    .person();
-                let version = d.state.version;
-                let mut local = inner.lock();
-                inner.apply_locked(&mut local, room, d);
-                Ok(ForcedRelease::HandedOver { version, to })
+                // The change was applied by `run` (to the room if this node follows it).
+                let head = reply.head.ok_or_else(|| bad("no room state"))?;
+                let to = head
+                    .holder
+                    .ok_or_else(|| bad("empty room after a release"))?;
+                Ok(ForcedRelease::HandedOver {
+                    version: head.version,
+                    to,
+                })
             }
             other => Err(bad(format_args!("release outcome {other:?}"))),
         }
@@ -1537,9 +1780,11 @@ impl Backend for RedisBackend {
                 args().a(session_hex(session)).a(&inner.node).a(room),
             )
             .await?;
-        let (joined, d) = inner.joined_from(&room_id, &reply)?;
-        let mut local = inner.lock();
-        inner.apply_locked(&mut local, room, d);
+        let (joined, d) = inner.joined_from(&room_id, reply)?;
+        if let Some(d) = d {
+            let mut local = inner.lock();
+            inner.apply_locked(&mut local, room, d);
+        }
         Ok(joined)
     }
 
@@ -1561,17 +1806,28 @@ impl Backend for RedisBackend {
                     .a(max.to_string()),
             )
             .await
-            .and_then(|reply| decode_room(reply.r.as_deref().ok_or_else(|| bad("no state"))?));
+            .map(|mut reply| reply.state.take());
         let mut local = inner.lock();
         let result = match r {
             Ok(d) => {
-                let body = PresenceBody::of(&d.state, inner.presence_occupants());
-                let t = local.track(&room_id);
-                if t.raw.is_none() && d.state.version >= t.state.version {
-                    inner.adopt_locked(&mut local, &room_id, &d);
-                } else {
-                    inner.apply_locked(&mut local, room, d);
-                }
+                let body = match d {
+                    Some(d) => {
+                        let body = PresenceBody::of(&d.state, inner.presence_occupants());
+                        let t = local.track(&room_id);
+                        if t.raw.is_none() && d.state.version >= t.state.version {
+                            inner.adopt_locked(&mut local, &room_id, &d);
+                        } else {
+                            inner.apply_locked(&mut local, room, d);
+                        }
+                        body
+                    }
+                    // The script changed the room by a publish (it dropped expired
+                    // placeholders), which `run` applied: the room is followed (the call is in
+                    // flight), so its last state seen is that one.
+                    None => {
+                        PresenceBody::of(&local.track(&room_id).state, inner.presence_occupants())
+                    }
+                };
                 let t = local.track(&room_id);
                 if !t.watchers.contains(&session) {
                     t.watchers.push(session);
@@ -1617,14 +1873,15 @@ impl Backend for RedisBackend {
 
     async fn room(&self, room: &str) -> Result<Option<RoomState>, Error> {
         let raw = self.inner.get_room_raw(room).await?;
-        raw.map(|r| decode_room(&r).map(|d| d.state)).transpose()
+        raw.map(|r| self.inner.decode(&r).map(|d| d.state))
+            .transpose()
     }
 
     async fn summary(&self, room: &str) -> Result<Option<RoomSummary>, Error> {
         let Some(raw) = self.inner.get_room_raw(room).await? else {
             return Ok(None);
         };
-        let state = decode_room(&raw)?.state;
+        let state = self.inner.decode(&raw)?.state;
         Ok(Some(RoomSummary {
             room: RoomId::parse(room, usize::MAX)?,
             version: state.version,
@@ -1769,5 +2026,79 @@ impl Backend for RedisBackend {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use occupancy_core::{DisplacedReason, OccupantState};
+    use proptest::prelude::*;
+
+    /// A line from (occupant, which of its three sessions) pairs; occupant `i` is a user for even
+    /// `i` (with metadata naming it) and anonymous otherwise, its sessions `10 i + 0..3`.
+    fn line(version: u64, picks: &[(u8, u8)]) -> RoomState {
+        let mut seen = Vec::new();
+        let mut occupants = Vec::new();
+        for &(i, mask) in picks {
+            if seen.contains(&i) {
+                continue;
+            }
+            seen.push(i);
+            let base = 10 * u64::from(i);
+            let key = if i.is_multiple_of(2) {
+                OccupantKey::User(Arc::from(format!("user-{i}")))
+            } else {
+                OccupantKey::Anonymous(SessionId(base))
+            };
+            let meta = if i.is_multiple_of(2) {
+                Meta::from_value(serde_json::json!({ "name": i })).unwrap()
+            } else {
+                Meta::empty()
+            };
+            let mask = mask % 7 + 1;
+            occupants.push(OccupantState {
+                key,
+                meta,
+                sessions: (0..3)
+                    .filter(|b| mask & (1 << b) != 0)
+                    .map(|b| SessionId(base + b))
+                    .collect(),
+                since: u64::from(i),
+            });
+        }
+        RoomState {
+            version,
+            occupants,
+            held_since: Some(version),
+            reason: if version.is_multiple_of(2) {
+                DisplacedReason::Idle
+            } else {
+                DisplacedReason::Takeover
+            },
+        }
+    }
+
+    proptest! {
+        /// For the sessions of this node, `local_notices` gives exactly what `room_notices` gives
+        /// on the whole states; for the others, nothing.
+        #[test]
+        fn local_notices_are_the_whole_notices_of_local_sessions(
+            old in proptest::collection::vec((0u8..8, 0u8..8), 0..8),
+            new in proptest::collection::vec((0u8..8, 0u8..8), 0..8),
+            here_mask in any::<u32>(),
+            k in 1usize..4,
+        ) {
+            let room = RoomId::parse("r", 8).unwrap();
+            let (old, new) = (line(1, &old), line(2, &new));
+            let here = |s: SessionId| here_mask & (1 << (s.0 % 32)) != 0;
+            let watchers: Vec<SessionId> = (0..80).map(SessionId).filter(|&s| here(s)).take(3).collect();
+            let mut whole = Vec::new();
+            room_notices(&room, &old, &new, &watchers, k, &mut whole);
+            whole.retain(|n| here(n.session));
+            let mut local = Vec::new();
+            local_notices(&room, &old, &new, &watchers, here, k, &mut local);
+            prop_assert_eq!(local, whole);
+        }
     }
 }

@@ -5,8 +5,15 @@
 //! Every script takes `ARGV[1]` = key prefix and `ARGV[2]` = the calling node's version floor (the
 //! highest room version it has seen), then its own arguments from `ARGV[3]`. Every script replies
 //! with one JSON string: `e` (an error code) when refused, `c` (the rooms it changed, as
-//! `[room, state]` pairs, in the order it changed them), `r` (the state of the room it was about
-//! after the call) and fields of its own.
+//! `[room, version, state]` triples, in the order it changed them; the sweep leaves the state
+//! empty, see `SWEEP`), the state of the room it was about after the call and fields of its own.
+//! That state travels once: when the script changed the room last by a published save, the reply
+//! says which entry of `c` it is (`ri`, 1-based); otherwise it carries the stored state (`r`).
+//!
+//! Published messages on `{prefix}:ch`: `r<room>\n<version>\n<state>` (a room's new state; the
+//! version first, so that a node can drop a state it does not need without decoding it),
+//! `s<session>\n<node>` (the session was resumed on that node) and `x<node>\n<session>,...`
+//! (sessions of that node closed by a sweep).
 //!
 //! Times (`since` of an occupant `t`, `held_since` of a room `h`, the holder's idle clock `a`,
 //! grace deadlines, leases) are Redis `TIME` in milliseconds, read inside the script: one clock
@@ -29,6 +36,7 @@ const PRELUDE: &str = r#"
 local P = ARGV[1]
 local FLOOR = tonumber(ARGV[2])
 local NODES = P .. ':nodes'
+local SWEEPING = P .. ':sweeping'
 local STATS = P .. ':stats'
 local CH = P .. ':ch'
 local function hex(s) return (string.gsub(s, '.', function(c) return string.format('%02x', string.byte(c)) end)) end
@@ -47,18 +55,42 @@ local function now_us()
   return NOW_US
 end
 local function now_ms() return math.floor(now_us() / 1000) end
-local function stat(f, d) if d ~= 0 then redis.call('HINCRBY', STATS, f, d) end end
+-- Counter changes, written once per script (by `reply` / `err`, which end every script).
+local STAT_D = {}
+local function stat(f, d) if d ~= 0 then STAT_D[f] = (STAT_D[f] or 0) + d end end
+local function flush_stats()
+  for f, d in pairs(STAT_D) do
+    if d ~= 0 then redis.call('HINCRBY', STATS, f, d) end
+  end
+  STAT_D = {}
+end
 local function find(list, x)
   for i, y in ipairs(list) do if y == x then return i end end
   return nil
 end
+-- The rooms this script changed, `{room, version, state}`, for the caller (see the module docs).
 local CHANGED = {}
-local function err(code) return cjson.encode({e = code, c = CHANGED}) end
+-- Whether CHANGED carries the states (the sweep reports versions only: the states reach every
+-- node by pub/sub, and the sweeping node rarely follows the rooms of a dead node).
+local REPORT_STATES = true
+-- room -> index in CHANGED of its last save, when that save was published and the room still
+-- exists (nil after a save without a publish): the reply then names the entry instead of
+-- carrying the state a second time.
+local LAST = {}
+local function err(code)
+  flush_stats()
+  return cjson.encode({e = code, c = CHANGED})
+end
 local function reply(t, room)
+  flush_stats()
   t.c = CHANGED
   if room then
-    local raw = redis.call('GET', rkey(room))
-    if raw then t.r = raw end
+    if LAST[room] then
+      t.ri = LAST[room]
+    else
+      local raw = redis.call('GET', rkey(room))
+      if raw then t.r = raw end
+    end
   end
   return cjson.encode(t)
 end
@@ -93,8 +125,15 @@ local function save_room(room, was, st, publish)
   stat('watchers', w - was.w)
   was.exists = (n > 0 or w > 0); was.n = n; was.w = w; was.hk = holder_key(st)
   if publish then
-    redis.call('PUBLISH', CH, 'r' .. room .. '\n' .. js)
-    table.insert(CHANGED, {room, js})
+    redis.call('PUBLISH', CH, 'r' .. room .. '\n' .. st.v .. '\n' .. js)
+    if REPORT_STATES then
+      table.insert(CHANGED, {room, st.v, js})
+      if was.exists then LAST[room] = #CHANGED else LAST[room] = nil end
+    else
+      table.insert(CHANGED, {room, st.v, ''})
+    end
+  else
+    LAST[room] = nil
   end
 end
 -- Loads a room; first drops sessions restored as placeholders whose owner never came back.
@@ -200,7 +239,8 @@ local function remove_watcher(room, sid)
   if i then table.remove(st.w, i) end
   save_room(room, was, st, false)
 end
-local function close_session(sid, s, swept)
+-- Machine::close: leaves every room of the session (watches first), then forgets it.
+local function close_session(sid, s)
   for _, room in ipairs(s.w) do remove_watcher(room, sid) end
   local key = okey(sid, s)
   for _, room in ipairs(s.j) do remove_from_line(room, sid, key) end
@@ -209,7 +249,6 @@ local function close_session(sid, s, swept)
   if s.n then redis.call('SREM', nskey(s.n), sid) end
   stat('sessions', -1)
   if s.g > 0 then stat('grace', -1) end
-  if swept then redis.call('PUBLISH', CH, 'x' .. sid .. '\n' .. (s.n or '')) end
 end
 "#;
 
@@ -234,7 +273,7 @@ local s, e = owned(sid, node)
 if not s then return e end
 if s.g > 0 then return reply({}, nil) end
 if rem <= 0 then
-  close_session(sid, s, false)
+  close_session(sid, s)
 else
   redis.call('HSET', skey(sid), 'g', fmt(now_ms() + rem))
   stat('grace', 1)
@@ -247,7 +286,7 @@ pub(crate) const CLOSE: &str = r#"
 local sid, node = ARGV[3], ARGV[4]
 local s, e = owned(sid, node)
 if not s then return e end
-close_session(sid, s, false)
+close_session(sid, s)
 return reply({}, nil)
 "#;
 
@@ -258,7 +297,7 @@ pub(crate) const EXPIRE: &str = r#"
 local sid, node = ARGV[3], ARGV[4]
 local s = load_sess(sid)
 if s and s.n == node and s.g > 0 then
-  close_session(sid, s, false)
+  close_session(sid, s)
   return reply({n = 1}, nil)
 end
 return reply({n = 0}, nil)
@@ -478,7 +517,7 @@ if tok ~= new and redis.call('EXISTS', tkey(new)) == 1 then return err('session_
 local s = load_sess(sid)
 if not s then return err('resume_invalid') end
 if s.g > 0 and s.g <= now_ms() then
-  close_session(sid, s, false)
+  close_session(sid, s)
   return err('resume_invalid')
 end
 local was_live = (s.g == 0)
@@ -507,8 +546,11 @@ return reply({i = sid, pr = p or nil}, nil)
 
 /// `renew(node, lease_ms)`: extends the node's lease. `s` = 1 (fine), 0 (the registration was
 /// lost: Redis lost its data; restore), -1 (another node swept this one: its sessions are gone).
-/// `x` lists the nodes whose lease has ended, `d` is Redis time (ms: the node's estimate of its
-/// clock's offset, for idle deadlines).
+/// `x` lists the nodes to sweep: those whose lease has ended and those a sweep has begun on and
+/// not finished (any node may carry on a sweep another one began). `d` is Redis time (ms: the
+/// node's estimate of its clock's offset, for idle deadlines) and `ne` the earliest lease end of
+/// the other nodes (Redis ms), so that the node looks again right when that lease ends instead of
+/// at its next renewal: a dead node is swept promptly after its lease, whatever the lease.
 pub(crate) const RENEW: &str = r#"
 local node, lease = ARGV[3], tonumber(ARGV[4])
 local status = 1
@@ -521,34 +563,199 @@ if not redis.call('ZSCORE', NODES, node) then
   end
 end
 redis.call('ZADD', NODES, now_ms() + lease, node)
-local expired = redis.call('ZRANGEBYSCORE', NODES, '-inf', now_ms())
-return reply({s = status, x = expired, d = now_str()}, nil)
+local todo = redis.call('ZRANGEBYSCORE', NODES, '-inf', now_ms())
+for _, n in ipairs(redis.call('SMEMBERS', SWEEPING)) do
+  if not find(todo, n) then table.insert(todo, n) end
+end
+local ne = nil
+local first = redis.call('ZRANGE', NODES, 0, 1, 'WITHSCORES')
+for i = 1, #first, 2 do
+  if first[i] ~= node then ne = first[i + 1]; break end
+end
+return reply({s = status, x = todo, d = now_str(), ne = ne}, nil)
 "#;
 
-/// `sweep(dead_node)`: if the node's lease has ended, closes every session it owned (publishing
-/// each room's new state and `x` per session) and marks it dead.
+/// `sweep(dead_node, max_sessions, max_units, budget_us, small_bytes)`: Machine::close_many
+/// over the dead node's sessions, run as a series of bounded calls so that no call blocks Redis
+/// for long, whatever the number of sessions or the length of their lines. The caller repeats it
+/// while the reply says `m` = 1 (more to do); any node can carry on a sweep another began (what
+/// is left is kept in Redis). Each call:
+///
+/// 1. **Sessions**: takes up to `max_sessions` of the dead node's sessions (fewer when half of
+///    `budget_us` of Redis time is used up) and forgets them (record, token, counters: they can
+///    no longer be resumed). Their removals are merged per room: each room they were in changes
+///    once in this call — one version, one publish, its next in line granted the room by
+///    `save_room` as for any change — if its stored state is at most `small_bytes` long (and
+///    time is left). A longer room's removals are queued instead (`{prefix}:rx:{<room hex>}`:
+///    `o<session><occupant key>` or `w<session>`; the room listed in `{prefix}:sweep:rooms`),
+///    so that a long line is read and rewritten once per sweep, not once per call. One `x`
+///    message per call names the sessions, for the dead node if it was only cut off.
+/// 2. **Queued rooms**, once no session is left: each loses all its queued removals at once (one
+///    version, one publish), until `max_units` (rooms plus the line lengths read) or the budget
+///    is used up. A room is never split: one room whose line alone takes longer than the budget
+///    is one call of its own.
+///
+/// The first call (the node's lease has ended) takes the node out of the lease set, marks it
+/// dead (its `renew` answers -1 if it comes back) and moves its session set aside
+/// (`{prefix}:sw:{<node>}`), so that sessions a node that comes back creates under the same id
+/// are not swept. Replies `n` (sessions closed by this call) and `m`; `c` lists the changed
+/// rooms with their versions but not their states (they reach every node by pub/sub, and the
+/// sweeping node rarely follows the rooms of a dead node).
 pub(crate) const SWEEP: &str = r#"
 local dead = ARGV[3]
-local score = redis.call('ZSCORE', NODES, dead)
-if (not score) or tonumber(score) > now_ms() then return reply({n = 0}, nil) end
-redis.call('ZREM', NODES, dead)
-redis.call('SET', deadkey(dead), '1', 'PX', 86400000)
-local n = 0
-for _, sid in ipairs(redis.call('SMEMBERS', nskey(dead))) do
-  local s = load_sess(sid)
-  if s and s.n == dead then
-    close_session(sid, s, true)
-    n = n + 1
+local max_sessions, max_units = tonumber(ARGV[4]), tonumber(ARGV[5])
+local budget, small = tonumber(ARGV[6]), tonumber(ARGV[7])
+local ROOMS = P .. ':sweep:rooms'
+local SW = P .. ':sw:{' .. dead .. '}'
+local function rxkey(room) return P .. ':rx:{' .. hex(room) .. '}' end
+REPORT_STATES = false
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local t0 = clock()
+local function spent() return clock() - t0 end
+if redis.call('SISMEMBER', SWEEPING, dead) == 0 then
+  local score = redis.call('ZSCORE', NODES, dead)
+  if (not score) or tonumber(score) > now_ms() then return reply({n = 0, m = 0}, nil) end
+  redis.call('ZREM', NODES, dead)
+  redis.call('SET', deadkey(dead), '1', 'PX', 86400000)
+  if redis.call('EXISTS', nskey(dead)) == 1 then
+    if redis.call('EXISTS', SW) == 1 then
+      redis.call('SUNIONSTORE', SW, SW, nskey(dead))
+      redis.call('DEL', nskey(dead))
+    else
+      redis.call('RENAME', nskey(dead), SW)
+    end
+  end
+  redis.call('SADD', SWEEPING, dead)
+end
+-- Removals of one room: occupant key -> {session -> true}, and watchers {session -> true}.
+local touched, order = {}, {}
+local function removals(room)
+  local r = touched[room]
+  if not r then
+    r = {members = {}, watchers = {}, any = false, n = 0}
+    touched[room] = r
+    table.insert(order, room)
+  end
+  return r
+end
+-- Takes a room's removals out of its queue (step 2, or a queued room touched again).
+local function dequeue(room, r)
+  local queued = redis.call('SMEMBERS', rxkey(room))
+  redis.call('DEL', rxkey(room))
+  for _, q in ipairs(queued) do
+    local sid = string.sub(q, 2, 17)
+    if string.sub(q, 1, 1) == 'o' then
+      local key = string.sub(q, 18)
+      r.members[key] = r.members[key] or {}
+      r.members[key][sid] = true
+      r.any = true
+    else
+      r.watchers[sid] = true
+    end
+    r.n = r.n + 1
   end
 end
-redis.call('DEL', nskey(dead))
-return reply({n = n}, nil)
+-- Applies a room's removals in one change. Returns the work done (1 + line length).
+local function apply(room, r)
+  local st, was = load_room(room)
+  if not st then return 1 end
+  local w = {}
+  for _, x in ipairs(st.w) do if not r.watchers[x] then table.insert(w, x) end end
+  st.w = w
+  local removed = false
+  if r.any then
+    local line = {}
+    for _, occ in ipairs(st.o) do
+      local out = r.members[occ.k]
+      if out then
+        local keep = {}
+        for _, x in ipairs(occ.s) do
+          if out[x] then removed = true else table.insert(keep, x) end
+        end
+        occ.s = keep
+        if occ.u then
+          local u = {}
+          for _, x in ipairs(occ.u) do if not out[x] then table.insert(u, x) end end
+          if #u > 0 then occ.u = u else occ.u = nil; occ.x = nil end
+        end
+      end
+      if #occ.s > 0 then table.insert(line, occ) end
+    end
+    st.o = line
+  end
+  if removed then bump(st) end
+  save_room(room, was, st, removed)
+  return 1 + #st.o
+end
+-- 1. Sessions.
+local gone, seen, dels = {}, 0, {}
+local grace = 0
+while seen < max_sessions and spent() * 2 <= budget do
+  local batch = redis.call('SPOP', SW, math.min(16, max_sessions - seen))
+  if #batch == 0 then break end
+  for _, sid in ipairs(batch) do
+    seen = seen + 1
+    local s = load_sess(sid)
+    -- A session resumed on another node meanwhile is that node's now.
+    if s and s.n == dead then
+      for _, room in ipairs(s.w) do removals(room).watchers[sid] = true end
+      local key = okey(sid, s)
+      for _, room in ipairs(s.j) do
+        local r = removals(room)
+        r.members[key] = r.members[key] or {}
+        r.members[key][sid] = true
+        r.any = true
+      end
+      table.insert(dels, skey(sid))
+      if s.t then table.insert(dels, tkey(s.t)) end
+      if s.g > 0 then grace = grace - 1 end
+      table.insert(gone, sid)
+    end
+  end
+end
+for i = 1, #dels, 256 do
+  redis.call('DEL', unpack(dels, i, math.min(i + 255, #dels)))
+end
+stat('sessions', -#gone)
+stat('grace', grace)
+if #gone > 0 then redis.call('PUBLISH', CH, 'x' .. dead .. '\n' .. table.concat(gone, ',')) end
+for _, room in ipairs(order) do
+  local r = touched[room]
+  local queued = redis.call('SISMEMBER', ROOMS, room) == 1
+  if (not queued) and spent() <= budget and redis.call('STRLEN', rkey(room)) <= small then
+    apply(room, r)
+  else
+    for key, sids in pairs(r.members) do
+      for sid in pairs(sids) do redis.call('SADD', rxkey(room), 'o' .. sid .. key) end
+    end
+    for sid in pairs(r.watchers) do redis.call('SADD', rxkey(room), 'w' .. sid) end
+    if not queued then redis.call('SADD', ROOMS, room) end
+  end
+end
+if redis.call('SCARD', SW) > 0 then return reply({n = #gone, m = 1}, nil) end
+-- 2. Queued rooms. At least one when step 1 had nothing left to do, so that every call makes
+-- progress.
+local units, progress = 0, seen > 0
+while (not progress) or (units < max_units and spent() <= budget) do
+  local room = redis.call('SPOP', ROOMS)
+  if not room then break end
+  local r = {members = {}, watchers = {}, any = false, n = 0}
+  dequeue(room, r)
+  units = units + r.n + apply(room, r)
+  progress = true
+end
+if redis.call('SCARD', ROOMS) > 0 then return reply({n = #gone, m = 1}, nil) end
+redis.call('SREM', SWEEPING, dead)
+return reply({n = #gone, m = 0}, nil)
 "#;
 
 /// `prune(room)`: drops expired placeholders (see `restore`).
 pub(crate) const PRUNE: &str = r#"
 local st = load_room(ARGV[3])
-return reply({}, ARGV[3])
+return reply({}, nil)
 "#;
 
 /// `reregister(sid, node, has_principal, principal, meta, token, joined, watching, grace_ms)`:
@@ -630,7 +837,7 @@ for _, w in ipairs(mywatch) do
 end
 if changed then bump(st) end
 save_room(room, was, st, changed)
-return reply({}, room)
+return reply({}, nil)
 "#;
 
 /// `check()`: the invariants (tests only; O(everything), uses KEYS). Replies `x`: problems.
@@ -678,6 +885,12 @@ for _, k in ipairs(redis.call('KEYS', P .. ':s:*')) do
     end
     if not ok then table.insert(problems, sid .. ' lists ' .. room .. ' it is not in') end
   end
+end
+-- A sweep leaves nothing behind once it is over.
+if redis.call('SCARD', SWEEPING) == 0 then
+  if redis.call('EXISTS', P .. ':sweep:rooms') == 1 then table.insert(problems, 'rooms queued by no sweep') end
+  for _, k in ipairs(redis.call('KEYS', P .. ':rx:*')) do table.insert(problems, 'left by a sweep: ' .. k) end
+  for _, k in ipairs(redis.call('KEYS', P .. ':sw:*')) do table.insert(problems, 'left by a sweep: ' .. k) end
 end
 for f, v in pairs(n) do
   local c = tonumber(redis.call('HGET', STATS, f) or '0')

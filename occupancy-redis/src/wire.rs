@@ -2,30 +2,42 @@
 //! see the crate docs) into core [`RoomState`]s, and the scripts' JSON replies. Lua's cjson
 //! encodes an empty array as `{}`, so every list accepts an empty object too.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use occupancy_core::{
-    DisplacedReason, Error, Meta, OccupantKey, OccupantState, RoomState, SessionId,
+    DisplacedReason, Error, Meta, OccupantKey, OccupantState, Person, RoomState, SessionId,
 };
 use serde::{Deserialize, Deserializer};
 
-/// A list that Lua may have written as `{}` when empty.
+/// A list that Lua may have written as `{}` when empty. Read in one pass (an untagged enum
+/// would first copy the whole value, a long line included, into an intermediate tree).
 pub(crate) fn list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum L<T> {
-        Seq(Vec<T>),
-        Map(serde_json::Map<String, serde_json::Value>),
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list (or an empty object)")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(x) = seq.next_element()? {
+                v.push(x);
+            }
+            Ok(v)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Vec<T>, A::Error> {
+            match map.next_key::<serde::de::IgnoredAny>()? {
+                None => Ok(Vec::new()),
+                Some(_) => Err(serde::de::Error::custom("expected a list")),
+            }
+        }
     }
-    match L::<T>::deserialize(d)? {
-        L::Seq(v) => Ok(v),
-        L::Map(m) if m.is_empty() => Ok(Vec::new()),
-        L::Map(_) => Err(serde::de::Error::custom("expected a list")),
-    }
+    d.deserialize_any(V(std::marker::PhantomData))
 }
 
 /// A number of milliseconds the scripts store as a decimal string (like versions: cjson would
@@ -47,11 +59,14 @@ fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     })
 }
 
+// Borrowed where the JSON has no escapes (ids, session lists): a long line decodes with a few
+// allocations per occupant, not one per field.
 #[derive(Deserialize)]
-struct WireRoom {
-    v: String,
-    #[serde(default, deserialize_with = "list")]
-    o: Vec<WireOccupant>,
+struct WireRoom<'a> {
+    #[serde(borrow)]
+    v: Cow<'a, str>,
+    #[serde(default, deserialize_with = "list", borrow)]
+    o: Vec<WireOccupant<'a>>,
     /// When the holder was granted the room (Redis ms); absent when nobody stands in line, and
     /// in rooms stored before it existed.
     #[serde(default, deserialize_with = "millis")]
@@ -66,16 +81,39 @@ struct WireRoom {
 }
 
 #[derive(Deserialize)]
-struct WireOccupant {
-    k: String,
-    m: String,
+struct WireOccupant<'a> {
+    #[serde(borrow)]
+    k: Cow<'a, str>,
+    #[serde(borrow)]
+    m: Cow<'a, str>,
     #[serde(default, deserialize_with = "list")]
-    s: Vec<String>,
-    #[serde(default)]
-    x: Option<String>,
+    s: Vec<Sid>,
+    #[serde(default, borrow)]
+    x: Option<Cow<'a, str>>,
     /// When the occupant entered the line (Redis ms); 0 in rooms stored before it existed.
     #[serde(default, deserialize_with = "millis")]
     t: Option<u64>,
+}
+
+/// A session id in a stored line (16 hex digits), parsed where it lies in the JSON.
+struct Sid(SessionId);
+
+impl<'de> Deserialize<'de> for Sid {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Sid;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a session id in hex")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Sid, E> {
+                u64::from_str_radix(v, 16)
+                    .map(|n| Sid(SessionId(n)))
+                    .map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 /// A decoded room state plus what only this backend needs.
@@ -116,6 +154,10 @@ fn parse_key(k: &str) -> Result<OccupantKey, Error> {
 }
 
 pub(crate) fn parse_meta(m: &str) -> Result<Meta, Error> {
+    // Most occupants of a long line show no metadata: no JSON value to build for them.
+    if m == "{}" {
+        return Ok(Meta::empty());
+    }
     let v: serde_json::Value = serde_json::from_str(m).map_err(bad)?;
     Meta::from_value(v).map_err(bad)
 }
@@ -134,11 +176,7 @@ pub(crate) fn decode_room(raw: &str) -> Result<Decoded, Error> {
         occupants.push(OccupantState {
             key: parse_key(&o.k)?,
             meta: parse_meta(&o.m)?,
-            sessions: o
-                .s
-                .iter()
-                .map(|s| parse_session(s))
-                .collect::<Result<_, _>>()?,
+            sessions: o.s.into_iter().map(|s| s.0).collect(),
             since: o.t.unwrap_or(0),
         });
     }
@@ -173,18 +211,45 @@ pub(crate) fn watcher_count(raw: &str) -> Result<u32, Error> {
     Ok(w.w.len() as u32)
 }
 
+/// What a call's reply says about the room it was about: its version and holder after the call.
+#[derive(Debug, Clone)]
+pub(crate) struct Head {
+    pub version: u64,
+    pub holder: Option<Person>,
+}
+
+impl Head {
+    pub fn of(state: &RoomState) -> Head {
+        Head {
+            version: state.version,
+            holder: state.holder().map(OccupantState::person),
+        }
+    }
+}
+
 /// A script's reply (every field optional; see `lua.rs`).
 #[derive(Deserialize, Default)]
 pub(crate) struct Reply {
     /// Error code.
     #[serde(default)]
     pub e: Option<String>,
-    /// Changed rooms, in order.
+    /// Changed rooms, in order: room, version, state (empty when the script reports the version
+    /// only).
     #[serde(default, deserialize_with = "list")]
-    pub c: Vec<(String, String)>,
-    /// The state of the room the call was about.
+    pub c: Vec<(String, String, String)>,
+    /// The state of the room the call was about, when the call did not change it by a publish.
     #[serde(default)]
     pub r: Option<String>,
+    /// Which entry of `c` (1-based) is the state of the room the call was about.
+    #[serde(default)]
+    pub ri: Option<usize>,
+    /// The room the call was about, after it (from `r` or `c[ri]`; filled by the caller of the
+    /// script, not sent).
+    #[serde(skip)]
+    pub head: Option<Head>,
+    /// `r`, decoded (filled by the caller of the script, not sent).
+    #[serde(skip)]
+    pub state: Option<Decoded>,
     /// Position (0-based).
     #[serde(default)]
     pub p: Option<u32>,
@@ -203,7 +268,13 @@ pub(crate) struct Reply {
     /// A status (renew).
     #[serde(default)]
     pub s: Option<i64>,
-    /// Nodes whose lease ended (renew), or problems (check).
+    /// More to do (sweep): 1, or 0 when the sweep is over.
+    #[serde(default)]
+    pub m: Option<u8>,
+    /// The earliest lease end of the other nodes, in Redis ms (renew).
+    #[serde(default, deserialize_with = "millis")]
+    pub ne: Option<u64>,
+    /// Nodes to sweep (renew), or problems (check).
     #[serde(default, deserialize_with = "list")]
     pub x: Vec<String>,
     /// Session id (resume, token).

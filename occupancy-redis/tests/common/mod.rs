@@ -3,12 +3,12 @@
 
 pub mod server;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use occupancy_core::{
-    Backend, Config, Ending, Error, ForcedRelease, Joined, Left, Meta, NoticeSink, PresenceBody,
-    ResumeToken, Resumed, RoomState, SessionId, Stats, async_trait,
+    Backend, Config, Ending, Error, ForcedRelease, Joined, Left, Meta, Notice, NoticeSink,
+    PresenceBody, ResumeToken, Resumed, RoomState, SessionId, Stats, async_trait,
 };
 use occupancy_redis::{RedisBackend, RedisConfig};
 pub use server::RedisServer;
@@ -34,6 +34,39 @@ pub fn test_config(url: &str) -> RedisConfig {
     RedisConfig::new(url)
         .lease(Duration::from_millis(1000))
         .op_timeout(Duration::from_millis(1000))
+}
+
+/// A notice sink that keeps every notice delivered to it (for a backend driven without a Hub).
+#[derive(Default)]
+pub struct Recorder {
+    pub notices: Mutex<Vec<Notice>>,
+}
+
+impl NoticeSink for Recorder {
+    fn deliver(&self, notices: &mut dyn Iterator<Item = Notice>) {
+        self.notices.lock().unwrap().extend(notices);
+    }
+    fn is_local(&self, _: SessionId) -> bool {
+        true
+    }
+    fn session_ended(&self, _: SessionId, _: Option<Error>) {}
+}
+
+/// A node driven through the `Backend` trait (no Hub), recording its notices in the sink.
+pub async fn raw_node(url: &str) -> (RedisBackend, Arc<Recorder>) {
+    let backend = RedisBackend::connect(test_config(url)).await.unwrap();
+    let sink = Arc::new(Recorder::default());
+    backend.attach(&Config::default(), sink.clone()).unwrap();
+    (backend, sink)
+}
+
+/// Connects session `id` on a raw node, as user `principal` if given.
+pub async fn raw_session(b: &RedisBackend, id: u64, principal: Option<&str>) -> SessionId {
+    let s = SessionId(id);
+    b.connect(s, principal, Meta::empty(), ResumeToken(id as u128 * 7 + 1))
+        .await
+        .unwrap();
+    s
 }
 
 #[async_trait]
