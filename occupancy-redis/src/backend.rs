@@ -705,6 +705,25 @@ impl Inner {
     /// Runs a session operation; if Redis says the session is unknown while this node has it
     /// live, Redis lost its data: restore, then try once more. If another node owns the session
     /// (see [`Inner::replaced`]), fails with [`Error::UnknownSession`].
+    /// Runs a script that answers the session's place in `room` (take over, update, active) and
+    /// applies the room state it returned, if any.
+    async fn run_place_op(
+        &self,
+        session: SessionId,
+        room: &str,
+        script: &redis::Script,
+        rest: Args,
+    ) -> Result<Joined, Error> {
+        let room_id = RoomId::parse(room, usize::MAX)?;
+        let reply = self.run_session_op(session, script, rest).await?;
+        let (joined, d) = self.joined_from(&room_id, reply)?;
+        if let Some(d) = d {
+            let mut local = self.lock();
+            self.apply_locked(&mut local, room, d);
+        }
+        Ok(joined)
+    }
+
     async fn run_session_op(
         &self,
         id: SessionId,
@@ -1700,10 +1719,10 @@ impl Backend for RedisBackend {
         inner.live(session)?;
         meta.check(config.limits.max_meta_bytes)?;
         let meta_json = serde_json::to_string(&meta).map_err(bad)?;
-        let room_id = RoomId::parse(room, usize::MAX)?;
-        let reply = inner
-            .run_session_op(
+        inner
+            .run_place_op(
                 session,
+                room,
                 &inner.scripts.update,
                 args()
                     .a(session_hex(session))
@@ -1712,13 +1731,7 @@ impl Backend for RedisBackend {
                     .a(&meta_json)
                     .a(inner.idle_arg()),
             )
-            .await?;
-        let (joined, d) = inner.joined_from(&room_id, reply)?;
-        if let Some(d) = d {
-            let mut local = inner.lock();
-            inner.apply_locked(&mut local, room, d);
-        }
-        Ok(joined)
+            .await
     }
 
     async fn active(&self, session: SessionId, room: &str) -> Result<Joined, Error> {
@@ -1726,10 +1739,10 @@ impl Backend for RedisBackend {
         // In the machine's order: the room id, the session, then membership.
         RoomId::check(room, inner.config()?.limits.max_room_id_len)?;
         inner.live(session)?;
-        let room_id = RoomId::parse(room, usize::MAX)?;
-        let reply = inner
-            .run_session_op(
+        inner
+            .run_place_op(
                 session,
+                room,
                 &inner.scripts.active,
                 args()
                     .a(session_hex(session))
@@ -1737,13 +1750,7 @@ impl Backend for RedisBackend {
                     .a(room)
                     .a(inner.idle_arg()),
             )
-            .await?;
-        let (joined, d) = inner.joined_from(&room_id, reply)?;
-        if let Some(d) = d {
-            let mut local = inner.lock();
-            inner.apply_locked(&mut local, room, d);
-        }
-        Ok(joined)
+            .await
     }
 
     async fn release(&self, room: &str) -> Result<ForcedRelease, Error> {
@@ -1772,20 +1779,14 @@ impl Backend for RedisBackend {
         let inner = &self.inner;
         RoomId::check(room, inner.config()?.limits.max_room_id_len)?;
         inner.live(session)?;
-        let room_id = RoomId::parse(room, usize::MAX)?;
-        let reply = inner
-            .run_session_op(
+        inner
+            .run_place_op(
                 session,
+                room,
                 &inner.scripts.takeover,
                 args().a(session_hex(session)).a(&inner.node).a(room),
             )
-            .await?;
-        let (joined, d) = inner.joined_from(&room_id, reply)?;
-        if let Some(d) = d {
-            let mut local = inner.lock();
-            inner.apply_locked(&mut local, room, d);
-        }
-        Ok(joined)
+            .await
     }
 
     async fn watch(&self, session: SessionId, room: &str) -> Result<PresenceBody, Error> {
