@@ -8,15 +8,10 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{RedisServer, test_config};
-use occupancy_core::{
-    Config, DisplacedReason, Error, ForcedRelease, Hub, Meta, Notice, NoticeKind, Notices, Session,
-};
+use common::{RedisServer, drain, expect, released, test_config, user};
+use occupancy_core::{Config, DisplacedReason, Error, ForcedRelease, Hub, Notice, NoticeKind};
 use occupancy_redis::RedisBackend;
-use serde_json::json;
 
-const PATIENCE: Duration = Duration::from_secs(15);
-const SETTLE: Duration = Duration::from_millis(300);
 const ROOM: &str = "doc-{7}";
 /// How far `since` may be from this machine's clock (Redis runs here: a generous bound).
 const SKEW_MS: u64 = 5_000;
@@ -33,11 +28,6 @@ async fn node(url: &str, idle: Option<Duration>) -> Hub {
         .unwrap()
 }
 
-async fn user(hub: &Hub, name: &str) -> (Session, Notices) {
-    let meta = Meta::from_value(json!({ "name": name })).unwrap();
-    hub.connect(Some(name.into()), meta).await.unwrap()
-}
-
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -47,31 +37,6 @@ fn unix_ms() -> u64 {
 
 fn plausible(ms: u64, before: u64, after: u64) -> bool {
     ms + SKEW_MS >= before && ms <= after + SKEW_MS
-}
-
-async fn expect(n: &mut Notices, what: &str, pred: impl Fn(&Notice) -> bool) -> Notice {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        match tokio::time::timeout_at(deadline, n.recv()).await {
-            Ok(Some(x)) if pred(&x) => return x,
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("notices ended while waiting for {what}"),
-            Err(_) => panic!("timed out waiting for {what}"),
-        }
-    }
-}
-
-async fn drain(n: &mut Notices) -> Vec<Notice> {
-    tokio::time::sleep(SETTLE).await;
-    let mut v = Vec::new();
-    while let Some(x) = n.try_recv() {
-        v.push(x);
-    }
-    v
-}
-
-fn released(n: &Notice) -> bool {
-    matches!(n.kind, NoticeKind::Released { .. })
 }
 
 fn displaced(n: &Notice) -> bool {

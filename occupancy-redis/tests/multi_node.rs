@@ -8,13 +8,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{RedisServer, test_config};
-use occupancy_core::{Error, Hub, Meta, Notice, NoticeKind, Notices, Session};
+use common::{PATIENCE, RedisServer, SETTLE, drain, expect, released, test_config, user};
+use occupancy_core::{Error, Hub, Meta, NoticeKind};
 use occupancy_redis::RedisBackend;
 use serde_json::json;
 
-const PATIENCE: Duration = Duration::from_secs(15);
-const SETTLE: Duration = Duration::from_millis(300);
 const ROOM: &str = "doc-{1}";
 
 async fn node(url: &str, grace: Duration) -> Hub {
@@ -24,36 +22,6 @@ async fn node(url: &str, grace: Duration) -> Hub {
         .grace(grace)
         .build()
         .unwrap()
-}
-
-async fn user(hub: &Hub, name: &str) -> (Session, Notices) {
-    let meta = Meta::from_value(json!({ "name": name })).unwrap();
-    hub.connect(Some(name.into()), meta).await.unwrap()
-}
-
-async fn expect(n: &mut Notices, what: &str, pred: impl Fn(&Notice) -> bool) -> Notice {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        match tokio::time::timeout_at(deadline, n.recv()).await {
-            Ok(Some(x)) if pred(&x) => return x,
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("notices ended while waiting for {what}"),
-            Err(_) => panic!("timed out waiting for {what}"),
-        }
-    }
-}
-
-async fn drain(n: &mut Notices) -> Vec<Notice> {
-    tokio::time::sleep(SETTLE).await;
-    let mut v = Vec::new();
-    while let Some(x) = n.try_recv() {
-        v.push(x);
-    }
-    v
-}
-
-fn released(n: &Notice) -> bool {
-    matches!(n.kind, NoticeKind::Released { .. })
 }
 
 async fn holders(hub: &Hub) -> Vec<String> {

@@ -7,11 +7,51 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use occupancy_core::{
-    Backend, Config, Ending, Error, ForcedRelease, Joined, Left, Meta, Notice, NoticeSink,
-    PresenceBody, ResumeToken, Resumed, RoomState, SessionId, Stats, async_trait,
+    Backend, Config, Ending, Error, ForcedRelease, Hub, Joined, Left, Meta, Notice, NoticeKind,
+    NoticeSink, Notices, PresenceBody, ResumeToken, Resumed, RoomState, Session, SessionId, Stats,
+    async_trait,
 };
 use occupancy_redis::{RedisBackend, RedisConfig};
+use serde_json::json;
 pub use server::RedisServer;
+
+/// How long a test waits for something that must happen.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+/// How long a test lets the nodes settle before asserting that nothing (more) came.
+pub const SETTLE: Duration = Duration::from_millis(300);
+
+/// A signed-in user `name` (also its display name) on `hub`.
+pub async fn user(hub: &Hub, name: &str) -> (Session, Notices) {
+    let meta = Meta::from_value(json!({ "name": name })).unwrap();
+    hub.connect(Some(name.into()), meta).await.unwrap()
+}
+
+/// Waits for a notice matching `pred` (up to [`PATIENCE`]), dropping those before it.
+pub async fn expect(n: &mut Notices, what: &str, pred: impl Fn(&Notice) -> bool) -> Notice {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match tokio::time::timeout_at(deadline, n.recv()).await {
+            Ok(Some(x)) if pred(&x) => return x,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("notices ended while waiting for {what}"),
+            Err(_) => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+/// Waits [`SETTLE`], then takes every notice waiting.
+pub async fn drain(n: &mut Notices) -> Vec<Notice> {
+    tokio::time::sleep(SETTLE).await;
+    let mut v = Vec::new();
+    while let Some(x) = n.try_recv() {
+        v.push(x);
+    }
+    v
+}
+
+pub fn released(n: &Notice) -> bool {
+    matches!(n.kind, NoticeKind::Released { .. })
+}
 
 /// A [`RedisBackend`] together with the server it uses (killed when the last clone is dropped).
 #[derive(Clone)]
