@@ -177,6 +177,30 @@ impl ShardedBackend {
         .await
     }
 
+    /// Runs `f` (a call that needs `session` to stand in `room`) on the room's shard, in the
+    /// machine's order of checks: the room id, the session, then `missing` when the session has
+    /// never been in that shard (the shard's machine would not know it).
+    async fn in_room<R>(
+        &self,
+        session: SessionId,
+        room: &str,
+        missing: Error,
+        f: impl FnOnce(&mut Machine) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        RoomId::check(room, self.config().limits.max_room_id_len)?;
+        let shard = self.shard_of(room);
+        if Self::shards_of(self.live_shards(session)?).all(|s| s != shard) {
+            return Err(missing);
+        }
+        self.run_in(shard, room, |m| {
+            if !m.contains_session(session) {
+                return Err(missing);
+            }
+            f(m)
+        })
+        .await
+    }
+
     fn shards_of(bits: u64) -> impl Iterator<Item = usize> {
         (0..MAX_SHARDS).filter(move |i| bits & (1 << i) != 0)
     }
@@ -649,19 +673,8 @@ impl Backend for ShardedBackend {
     }
 
     async fn active(&self, session: SessionId, room: &str) -> Result<Joined, Error> {
-        // In the machine's order: the room id, the session, then membership.
-        RoomId::check(room, self.config().limits.max_room_id_len)?;
-        let shard = self.shard_of(room);
-        if Self::shards_of(self.live_shards(session)?).all(|s| s != shard) {
-            return Err(Error::NotMember);
-        }
-        self.run_in(shard, room, |m| {
-            if !m.contains_session(session) {
-                return Err(Error::NotMember);
-            }
-            m.active(session, room)
-        })
-        .await
+        self.in_room(session, room, Error::NotMember, |m| m.active(session, room))
+            .await
     }
 
     async fn release(&self, room: &str) -> Result<ForcedRelease, Error> {
@@ -671,15 +684,7 @@ impl Backend for ShardedBackend {
     }
 
     async fn takeover(&self, session: SessionId, room: &str) -> Result<Joined, Error> {
-        RoomId::check(room, self.config().limits.max_room_id_len)?;
-        let shard = self.shard_of(room);
-        if Self::shards_of(self.live_shards(session)?).all(|s| s != shard) {
-            return Err(Error::NotInRoom);
-        }
-        self.run_in(shard, room, |m| {
-            if !m.contains_session(session) {
-                return Err(Error::NotInRoom);
-            }
+        self.in_room(session, room, Error::NotInRoom, |m| {
             m.takeover(session, room)
         })
         .await
