@@ -251,6 +251,12 @@ impl Backend for Flaky {
     async fn resume(&self, t: ResumeToken, n: ResumeToken, now: Instant) -> Result<Resumed, Error> {
         self.inner.resume(t, n, now).await
     }
+    async fn session_for_token(
+        &self,
+        t: ResumeToken,
+    ) -> Result<Option<(SessionId, Option<String>)>, Error> {
+        self.inner.session_for_token(t).await
+    }
     async fn join(&self, s: SessionId, room: &str, meta: Option<Meta>) -> Result<Joined, Error> {
         if self.down.load(Ordering::SeqCst) {
             return Err(Error::Unavailable {

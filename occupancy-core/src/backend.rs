@@ -54,9 +54,10 @@ use crate::state::{RoomState, RoomSummary};
 ///
 /// Sessions of this node that end for a reason the Hub did not cause (resumed on another node,
 /// swept after this node's lease expired) are reported with [`NoticeSink::session_ended`], so the
-/// Hub closes their connections. A resume token created on another node can be looked up with
-/// [`Backend::session_for_token`], which lets the Hub install the new connection's notice channel
-/// before the resume runs (so the presence notices the resume produces are not lost).
+/// Hub closes their connections. The Hub looks every resume token up with
+/// [`Backend::session_for_token`] (a token of this node or of another), which lets it install the
+/// new connection's notice channel before the resume runs (so the presence notices the resume
+/// produces are not lost).
 ///
 /// `now` is this process's monotonic clock: a backend that keeps grace deadlines elsewhere
 /// converts `deadline - now` into its own clock (Redis `TIME`, key expiry) and reports local
@@ -192,14 +193,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Expires every grace that ended at or before `now`; returns how many sessions expired.
     async fn handle_timeout(&self, now: Instant) -> Result<usize, Error>;
 
-    /// The session a resume token belongs to and its principal, for tokens this Hub did not hand
-    /// out itself (a client reconnecting to another node). The default knows none.
+    /// The session a resume token belongs to and its principal (`None`: no session holds it).
+    /// [`Hub::resume`](crate::Hub::resume) asks this first, for every token: the Hub keeps no
+    /// token index of its own (it would cost every idle connection another map entry). Cheap
+    /// for the memory backends; a round trip for Redis.
     async fn session_for_token(
         &self,
-        _token: ResumeToken,
-    ) -> Result<Option<(SessionId, Option<String>)>, Error> {
-        Ok(None)
-    }
+        token: ResumeToken,
+    ) -> Result<Option<(SessionId, Option<String>)>, Error>;
 
     /// Checks the backend's internal invariants (for tests; O(everything)). The default checks
     /// nothing.

@@ -1192,6 +1192,14 @@ impl Machine {
         self.sessions.get(&session).map(|e| e.token)
     }
 
+    /// The session a resume token belongs to, and its principal (`None` when no session holds
+    /// the token). O(1).
+    pub fn session_for_token(&self, token: ResumeToken) -> Option<(SessionId, Option<&str>)> {
+        let &session = self.tokens.get(&token)?;
+        let entry = self.sessions.get(&session)?;
+        Some((session, entry.principal.as_deref()))
+    }
+
     /// Counts for metrics. O(1).
     pub fn stats(&self) -> Stats {
         Stats {

@@ -147,6 +147,15 @@ impl Backend for MemoryBackend {
         self.run(|m| m.close(session)).await
     }
 
+    async fn session_for_token(
+        &self,
+        token: ResumeToken,
+    ) -> Result<Option<(SessionId, Option<String>)>, Error> {
+        let m = self.lock();
+        Ok(m.session_for_token(token)
+            .map(|(id, principal)| (id, principal.map(str::to_string))))
+    }
+
     async fn resume(
         &self,
         token: ResumeToken,

@@ -550,6 +550,19 @@ impl Backend for ShardedBackend {
         Ok(())
     }
 
+    async fn session_for_token(
+        &self,
+        token: ResumeToken,
+    ) -> Result<Option<(SessionId, Option<String>)>, Error> {
+        let Some(session) = self.tokens().get(&token).copied() else {
+            return Ok(None);
+        };
+        let t = self.table(session);
+        Ok((t.sessions.get(&session))
+            .filter(|e| e.token == token)
+            .map(|e| (session, e.principal.as_deref().map(str::to_string))))
+    }
+
     async fn resume(
         &self,
         token: ResumeToken,

@@ -639,6 +639,48 @@ async fn resume_as_refuses_another_principal_and_changes_nothing() {
     invariants(&backend);
 }
 
+/// A token is single use, even when two connections present it at the same moment (a client
+/// that retries while its first reconnect is still under way): exactly one resume wins on each
+/// backend, the other is refused, and the winner's connection stays open with the place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_resumes_with_one_token_race_and_one_wins() {
+    for shards in [1, 2] {
+        let hub = Hub::builder().shards(shards).build().unwrap();
+        for round in 0..50 {
+            let room = format!("race-{round}");
+            let (a, _an) = hub.connect(None, Meta::empty()).await.unwrap();
+            a.join(&room, None).await.unwrap();
+            let token = a.resume_token();
+            let (h1, h2) = (hub.clone(), hub.clone());
+            let (r1, r2) = tokio::join!(
+                tokio::spawn(async move { h1.resume(token).await }),
+                tokio::spawn(async move { h2.resume(token).await })
+            );
+            let (won, lost) = match (r1.unwrap(), r2.unwrap()) {
+                (Ok(w), Err(e)) | (Err(e), Ok(w)) => (w, e),
+                (Ok(_), Ok(_)) => panic!("shards {shards}: both resumes won"),
+                (Err(e1), Err(e2)) => panic!("shards {shards}: both refused: {e1} / {e2}"),
+            };
+            assert_eq!(lost, Error::ResumeInvalid, "shards {shards}");
+            let (session, mut notices, resumed) = won;
+            assert_eq!((session.id(), resumed.rooms.len()), (a.id(), 1));
+            assert!(
+                session.is_live(),
+                "shards {shards}: the winner stays connected"
+            );
+            assert!(session.join(&room, None).await.unwrap().holding);
+            assert_eq!(notices.close_reason(), None);
+            assert_eq!(
+                hub.resume(token).await.err(),
+                Some(Error::ResumeInvalid),
+                "spent"
+            );
+            session.close().await;
+        }
+        hub.backend().check_invariants().await.unwrap();
+    }
+}
+
 // ----- the debugging check of the soak runs ----------------------------------------------------
 
 /// `Config::check_invariants` makes the memory backend check the machine after every operation

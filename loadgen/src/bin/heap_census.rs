@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! heap_census hub [N]        N Hub sessions (no network): heap per session, then per joined room
+//!                            (SHARDS=n: the in-memory backend with n shards)
 //! PORT=3999 MODE=bare_ws heap_census serve     # the servers, printing the live heap whenever
 //! PORT=3999 MODE=endpoint heap_census serve    # it changes (to stderr); drive them with
 //! PORT=3999 MODE=bare_sio heap_census serve    # `idle_conns --server-log FILE`
@@ -111,6 +112,22 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static A: Counting = Counting;
 
+/// `SIZES=N`: prints the live blocks by exact size that number at least N (to stderr).
+fn print_sizes() {
+    if let Some(min) = std::env::var("SIZES").ok().and_then(|v| v.parse().ok()) {
+        let sizes: Vec<String> = (0..513)
+            .filter_map(|i| {
+                let n = EXACT[i].load(Relaxed);
+                (n >= min).then(|| format!("{}:{n}", i * 8))
+            })
+            .collect();
+        eprintln!(
+            "  live blocks by exact size (8-byte steps) {}",
+            sizes.join(" ")
+        );
+    }
+}
+
 fn live() -> (isize, isize) {
     (BYTES.load(Relaxed), BLOCKS.load(Relaxed))
 }
@@ -126,7 +143,9 @@ fn per(label: &str, before: (isize, isize), after: (isize, isize), n: usize) {
 
 async fn hub(n: usize) {
     use occupancy_core::{Hub, Meta};
-    let hub = Hub::new();
+    // SHARDS=n: the Hub's in-memory backend with n shards (HubBuilder::shards).
+    let shards = std::env::var("SHARDS").map_or(1, |v| v.parse().expect("SHARDS"));
+    let hub = Hub::builder().shards(shards).build().expect("hub");
     // Warm up the maps, then measure from a steady state.
     let mut keep = Vec::with_capacity(2 * n);
     for _ in 0..n {
@@ -148,6 +167,7 @@ async fn hub(n: usize) {
     );
     per("Hub::connect (session, registry, backend)", t0, t1, n);
     per("join, one room each (holder)", t1, t2, n);
+    print_sizes();
 }
 
 async fn serve(mode: &str, port: u16) -> std::io::Result<()> {
@@ -213,18 +233,7 @@ async fn serve(mode: &str, port: u16) -> std::io::Result<()> {
                     now.1,
                     classes.join(" ")
                 );
-                if let Some(min) = std::env::var("SIZES").ok().and_then(|v| v.parse().ok()) {
-                    let sizes: Vec<String> = (0..513)
-                        .filter_map(|i| {
-                            let n = EXACT[i].load(Relaxed);
-                            (n >= min).then(|| format!("{}:{n}", i * 8))
-                        })
-                        .collect();
-                    eprintln!(
-                        "  live blocks by exact size (8-byte steps) {}",
-                        sizes.join(" ")
-                    );
-                }
+                print_sizes();
                 last = now;
             }
         }

@@ -592,11 +592,16 @@ mod tests {
 
         tokio::time::sleep(Duration::from_millis(1)).await;
         settle().await;
-        let st = hub.inner.registry.lock();
-        assert!(!st.slots.contains_key(&a.id()));
-        assert!(!st.tokens.contains_key(&token));
-        assert!(st.grace.is_empty());
-        assert!(st.slots.contains_key(&b.id()), "a live session stays");
+        {
+            let st = hub.inner.registry.lock();
+            assert!(!st.slots.contains_key(&a.id()));
+            assert!(st.grace.is_empty());
+            assert!(st.slots.contains_key(&b.id()), "a live session stays");
+        }
+        assert!(
+            matches!(hub.resume(token).await, Err(Error::ResumeInvalid)),
+            "its token is spent"
+        );
     }
 
     #[tokio::test(start_paused = true)]

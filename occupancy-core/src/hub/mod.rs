@@ -379,15 +379,13 @@ impl Hub {
             let (tx, rx) = queue::channel(hub.registry.capacity);
             {
                 let mut st = hub.registry.lock();
-                if st.slots.contains_key(&id) || st.tokens.contains_key(&token) {
+                if st.slots.contains_key(&id) {
                     continue;
                 }
-                st.tokens.insert(token, id);
                 st.slots.insert(
                     id,
                     Slot {
                         token,
-                        principal: principal.clone(),
                         tx: Some(tx),
                         conn: conn.clone(),
                         grace_until: None,
@@ -457,24 +455,18 @@ impl Hub {
         expected: Option<Option<&str>>,
     ) -> Result<(Session, Notices, Resumed), Error> {
         let hub = &self.inner;
-        let local = || {
-            let st = hub.registry.lock();
-            st.tokens
-                .get(&token)
-                .map(|id| (*id, st.slots[id].principal.clone()))
+        // The session's lifecycle lock needs its id: ask the backend whose token it is, lock, and
+        // (for a session of this Hub) check its slot still has that token: a resume or close that
+        // held the lock meanwhile may have spent it. A token of another node's session is
+        // checked by the backend's resume itself.
+        let Some((id, principal)) = hub.backend.session_for_token(token).await? else {
+            return Err(Error::ResumeInvalid);
         };
-        // The session's lifecycle lock needs its id: look the token up, lock, and (for a token
-        // of this Hub) look again: a resume or close that held the lock meanwhile may have spent
-        // it. A token of another node's session is checked by the backend's resume itself.
-        let (id, principal, ours) = match local() {
-            Some((id, p)) => (id, p, true),
-            None => match hub.backend.session_for_token(token).await? {
-                Some((id, p)) => (id, p.map(Arc::from), false),
-                None => return Err(Error::ResumeInvalid),
-            },
-        };
+        let principal: Option<Arc<str>> = principal.map(Arc::from);
+        let slot_token = || hub.registry.lock().slots.get(&id).map(|s| s.token);
+        let ours = slot_token().is_some();
         let _lifecycle = hub.lifecycle.of(id).lock().await;
-        if ours && local().is_none_or(|(again, _)| again != id) {
+        if ours && slot_token() != Some(token) {
             return Err(Error::ResumeInvalid);
         }
         if let Some(expected) = expected
@@ -488,17 +480,14 @@ impl Hub {
         let (tx, rx) = queue::channel(hub.registry.capacity);
         // Install the new channel first, so the presence notices the resume produces reach it.
         let old = {
+            // A new token that collides with another session's is refused by the backend's
+            // resume (`SessionExists`), which puts the old slot back below.
             let mut st = hub.registry.lock();
-            if st.tokens.contains_key(&new_token) {
-                return Err(Error::SessionExists);
-            }
             let old = st.slots.remove(&id);
-            st.tokens.insert(new_token, id);
             st.slots.insert(
                 id,
                 Slot {
                     token: new_token,
-                    principal: principal.clone(),
                     tx: Some(tx),
                     conn: conn.clone(),
                     grace_until: None,
@@ -510,12 +499,9 @@ impl Hub {
             Ok(resumed) => {
                 debug_assert_eq!(resumed.session, id);
                 if let Some(old) = old {
-                    let mut st = hub.registry.lock();
-                    st.tokens.remove(&old.token);
                     if let Some(d) = old.grace_until {
-                        st.grace.remove(&(d, id));
+                        hub.registry.lock().grace.remove(&(d, id));
                     }
-                    drop(st);
                     old.conn.close(Some(Error::SessionReplaced));
                 }
                 debug!(session = %id, was_live = resumed.was_live, rooms = resumed.rooms.len(), "resumed");
@@ -525,13 +511,11 @@ impl Hub {
             Err(e) => {
                 let mut st = hub.registry.lock();
                 st.slots.remove(&id);
-                st.tokens.remove(&new_token);
                 match (e == Error::ResumeInvalid, old) {
                     (false, Some(old)) => {
                         st.slots.insert(id, old);
                     }
                     (true, Some(old)) => {
-                        st.tokens.remove(&old.token);
                         if let Some(d) = old.grace_until {
                             st.grace.remove(&(d, id));
                         }

@@ -62,7 +62,6 @@ pub(super) enum Cmd {
 
 pub(super) struct Slot {
     pub(super) token: ResumeToken,
-    pub(super) principal: Option<Arc<str>>,
     /// `None` while in grace (notices are dropped) or after the connection overflowed.
     pub(super) tx: Option<queue::Sender>,
     pub(super) conn: Arc<Conn>,
@@ -71,10 +70,11 @@ pub(super) struct Slot {
 
 #[derive(Default)]
 pub(super) struct RegState {
-    // Ids and tokens are the Hub's own random numbers: the fast hasher is safe for them, and a
-    // hand-over in a busy room looks up every waiting session here.
+    // Ids are the Hub's own random numbers: the fast hasher is safe for them, and a hand-over in
+    // a busy room looks up every waiting session here. No token index: a resume asks the
+    // backend whose token it is (`Backend::session_for_token`) and compares the slot's token,
+    // so an idle connection costs one map entry less.
     pub(super) slots: HashMap<SessionId, Slot, IdHash>,
-    pub(super) tokens: HashMap<ResumeToken, SessionId, IdHash>,
     /// Grace deadlines of this Hub's sessions, so their slots are forgotten when grace ends.
     pub(super) grace: BTreeSet<(Instant, SessionId)>,
 }
@@ -82,7 +82,6 @@ pub(super) struct RegState {
 impl RegState {
     pub(super) fn remove(&mut self, id: SessionId) -> Option<Slot> {
         let slot = self.slots.remove(&id)?;
-        self.tokens.remove(&slot.token);
         if let Some(d) = slot.grace_until {
             self.grace.remove(&(d, id));
         }
@@ -263,12 +262,10 @@ mod tests {
         let conn = Arc::new(Conn::default());
         let (tx, rx) = queue::channel(reg.capacity);
         let mut st = reg.lock();
-        st.tokens.insert(ResumeToken(id.into()), SessionId(id));
         st.slots.insert(
             SessionId(id),
             Slot {
                 token: ResumeToken(id.into()),
-                principal: None,
                 tx: Some(tx),
                 conn: conn.clone(),
                 grace_until: None,
@@ -381,7 +378,7 @@ mod tests {
 
         assert!(reg.remove_if_conn(SessionId(1), &conn));
         let st = reg.lock();
-        assert!(st.slots.is_empty() && st.tokens.is_empty() && st.grace.is_empty());
+        assert!(st.slots.is_empty() && st.grace.is_empty());
         drop(st);
         assert!(!reg.remove_if_conn(SessionId(1), &conn), "only once");
     }
@@ -397,7 +394,6 @@ mod tests {
         assert_eq!(conn.reason(), Some(Error::SessionReplaced));
         let st = reg.lock();
         assert!(!st.slots.contains_key(&SessionId(1)));
-        assert!(!st.tokens.contains_key(&ResumeToken(1)));
         assert!(st.slots.contains_key(&SessionId(2)));
         drop(st);
         assert!(!kept.is_closed());

@@ -470,6 +470,12 @@ impl occupancy_core::Backend for SlowConnect {
     ) -> Result<occupancy_core::Resumed, occupancy_core::Error> {
         self.inner.resume(token, new_token, now).await
     }
+    async fn session_for_token(
+        &self,
+        token: occupancy_core::ResumeToken,
+    ) -> Result<Option<(occupancy_core::SessionId, Option<String>)>, occupancy_core::Error> {
+        self.inner.session_for_token(token).await
+    }
     async fn join(
         &self,
         session: occupancy_core::SessionId,
