@@ -662,7 +662,7 @@ async fn two_resumes_with_one_token_race_and_one_wins() {
                 (Err(e1), Err(e2)) => panic!("shards {shards}: both refused: {e1} / {e2}"),
             };
             assert_eq!(lost, Error::ResumeInvalid, "shards {shards}");
-            let (session, mut notices, resumed) = won;
+            let (session, notices, resumed) = won;
             assert_eq!((session.id(), resumed.rooms.len()), (a.id(), 1));
             assert!(
                 session.is_live(),
