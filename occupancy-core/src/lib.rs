@@ -83,6 +83,7 @@ pub mod protocol;
 mod queue;
 mod rate;
 mod relay;
+mod room_table;
 mod sharded;
 mod state;
 #[cfg(feature = "testing")]

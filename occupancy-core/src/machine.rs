@@ -27,6 +27,7 @@ use crate::ids::{Meta, OccupantKey, Person, ResumeToken, RoomId, SessionId};
 use crate::line::Line;
 use crate::notice::{DisplacedReason, Notice, NoticeKind, Presence, PresenceBody};
 use crate::outbox::{Outbox, Outgoing};
+use crate::room_table::{Keyed, RoomTable};
 use crate::state::{OccupantState, RoomState, RoomSummary, Sessions};
 
 /// The answer to a join or take over: where the session stands now.
@@ -130,7 +131,7 @@ impl SessionEntry {
 
 #[derive(Debug)]
 struct Room {
-    /// The room's id (the map's key, kept here too so a lookup by `&str` yields it).
+    /// The room's id (its key in the machine's [`RoomTable`]).
     id: RoomId,
     /// Bumped on every change of the line (see [`RoomState::version`]).
     version: u64,
@@ -138,6 +139,12 @@ struct Room {
     watchers: Vec<SessionId>,
     /// When the current holder was granted the room (Unix ms); meaningless when empty.
     held_since: u64,
+}
+
+impl Keyed for Room {
+    fn id(&self) -> &RoomId {
+        &self.id
+    }
 }
 
 impl Room {
@@ -205,9 +212,9 @@ struct Removals {
 pub struct Machine {
     config: Config,
     sessions: HashMap<SessionId, SessionEntry, IdHash>,
-    /// Room ids come from clients: a keyed hasher (foldhash, seeded at random per process), never
-    /// an unkeyed one, so nobody can choose ids that collide.
-    rooms: HashMap<RoomId, Room, foldhash::fast::RandomState>,
+    /// Rooms by id, each its own key (a room id is stored once; see `room_table`). Keyed
+    /// hasher: room ids come from clients.
+    rooms: RoomTable<Room>,
     tokens: HashMap<ResumeToken, SessionId, IdHash>,
     /// Grace deadlines, earliest first. Exact removal on resume keeps it small.
     timers: BTreeSet<(Instant, SessionId)>,
@@ -245,7 +252,7 @@ impl Machine {
         Ok(Machine {
             config,
             sessions: HashMap::default(),
-            rooms: HashMap::default(),
+            rooms: RoomTable::default(),
             tokens: HashMap::default(),
             timers: BTreeSet::new(),
             holds: Holds::default(),
@@ -621,9 +628,8 @@ impl Machine {
             Some(r) => r,
             None => {
                 let id = RoomId::parse(room, usize::MAX)?;
-                self.rooms
-                    .entry(id.clone())
-                    .or_insert(Room::new(id, self.clock))
+                let clock = self.clock;
+                self.rooms.get_or_insert_with(room, || Room::new(id, clock))
             }
         };
         self.clock += 1;
@@ -942,8 +948,8 @@ impl Machine {
                 limit: limits.max_rooms_per_session,
             });
         }
-        let room_id = match self.rooms.get_key_value(room) {
-            Some((id, _)) => id.clone(),
+        let room_id = match self.rooms.get(room) {
+            Some(r) => r.id.clone(),
             None => RoomId::parse(room, usize::MAX)?,
         };
         let clock = self.clock;
@@ -951,8 +957,7 @@ impl Machine {
         // version it ever had, so a client never sees versions go backwards.
         let r = self
             .rooms
-            .entry(room_id.clone())
-            .or_insert_with(|| Room::new(room_id.clone(), clock));
+            .get_or_insert_with(room, || Room::new(room_id.clone(), clock));
         r.watchers.push(session);
         self.watches += 1;
         let body = r.presence(k);
@@ -1104,7 +1109,7 @@ impl Machine {
     pub fn rooms_page(&self, after: Option<&str>, limit: usize) -> Vec<RoomSummary> {
         let mut page: std::collections::BinaryHeap<&RoomId> =
             std::collections::BinaryHeap::with_capacity(limit.min(1024) + 1);
-        for id in self.rooms.keys() {
+        for id in self.rooms.iter().map(|r| &r.id) {
             if after.is_some_and(|a| id.as_str() <= a) {
                 continue;
             }
@@ -1235,7 +1240,7 @@ impl Machine {
         let mut watches = 0;
         // (room, session) pairs found from the rooms' side.
         let (mut held_joins, mut held_watches) = (0usize, 0usize);
-        for (id, room) in &self.rooms {
+        for (id, room) in self.rooms.iter().map(|r| (&r.id, r)) {
             if room.is_empty() {
                 return Err(format!("room {id:?} is empty but still stored"));
             }
