@@ -156,7 +156,11 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+mod config;
 mod lua;
+mod node;
+mod tasks;
 mod wire;
 
-pub use backend::{RedisBackend, RedisConfig};
+pub use backend::RedisBackend;
+pub use config::RedisConfig;
