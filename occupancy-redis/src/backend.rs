@@ -236,6 +236,15 @@ impl RedisBackend {
         &self.inner.cfg
     }
 
+    /// Stops this node's background work (lease renewals, the subscription, sweeps, idle checks)
+    /// without telling Redis or its sessions anything, as if its process had been killed: the
+    /// other nodes sweep its sessions once its lease ends. For tests and drills of a node's
+    /// death inside one process; do not use the backend afterwards.
+    pub fn freeze(&self) {
+        self.inner.signals.closed.store(true, Ordering::Release);
+        self.inner.signals.stop.notify_waiters();
+    }
+
     /// How many requests this node has sent to Redis so far (scripts and reads, including the
     /// background lease and subscriber work). For benchmarks: one operation is one request.
     pub fn round_trips(&self) -> u64 {
