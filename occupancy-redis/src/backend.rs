@@ -174,32 +174,89 @@ pub(crate) fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The client for a URL: `Error::Config` for a malformed one, and for `rediss://` (TLS) when
+/// this crate was built without its `tls` feature (redis-rs would refuse it with a less helpful
+/// message).
+fn open_client(url: &str) -> Result<redis::Client, Error> {
+    let tls = url.starts_with("rediss://") || url.starts_with("valkeys://");
+    if tls && !cfg!(feature = "tls") {
+        return Err(Error::Config(format!(
+            "redis url {url:?} asks for TLS: enable the `tls` feature of occupancy-redis \
+             (`redis-tls` of occupancy)"
+        )));
+    }
+    if tls {
+        install_crypto();
+    }
+    redis::Client::open(url).map_err(|e| {
+        Error::Config(format!(
+            "redis url {url:?}: {e} (expected redis://host:port, rediss://host:port for TLS)"
+        ))
+    })
+}
+
+/// redis-rs builds its rustls configurations with the process's default crypto provider: installs
+/// ring's, unless the application installed one first. Nothing without the `tls` feature.
+///
+/// ring builds without cmake or OpenSSL; rustls marks it deprecated because it has no
+/// post-quantum key exchange. An application that wants one installs the aws-lc-rs provider
+/// (`CryptoProvider::install_default`) before connecting, and that one is used.
+fn install_crypto() {
+    #[cfg(feature = "tls")]
+    #[allow(deprecated)]
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 fn random_node_id() -> Result<String, Error> {
     let n = getrandom::u64().map_err(unavailable)?;
     Ok(format!("{n:016x}"))
 }
 
 impl RedisBackend {
-    /// Connects to Redis and registers this node (its lease starts). Fails with
-    /// [`Error::Unavailable`] when Redis cannot be reached within `op_timeout`, and
-    /// [`Error::Config`] on bad settings.
+    /// Connects to Redis at [`RedisConfig::url`] and registers this node (its lease starts).
+    /// Fails with [`Error::Unavailable`] when Redis cannot be reached within `op_timeout` (a
+    /// failed TLS handshake included, its cause in the message), and [`Error::Config`] on bad
+    /// settings (a malformed URL, or a `rediss://` URL without the `tls` feature).
     pub async fn connect(cfg: RedisConfig) -> Result<RedisBackend, Error> {
         cfg.validate()?;
-        let client = redis::Client::open(cfg.url.as_str())
-            .map_err(|e| Error::Config(format!("redis url {:?}: {e}", cfg.url)))?;
+        let client = open_client(&cfg.url)?;
+        RedisBackend::connect_with_client(client, cfg).await
+    }
+
+    /// Like [`RedisBackend::connect`], with a client the application built: its own TLS
+    /// settings (a private CA, a client certificate: `redis::Client::build_with_tls`, with the
+    /// `tls` feature), credentials or protocol from its own configuration. [`RedisConfig::url`]
+    /// is not used (the client says where Redis is). The backend opens its connections (one for
+    /// calls, one for the subscription) from this client.
+    pub async fn connect_with_client(
+        client: redis::Client,
+        cfg: RedisConfig,
+    ) -> Result<RedisBackend, Error> {
+        cfg.validate()?;
+        install_crypto();
         let mcfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.op_timeout))
             .set_response_timeout(Some(cfg.op_timeout))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(200));
+        let addr = client.get_connection_info().addr().to_string();
         let conn = tokio::time::timeout(
             cfg.op_timeout,
             ConnectionManager::new_with_config(client.clone(), mcfg),
         )
         .await
-        .map_err(|_| unavailable("connect timed out"))?
-        .map_err(unavailable)?;
+        .map_err(|_| unavailable(format!("connecting to {addr} timed out")))?
+        .map_err(|e| {
+            let hint = if e.to_string().contains("certificate") {
+                " (TLS: the server's certificate is not trusted; for a private CA, build the \
+                 client with redis::Client::build_with_tls and use \
+                 RedisBackend::connect_with_client)"
+            } else {
+                ""
+            };
+            unavailable(format!("connecting to {addr}: {e}{hint}"))
+        })?;
         let node = random_node_id()?;
         let backend = RedisBackend {
             inner: Arc::new_cyclic(|me| Inner {
@@ -1627,5 +1684,27 @@ impl Backend for RedisBackend {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_before_connecting() {
+        let tls = open_client("rediss://127.0.0.1:6380");
+        if cfg!(feature = "tls") {
+            assert!(tls.is_ok());
+        } else {
+            let Err(Error::Config(m)) = tls else {
+                panic!("rediss:// without the tls feature must be refused")
+            };
+            assert!(m.contains("`tls` feature"), "{m}");
+        }
+        let Err(Error::Config(m)) = open_client("http://127.0.0.1") else {
+            panic!("a URL that is not Redis must be refused")
+        };
+        assert!(m.contains("redis://host:port"), "{m}");
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use occupancy_core::Error;
 
-/// Settings of a [`RedisBackend`].
+/// Settings of a [`RedisBackend`](crate::RedisBackend).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     /// Where Redis is, e.g. `redis://127.0.0.1:6379`.
