@@ -21,7 +21,10 @@
 //! end is read from Redis, so the figure does not depend on when it died within its lease), when
 //! the sweep was over (every session and room of the dead node dealt with), and the latency of
 //! a join + leave in an unrelated room on the survivor while it ran (one after the other, from
-//! the lease end until the sweep was over). `SWEEP_VERBOSE=1` also prints the longest commands. Uses only the public API and the documented data
+//! the lease end until the sweep was over), and the survivor's subscription as Redis saw it
+//! meanwhile (`CLIENT LIST TYPE pubsub` every 2 ms: the largest output buffer `omem`, against
+//! the default `client-output-buffer-limit pubsub 32mb 8mb 60`, and whether its connection stayed
+//! the same, i.e. was never dropped). `SWEEP_VERBOSE=1` also prints the longest commands. Uses only the public API and the documented data
 //! layout, so the same file measures an older build too.
 
 #[path = "../tests/common/server.rs"]
@@ -232,6 +235,51 @@ async fn scenario(layout: &str, n: usize) {
             lat
         })
     };
+    // The survivor's subscription, as Redis sees it: its connection id (a new one would mean the
+    // subscription was dropped and made again) and the largest output buffer Redis held for it
+    // (`omem`; `client-output-buffer-limit pubsub` is 32 MiB hard, 8 MiB for 60 s by default).
+    let pubsub_ids = |list: &str| -> Vec<(u64, u64)> {
+        list.lines()
+            .filter_map(|l| {
+                let field = |k: &str| {
+                    l.split(' ')
+                        .find_map(|f| f.strip_prefix(k))
+                        .and_then(|v| v.parse::<u64>().ok())
+                };
+                Some((field("id=")?, field("omem=")?))
+            })
+            .collect()
+    };
+    let before: String = cmd(
+        &mut c,
+        redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("pubsub"),
+    )
+    .await;
+    let subscribers_before: Vec<u64> = pubsub_ids(&before).iter().map(|x| x.0).collect();
+    let sampler = {
+        let probing = probing.clone();
+        let mut c = c.clone();
+        tokio::spawn(async move {
+            let (mut max_omem, mut ids, mut samples) = (0u64, Vec::<u64>::new(), 0usize);
+            tokio::time::sleep_until(tokio::time::Instant::from_std(lease_end_local)).await;
+            while probing.load(std::sync::atomic::Ordering::Relaxed) {
+                let list: String = cmd(
+                    &mut c,
+                    redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("pubsub"),
+                )
+                .await;
+                for (id, omem) in pubsub_ids(&list) {
+                    max_omem = max_omem.max(omem);
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+                samples += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (max_omem, ids, samples)
+        })
+    };
     // Wait for the releases and for the sweep to be over.
     let deadline = lease_end_local + CAP;
     let mut swept_at = None;
@@ -290,6 +338,18 @@ async fn scenario(layout: &str, n: usize) {
         pct(0.5),
         pct(0.99),
         pct(1.0)
+    );
+    let (max_omem, ids, samples) = sampler.await.unwrap();
+    let kept = ids.iter().all(|id| subscribers_before.contains(id)) && !ids.is_empty();
+    let pubsub = format!(
+        "subscription during the sweep: largest output buffer {max_omem} B ({:.3}% of the 8 MiB \
+         soft limit, {samples} samples of CLIENT LIST), {}",
+        max_omem as f64 * 100.0 / (8.0 * 1024.0 * 1024.0),
+        if kept {
+            "same connection throughout (never dropped)"
+        } else {
+            "RECONNECTED (the subscription was dropped)"
+        }
     );
     // Quiet for a moment: any duplicate `released` would show up.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -398,6 +458,7 @@ async fn scenario(layout: &str, n: usize) {
         "{layout}:{n}:   sweep calls over 5 ms: {over_5ms}; longest (ms): {}; {probes}",
         top.join(", "),
     );
+    println!("{layout}:{n}:   {pubsub}");
     drop(keep);
 }
 

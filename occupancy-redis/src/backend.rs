@@ -3,23 +3,25 @@
 //! pub/sub subscriber that turns published states into notices, the lease task, and the idle
 //! task that fires the idle deadlines of rooms whose holder this node hosts.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use occupancy_core::{
     Backend, Config, Ending, Error, ForcedRelease, Joined, Left, Meta, NoticeSink, OccupantKey,
     PresenceBody, ResumeToken, Resumed, RoomId, RoomState, RoomSummary, SessionId, Stats,
     async_trait,
 };
-use occupancy_core::{Notice, NoticeKind, Presence, room_notices};
+use occupancy_core::{Notice, NoticeKind, Presence};
 use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
+use crate::config::RedisConfig;
 use crate::lua;
+use crate::node::{Applied, LocalSession, Message, NodeState, Offer, parse_message};
+use crate::tasks::{LEASE_END_MARGIN, idle_task, lease_task, subscriber, sweep_task};
 use crate::wire::{
     Decoded, Head, Reply, bad, code_error, decode_room, parse_meta, parse_session, session_hex,
 };
@@ -35,74 +37,6 @@ const SWEEP_BUDGET_US: u32 = 2000;
 /// Rooms whose stored state is at most this long (about 150 occupants) lose a sweep call's
 /// removals in that call; longer ones are queued and changed once per sweep.
 const SWEEP_SMALL_BYTES: u32 = 16 * 1024;
-
-/// Settings of a [`RedisBackend`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisConfig {
-    /// Where Redis is, e.g. `redis://127.0.0.1:6379`.
-    pub url: String,
-    /// Prefix of every key and of the channel (default `occ`): nodes sharing a prefix share rooms.
-    /// ASCII letters, digits, `_`, `-`, `.` and `:` only.
-    pub prefix: String,
-    /// How long a node's lease lasts (default 10 s; 100 ms..=10 min). A node renews it every third
-    /// of that; when it ends, the other nodes sweep the node's sessions out of their rooms.
-    pub lease: Duration,
-    /// Longest a call waits for Redis before failing with [`Error::Unavailable`] (default 2 s).
-    pub op_timeout: Duration,
-}
-
-impl RedisConfig {
-    /// The defaults for Redis at `url`.
-    pub fn new(url: impl Into<String>) -> Self {
-        RedisConfig {
-            url: url.into(),
-            prefix: "occ".into(),
-            lease: Duration::from_secs(10),
-            op_timeout: Duration::from_secs(2),
-        }
-    }
-
-    /// Sets [`RedisConfig::prefix`].
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// Sets [`RedisConfig::lease`].
-    pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease;
-        self
-    }
-
-    /// Sets [`RedisConfig::op_timeout`].
-    pub fn op_timeout(mut self, t: Duration) -> Self {
-        self.op_timeout = t;
-        self
-    }
-
-    fn validate(&self) -> Result<(), Error> {
-        let ok = |c: char| c.is_ascii_alphanumeric() || "_-.:".contains(c);
-        if self.prefix.is_empty() || !self.prefix.chars().all(ok) {
-            return Err(Error::Config(format!(
-                "redis prefix {:?}: use ASCII letters, digits, _ - . :",
-                self.prefix
-            )));
-        }
-        if self.lease < Duration::from_millis(100) || self.lease > Duration::from_secs(600) {
-            return Err(Error::Config(format!(
-                "redis lease {:?}: use 100 ms to 10 min",
-                self.lease
-            )));
-        }
-        if self.op_timeout.is_zero() || self.op_timeout > Duration::from_secs(60) {
-            return Err(Error::Config(format!(
-                "redis op_timeout {:?}: use more than 0 and at most 60 s",
-                self.op_timeout
-            )));
-        }
-        Ok(())
-    }
-}
 
 struct Scripts {
     connect: redis::Script,
@@ -156,159 +90,45 @@ impl Scripts {
     }
 }
 
-/// A session of this node.
-struct LocalSession {
-    principal: Option<Arc<str>>,
-    meta: Meta,
-    meta_json: String,
-    token: ResumeToken,
-    joined: Vec<RoomId>,
-    watching: Vec<RoomId>,
-    grace_until: Option<Instant>,
-}
-
-/// A room this node follows (it has local sessions or watchers in it, or a call in flight).
-struct Tracked {
-    id: RoomId,
-    /// The last state seen (version 0 and empty before the first).
-    state: RoomState,
-    raw: Option<Arc<str>>,
-    placeholder_until: Option<u64>,
-    /// The holder's idle clock in the last state seen (Redis ms, see [`Decoded::active_at`]).
-    active_at: Option<u64>,
-    /// This room's entry in [`Local::idle`], if it has one.
-    idle_at: Option<Instant>,
-    members: Vec<SessionId>,
-    watchers: Vec<SessionId>,
-    pending: usize,
-}
-
-impl Tracked {
-    fn idle(&self) -> bool {
-        self.members.is_empty() && self.watchers.is_empty() && self.pending == 0
-    }
-}
-
-#[derive(Default)]
-struct Local {
-    sessions: HashMap<SessionId, LocalSession>,
-    rooms: HashMap<RoomId, Tracked>,
-    timers: BTreeSet<(Instant, SessionId)>,
-    /// Idle deadlines of followed rooms whose holder has a session here while someone waits
-    /// (at most one per room, see [`Tracked::idle_at`]), earliest first. A deadline is never
-    /// later than the holder's true one (it is computed from the last state seen; activity only
-    /// moves the true one later): the idle script re-checks and says how long is left.
-    idle: BTreeSet<(Instant, RoomId)>,
-}
-
-impl Local {
-    fn track(&mut self, room: &RoomId) -> &mut Tracked {
-        self.rooms.entry(room.clone()).or_insert_with(|| Tracked {
-            id: room.clone(),
-            state: RoomState::default(),
-            raw: None,
-            placeholder_until: None,
-            active_at: None,
-            idle_at: None,
-            members: Vec::new(),
-            watchers: Vec::new(),
-            pending: 0,
-        })
-    }
-
-    fn untrack_if_idle(&mut self, room: &str) {
-        if self.rooms.get(room).is_some_and(Tracked::idle) {
-            self.set_idle(room, None);
-            self.rooms.remove(room);
-        }
-    }
-
-    /// Sets (or clears) a followed room's idle deadline. O(log rooms). Returns true when the
-    /// deadline is the earliest (the idle task must look again).
-    fn set_idle(&mut self, room: &str, at: Option<Instant>) -> bool {
-        let Some(t) = self.rooms.get_mut(room) else {
-            return false;
-        };
-        if t.idle_at == at {
-            return false;
-        }
-        if let Some(old) = t.idle_at.take() {
-            self.idle.remove(&(old, t.id.clone()));
-        }
-        let Some(at) = at else {
-            return false;
-        };
-        t.idle_at = Some(at);
-        self.idle.insert((at, t.id.clone()));
-        self.idle.first().is_some_and(|(first, _)| *first == at)
-    }
-
-    /// Whether this node should keep an idle deadline for a followed room: someone waits and
-    /// the holder has a session here. O(holder's sessions).
-    fn hosts_waited_on_holder(&self, t: &Tracked) -> bool {
-        t.state.occupants.len() >= 2
-            && t.state.occupants[0]
-                .sessions
-                .iter()
-                .any(|s| self.sessions.contains_key(s))
-    }
-
-    /// Forgets a local session and its interest in rooms.
-    fn forget(&mut self, id: SessionId) -> Option<LocalSession> {
-        let s = self.sessions.remove(&id)?;
-        if let Some(d) = s.grace_until {
-            self.timers.remove(&(d, id));
-        }
-        for r in s.joined.iter().chain(&s.watching) {
-            if let Some(t) = self.rooms.get_mut(r.as_str()) {
-                t.members.retain(|&m| m != id);
-                t.watchers.retain(|&m| m != id);
-            }
-            self.untrack_if_idle(r.as_str());
-        }
-        Some(s)
-    }
-}
-
-struct Inner {
-    cfg: RedisConfig,
-    node: String,
-    client: redis::Client,
-    conn: ConnectionManager,
+pub(crate) struct Inner {
+    pub(crate) cfg: RedisConfig,
+    pub(crate) node: String,
+    pub(crate) client: redis::Client,
+    pub(crate) conn: ConnectionManager,
     scripts: Scripts,
-    config: OnceLock<Config>,
-    sink: OnceLock<Arc<dyn NoticeSink>>,
-    local: Mutex<Local>,
+    pub(crate) config: OnceLock<Config>,
+    pub(crate) sink: OnceLock<Arc<dyn NoticeSink>>,
+    pub(crate) local: Mutex<NodeState>,
     /// The highest room version this node has seen: passed to every script as a floor, so that
     /// versions keep increasing even if Redis restarts empty or its clock steps back.
-    high_water: AtomicU64,
-    round_trips: AtomicU64,
-    recover: tokio::sync::Mutex<()>,
-    signals: Arc<Signals>,
+    pub(crate) high_water: AtomicU64,
+    pub(crate) round_trips: AtomicU64,
+    pub(crate) recover: tokio::sync::Mutex<()>,
+    pub(crate) signals: Arc<Signals>,
     /// Redis time minus this machine's Unix time, in ms (measured at each lease renewal): turns
     /// the idle clocks Redis stamps into local deadlines.
-    clock_offset: AtomicI64,
+    pub(crate) clock_offset: AtomicI64,
     /// This backend, weakly: `renew` spawns the sweep of a dead node with it.
-    me: Weak<Inner>,
+    pub(crate) me: Weak<Inner>,
     /// The dead nodes this node is sweeping now (one task each).
-    sweeping: Mutex<HashSet<String>>,
+    pub(crate) sweeping: Mutex<HashSet<String>>,
     /// Room states decoded so far (see [`RedisBackend::states_decoded`]).
-    decoded: AtomicU64,
+    pub(crate) decoded: AtomicU64,
     /// When the lease task looks at the other nodes' leases again (this machine's Unix ms; 0: at
     /// the next renewal): just after the earliest of them ends, so that a dead node is swept
     /// promptly after its lease, not up to a third of a lease later.
-    recheck_at: AtomicU64,
+    pub(crate) recheck_at: AtomicU64,
 }
 
 /// Shared with the background tasks, which hold only a weak reference to the backend.
 #[derive(Default)]
-struct Signals {
+pub(crate) struct Signals {
     /// Wakes the lease task (e.g. after the subscriber reconnected).
-    poke: Notify,
+    pub(crate) poke: Notify,
     /// Wakes the idle task (a new earliest idle deadline).
-    idle: Notify,
-    closed: AtomicBool,
-    stop: Notify,
+    pub(crate) idle: Notify,
+    pub(crate) closed: AtomicBool,
+    pub(crate) stop: Notify,
 }
 
 impl Drop for Inner {
@@ -348,10 +168,43 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The client for a URL: `Error::Config` for a malformed one, and for `rediss://` (TLS) when
+/// this crate was built without its `tls` feature (redis-rs would refuse it with a less helpful
+/// message).
+fn open_client(url: &str) -> Result<redis::Client, Error> {
+    let tls = url.starts_with("rediss://") || url.starts_with("valkeys://");
+    if tls && !cfg!(feature = "tls") {
+        return Err(Error::Config(format!(
+            "redis url {url:?} asks for TLS: enable the `tls` feature of occupancy-redis \
+             (`redis-tls` of occupancy)"
+        )));
+    }
+    if tls {
+        install_crypto();
+    }
+    redis::Client::open(url).map_err(|e| {
+        Error::Config(format!(
+            "redis url {url:?}: {e} (expected redis://host:port, rediss://host:port for TLS)"
+        ))
+    })
+}
+
+/// redis-rs builds its rustls configurations with the process's default crypto provider: installs
+/// ring's, unless the application installed one first. Nothing without the `tls` feature.
+///
+/// ring builds without cmake or OpenSSL; rustls marks it deprecated because it has no
+/// post-quantum key exchange. An application that wants one installs the aws-lc-rs provider
+/// (`CryptoProvider::install_default`) before connecting, and that one is used.
+fn install_crypto() {
+    #[cfg(feature = "tls")]
+    #[allow(deprecated)]
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn random_node_id() -> Result<String, Error> {
@@ -360,26 +213,50 @@ fn random_node_id() -> Result<String, Error> {
 }
 
 impl RedisBackend {
-    /// Connects to Redis and registers this node (its lease starts). Fails with
-    /// [`Error::Unavailable`] when Redis cannot be reached within `op_timeout`, and
-    /// [`Error::Config`] on bad settings.
+    /// Connects to Redis at [`RedisConfig::url`] and registers this node (its lease starts).
+    /// Fails with [`Error::Unavailable`] when Redis cannot be reached within `op_timeout` (a
+    /// failed TLS handshake included, its cause in the message), and [`Error::Config`] on bad
+    /// settings (a malformed URL, or a `rediss://` URL without the `tls` feature).
     pub async fn connect(cfg: RedisConfig) -> Result<RedisBackend, Error> {
         cfg.validate()?;
-        let client = redis::Client::open(cfg.url.as_str())
-            .map_err(|e| Error::Config(format!("redis url {:?}: {e}", cfg.url)))?;
+        let client = open_client(&cfg.url)?;
+        RedisBackend::connect_with_client(client, cfg).await
+    }
+
+    /// Like [`RedisBackend::connect`], with a client the application built: its own TLS
+    /// settings (a private CA, a client certificate: `redis::Client::build_with_tls`, with the
+    /// `tls` feature), credentials or protocol from its own configuration. [`RedisConfig::url`]
+    /// is not used (the client says where Redis is). The backend opens its connections (one for
+    /// calls, one for the subscription) from this client.
+    pub async fn connect_with_client(
+        client: redis::Client,
+        cfg: RedisConfig,
+    ) -> Result<RedisBackend, Error> {
+        cfg.validate()?;
+        install_crypto();
         let mcfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.op_timeout))
             .set_response_timeout(Some(cfg.op_timeout))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(200));
+        let addr = client.get_connection_info().addr().to_string();
         let conn = tokio::time::timeout(
             cfg.op_timeout,
             ConnectionManager::new_with_config(client.clone(), mcfg),
         )
         .await
-        .map_err(|_| unavailable("connect timed out"))?
-        .map_err(unavailable)?;
+        .map_err(|_| unavailable(format!("connecting to {addr} timed out")))?
+        .map_err(|e| {
+            let hint = if e.to_string().contains("certificate") {
+                " (TLS: the server's certificate is not trusted; for a private CA, build the \
+                 client with redis::Client::build_with_tls and use \
+                 RedisBackend::connect_with_client)"
+            } else {
+                ""
+            };
+            unavailable(format!("connecting to {addr}: {e}{hint}"))
+        })?;
         let node = random_node_id()?;
         let backend = RedisBackend {
             inner: Arc::new_cyclic(|me| Inner {
@@ -390,7 +267,7 @@ impl RedisBackend {
                 scripts: Scripts::new(),
                 config: OnceLock::new(),
                 sink: OnceLock::new(),
-                local: Mutex::new(Local::default()),
+                local: Mutex::new(NodeState::default()),
                 high_water: AtomicU64::new(0),
                 round_trips: AtomicU64::new(0),
                 recover: tokio::sync::Mutex::new(()),
@@ -414,6 +291,15 @@ impl RedisBackend {
     /// The settings.
     pub fn redis_config(&self) -> &RedisConfig {
         &self.inner.cfg
+    }
+
+    /// Stops this node's background work (lease renewals, the subscription, sweeps, idle checks)
+    /// without telling Redis or its sessions anything, as if its process had been killed: the
+    /// other nodes sweep its sessions once its lease ends. For tests and drills of a node's
+    /// death inside one process; do not use the backend afterwards.
+    pub fn freeze(&self) {
+        self.inner.signals.closed.store(true, Ordering::Release);
+        self.inner.signals.stop.notify_waiters();
     }
 
     /// How many requests this node has sent to Redis so far (scripts and reads, including the
@@ -449,7 +335,7 @@ impl Push for Args {
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, Local> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, NodeState> {
         self.local.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -487,7 +373,7 @@ impl Inner {
     /// hosts a session of a holder someone waits behind, the holder's idle clock plus the
     /// timeout, converted from Redis time to this machine's clock. Wakes the idle task when the
     /// deadline is the earliest.
-    fn rearm_idle(&self, local: &mut Local, room: &str) {
+    fn rearm_idle(&self, local: &mut NodeState, room: &str) {
         let at = self.idle_ms().and_then(|idle| {
             let t = local.rooms.get(room)?;
             if !local.hosts_waited_on_holder(t) {
@@ -507,7 +393,7 @@ impl Inner {
     /// deadline. A room whose holder was active meanwhile gets its deadline back, at the time the
     /// script says is left; a displaced holder's room is re-armed (for its new holder, if this
     /// node hosts it) by the published state, like any change.
-    async fn fire_idle(&self) -> Option<Instant> {
+    pub(crate) async fn fire_idle(&self) -> Option<Instant> {
         let start = now();
         let due: Vec<RoomId> = {
             let mut local = self.lock();
@@ -646,47 +532,24 @@ impl Inner {
     }
 
     /// Takes a room's new state if it is newer than the last seen, and delivers the notices of
-    /// the change to this node's sessions (see [`local_notices`]).
-    fn apply_locked(&self, local: &mut Local, room: &str, d: Decoded) {
+    /// the change to this node's sessions (see [`NodeState::apply`]).
+    fn apply_locked(&self, local: &mut NodeState, room: &str, d: Decoded) {
         self.high_water.fetch_max(d.state.version, Ordering::AcqRel);
-        let Local {
-            sessions, rooms, ..
-        } = &mut *local;
-        let Some(t) = rooms.get_mut(room) else {
-            return;
-        };
-        if d.state.version <= t.state.version {
+        let mut out = Vec::new();
+        if local.apply(room, d, self.presence_occupants(), &mut out) != Applied::Changed {
             return;
         }
-        let old = std::mem::replace(&mut t.state, d.state);
-        t.raw = Some(d.raw);
-        t.placeholder_until = d.placeholder_until;
-        t.active_at = d.active_at;
-        if let Some(sink) = self.sink.get() {
-            let mut out = Vec::new();
-            local_notices(
-                &t.id,
-                &old,
-                &t.state,
-                &t.watchers,
-                |s| sessions.contains_key(&s),
-                self.presence_occupants(),
-                &mut out,
-            );
-            if !out.is_empty() {
-                sink.deliver(&mut out.into_iter());
-            }
+        if !out.is_empty()
+            && let Some(sink) = self.sink.get()
+        {
+            sink.deliver(&mut out.into_iter());
         }
         self.rearm_idle(local, room);
     }
 
     /// Adopts a room's state seen for the first time (no notices: nobody here was in it).
-    fn adopt_locked(&self, local: &mut Local, room: &RoomId, d: &Decoded) {
-        let t = local.track(room);
-        t.state = d.state.clone();
-        t.raw = Some(d.raw.clone());
-        t.placeholder_until = d.placeholder_until;
-        t.active_at = d.active_at;
+    fn adopt_locked(&self, local: &mut NodeState, room: &RoomId, d: &Decoded) {
+        local.adopt(room, d);
         self.high_water.fetch_max(d.state.version, Ordering::AcqRel);
         self.rearm_idle(local, room.as_str());
     }
@@ -835,7 +698,7 @@ impl Inner {
     }
 
     /// One call of a dead node's sweep (see `lua::SWEEP`); true when there is more to do.
-    async fn sweep_step(&self, dead: &str) -> Result<(bool, u64), Error> {
+    pub(crate) async fn sweep_step(&self, dead: &str) -> Result<(bool, u64), Error> {
         let r = self
             .run(
                 &self.scripts.sweep,
@@ -850,7 +713,7 @@ impl Inner {
         Ok((r.m == Some(1), r.n.unwrap_or(0)))
     }
 
-    async fn recover_now(&self) -> Result<(), Error> {
+    pub(crate) async fn recover_now(&self) -> Result<(), Error> {
         let _g = self.recover.lock().await;
         self.renew().await
     }
@@ -951,7 +814,7 @@ impl Inner {
 
     /// Re-reads every followed room (after the subscription was re-established: messages may
     /// have been lost) and drops expired placeholders.
-    async fn resync(&self) -> Result<(), Error> {
+    pub(crate) async fn resync(&self) -> Result<(), Error> {
         let rooms: Vec<RoomId> = self.lock().rooms.keys().cloned().collect();
         for room in rooms {
             let raw = self.get_room_raw(room.as_str()).await?;
@@ -965,7 +828,7 @@ impl Inner {
         Ok(())
     }
 
-    async fn prune_due(&self) -> Result<(), Error> {
+    pub(crate) async fn prune_due(&self) -> Result<(), Error> {
         let now_ms = unix_ms();
         let due: Vec<RoomId> = self
             .lock()
@@ -996,56 +859,47 @@ impl Inner {
 
     // ----- messages ---------------------------------------------------------------------
 
-    /// A message on the channel (formats in `lua.rs`). A room's state is decoded only when this
-    /// node follows the room and the state is newer than the last it saw: every node receives
-    /// every room's states, and most are none of its business.
-    fn on_message(&self, payload: &[u8]) {
-        let Ok(text) = std::str::from_utf8(payload) else {
+    /// A message on the channel (parsed by [`parse_message`]). A room's state is decoded only
+    /// when this node follows the room and the state is newer than the last it saw
+    /// ([`NodeState::offer`]): every node receives every room's states, and most are none of its
+    /// business. A followed room whose newer state cannot be decoded is re-read.
+    pub(crate) fn on_message(&self, payload: &[u8]) {
+        let Some(msg) = parse_message(payload) else {
+            warn!("undecodable published message");
             return;
         };
-        let Some((head, body)) = text.split_once('\n') else {
-            return;
-        };
-        let mut chars = head.chars();
-        match chars.next() {
-            Some('r') => {
-                let room = chars.as_str();
-                let Some((version, state)) = body
-                    .split_once('\n')
-                    .and_then(|(v, st)| Some((v.parse::<u64>().ok()?, st)))
-                else {
-                    warn!(room, "undecodable published state");
-                    return;
-                };
+        match msg {
+            Message::Room {
+                room,
+                version,
+                state,
+            } => {
                 self.high_water.fetch_max(version, Ordering::AcqRel);
-                let wanted = self
-                    .lock()
-                    .rooms
-                    .get(room)
-                    .is_some_and(|t| t.state.version < version);
-                if !wanted {
+                if self.lock().offer(room, version) == Offer::Skip {
                     return;
                 }
-                // Decoded outside the lock (a long line takes a while); `apply_locked` checks
-                // the version again.
+                // Decoded outside the lock (a long line takes a while); `apply` checks the
+                // version again.
                 match self.decode(state) {
                     Ok(d) => {
                         let mut local = self.lock();
                         self.apply_locked(&mut local, room, d);
                     }
-                    Err(e) => warn!(room, error = %e, "undecodable published state"),
+                    Err(e) => {
+                        warn!(room, error = %e, "undecodable published state; re-reading the room");
+                        if self.lock().must_reread(room, version) {
+                            self.reread(room.to_owned());
+                        }
+                    }
                 }
             }
-            Some('s') => {
-                let Ok(id) = parse_session(chars.as_str()) else {
-                    return;
-                };
-                if body != self.node {
-                    self.ended_elsewhere(id, Error::SessionReplaced);
+            Message::Resumed { session, node } => {
+                if node != self.node {
+                    self.ended_elsewhere(session, Error::SessionReplaced);
                 }
             }
-            Some('x') => {
-                for id in body.split(',').filter_map(|s| parse_session(s).ok()) {
+            Message::Swept(sessions) => {
+                for id in sessions {
                     self.ended_elsewhere(
                         id,
                         Error::Unavailable {
@@ -1054,8 +908,28 @@ impl Inner {
                     );
                 }
             }
-            _ => {}
         }
+    }
+
+    /// Re-reads one followed room in a task of its own (the subscriber must not wait for Redis),
+    /// and applies what it finds.
+    fn reread(&self, room: String) {
+        let Some(me) = self.me.upgrade() else { return };
+        tokio::spawn(async move {
+            match me.get_room_raw(&room).await {
+                Ok(Some(raw)) => match me.decode(&raw) {
+                    Ok(d) => {
+                        let mut local = me.lock();
+                        me.apply_locked(&mut local, &room, d);
+                    }
+                    Err(e) => warn!(room, error = %e, "undecodable stored room state"),
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    debug!(room, error = %e, "re-reading a room failed; the next change heals it")
+                }
+            }
+        });
     }
 
     /// Another node ended a session: resumed it there, or swept it (this node's lease ended).
@@ -1067,56 +941,6 @@ impl Inner {
             sink.session_ended(id, Some(reason));
         }
     }
-}
-
-/// The notices of a room going from `old` to `new` for this node's sessions (`here`) only: the
-/// core's [`room_notices`] over views of both states that keep every occupant (so every place,
-/// the holder and the first few shown are the same) but only the sessions that are here, in
-/// both alike. A session that is here gets exactly the notices it would get from the whole
-/// states (`room_notices` looks at a session's own place and at the line, never at another
-/// session), and no notice is computed for the other nodes' sessions. `watchers` are this node's.
-/// When every session is here (one node), the states are used as they are.
-pub(crate) fn local_notices(
-    room: &RoomId,
-    old: &RoomState,
-    new: &RoomState,
-    watchers: &[SessionId],
-    here: impl Fn(SessionId) -> bool,
-    presence_occupants: usize,
-    out: &mut Vec<Notice>,
-) {
-    let old_view = local_view(old, &here);
-    let new_view = local_view(new, &here);
-    room_notices(
-        room,
-        old_view.as_ref().unwrap_or(old),
-        new_view.as_ref().unwrap_or(new),
-        watchers,
-        presence_occupants,
-        out,
-    );
-}
-
-/// `state` with only the sessions for which `here` is true (occupants without any are kept, with
-/// no session: they still hold their places); `None` when every session is here. O(line).
-fn local_view(state: &RoomState, here: &impl Fn(SessionId) -> bool) -> Option<RoomState> {
-    let first = state
-        .occupants
-        .iter()
-        .position(|o| o.sessions.iter().any(|&s| !here(s)))?;
-    let mut occupants = Vec::with_capacity(state.occupants.len());
-    occupants.extend_from_slice(&state.occupants[..first]);
-    occupants.extend(state.occupants[first..].iter().map(|o| {
-        let mut o = o.clone();
-        o.sessions.retain(|&s| here(s));
-        o
-    }));
-    Some(RoomState {
-        version: state.version,
-        occupants,
-        held_since: state.held_since,
-        reason: state.reason,
-    })
 }
 
 /// The key of a room's state: `{prefix}:r:{<hex of the room id>}` (the hex is the hash tag).
@@ -1142,173 +966,6 @@ pub(crate) fn room_key(prefix: &str, room: &str) -> String {
     }
     k.push('}');
     k
-}
-
-async fn subscriber(
-    weak: Weak<Inner>,
-    signals: Arc<Signals>,
-    client: redis::Client,
-    channel: String,
-    timeout: Duration,
-) {
-    let mut backoff = Duration::from_millis(20);
-    loop {
-        if signals.closed.load(Ordering::Acquire) {
-            return;
-        }
-        let ps = tokio::time::timeout(timeout, async {
-            let mut ps = client.get_async_pubsub().await?;
-            ps.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(ps)
-        })
-        .await;
-        match ps {
-            Ok(Ok(ps)) => {
-                backoff = Duration::from_millis(20);
-                debug!(channel, "subscribed");
-                // Messages may have been lost meanwhile: re-read the truth, check the lease.
-                signals.poke.notify_one();
-                let mut stream = ps.into_on_message();
-                loop {
-                    let stopped = signals.stop.notified();
-                    if signals.closed.load(Ordering::Acquire) {
-                        return;
-                    }
-                    let msg = tokio::select! {
-                        m = stream.next() => m,
-                        _ = stopped => return,
-                    };
-                    let Some(msg) = msg else { break };
-                    let Some(inner) = weak.upgrade() else { return };
-                    inner.on_message(msg.get_payload_bytes());
-                }
-                warn!(channel, "lost the Redis subscription; reconnecting");
-            }
-            Ok(Err(e)) => debug!(error = %e, "subscribe failed"),
-            Err(_) => debug!("subscribe timed out"),
-        }
-        let stopped = signals.stop.notified();
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = stopped => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_millis(500));
-    }
-}
-
-/// How long after another node's lease ends this node looks at it (so that a renewal made at
-/// the last moment is seen).
-const LEASE_END_MARGIN: Duration = Duration::from_millis(5);
-
-/// Sweeps a dead node, one bounded script call after another (see `lua::SWEEP`), until the
-/// sweep is over. Several nodes may sweep the same dead node at once: every call is atomic and
-/// takes what is left. On an error the task ends; the sweep is left in Redis and the next
-/// renewal (of any node) starts it again.
-async fn sweep_task(weak: Weak<Inner>, signals: Arc<Signals>, dead: String) {
-    let started = Instant::now();
-    let (mut calls, mut sessions) = (0u64, 0u64);
-    loop {
-        if signals.closed.load(Ordering::Acquire) {
-            return;
-        }
-        let Some(inner) = weak.upgrade() else { return };
-        let r = inner.sweep_step(&dead).await;
-        calls += 1;
-        let done = match r {
-            Ok((more, n)) => {
-                sessions += n;
-                !more
-            }
-            Err(e) => {
-                warn!(node = %dead, error = %e, "sweeping a dead node failed; the next renewal carries on");
-                true
-            }
-        };
-        if done {
-            inner
-                .sweeping
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&dead);
-            if sessions > 0 {
-                info!(node = %dead, sessions, calls, elapsed = ?started.elapsed(), "swept the sessions of a node whose lease ended");
-            }
-            return;
-        }
-        drop(inner);
-        // Let this node's other work run between two calls (Redis serves the other clients
-        // between them anyway).
-        tokio::task::yield_now().await;
-    }
-}
-
-async fn lease_task(weak: Weak<Inner>, signals: Arc<Signals>) {
-    let mut resync = true;
-    loop {
-        let stopped = signals.stop.notified();
-        let poked = signals.poke.notified();
-        if signals.closed.load(Ordering::Acquire) {
-            return;
-        }
-        let Some(inner) = weak.upgrade() else { return };
-        let period = (inner.cfg.lease / 3).max(Duration::from_millis(30));
-        let r = async {
-            inner.recover_now().await?;
-            if resync {
-                inner.resync().await?;
-            }
-            inner.prune_due().await
-        }
-        .await;
-        let recheck = match inner.recheck_at.load(Ordering::Relaxed) {
-            0 => period,
-            at => Duration::from_millis(at.saturating_sub(unix_ms())),
-        };
-        drop(inner);
-        let wait = match r {
-            Ok(()) => {
-                resync = false;
-                // Not more often than every 20 ms however the leases fall.
-                period.min(recheck).max(Duration::from_millis(20))
-            }
-            Err(e) => {
-                debug!(error = %e, "lease renewal failed; retrying");
-                resync = true;
-                Duration::from_millis(100).min(period)
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = poked => resync = true,
-            _ = stopped => return,
-        }
-    }
-}
-
-/// Fires the idle deadlines of the rooms whose holder this node hosts ([`Inner::fire_idle`]).
-async fn idle_task(weak: Weak<Inner>, signals: Arc<Signals>) {
-    loop {
-        let stopped = signals.stop.notified();
-        let poked = signals.idle.notified();
-        if signals.closed.load(Ordering::Acquire) {
-            return;
-        }
-        let next = {
-            let Some(inner) = weak.upgrade() else { return };
-            inner.fire_idle().await
-        };
-        match next {
-            Some(at) => tokio::select! {
-                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
-                _ = poked => {}
-                _ = stopped => return,
-            },
-            None => tokio::select! {
-                _ = poked => {}
-                _ = stopped => return,
-            },
-        }
-    }
 }
 
 #[async_trait]
@@ -2033,73 +1690,21 @@ impl Backend for RedisBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use occupancy_core::{DisplacedReason, OccupantState};
-    use proptest::prelude::*;
 
-    /// A line from (occupant, which of its three sessions) pairs; occupant `i` is a user for even
-    /// `i` (with metadata naming it) and anonymous otherwise, its sessions `10 i + 0..3`.
-    fn line(version: u64, picks: &[(u8, u8)]) -> RoomState {
-        let mut seen = Vec::new();
-        let mut occupants = Vec::new();
-        for &(i, mask) in picks {
-            if seen.contains(&i) {
-                continue;
-            }
-            seen.push(i);
-            let base = 10 * u64::from(i);
-            let key = if i.is_multiple_of(2) {
-                OccupantKey::User(Arc::from(format!("user-{i}")))
-            } else {
-                OccupantKey::Anonymous(SessionId(base))
+    #[test]
+    fn urls_are_checked_before_connecting() {
+        let tls = open_client("rediss://127.0.0.1:6380");
+        if cfg!(feature = "tls") {
+            assert!(tls.is_ok());
+        } else {
+            let Err(Error::Config(m)) = tls else {
+                panic!("rediss:// without the tls feature must be refused")
             };
-            let meta = if i.is_multiple_of(2) {
-                Meta::from_value(serde_json::json!({ "name": i })).unwrap()
-            } else {
-                Meta::empty()
-            };
-            let mask = mask % 7 + 1;
-            occupants.push(OccupantState {
-                key,
-                meta,
-                sessions: (0..3)
-                    .filter(|b| mask & (1 << b) != 0)
-                    .map(|b| SessionId(base + b))
-                    .collect(),
-                since: u64::from(i),
-            });
+            assert!(m.contains("`tls` feature"), "{m}");
         }
-        RoomState {
-            version,
-            occupants,
-            held_since: Some(version),
-            reason: if version.is_multiple_of(2) {
-                DisplacedReason::Idle
-            } else {
-                DisplacedReason::Takeover
-            },
-        }
-    }
-
-    proptest! {
-        /// For the sessions of this node, `local_notices` gives exactly what `room_notices` gives
-        /// on the whole states; for the others, nothing.
-        #[test]
-        fn local_notices_are_the_whole_notices_of_local_sessions(
-            old in proptest::collection::vec((0u8..8, 0u8..8), 0..8),
-            new in proptest::collection::vec((0u8..8, 0u8..8), 0..8),
-            here_mask in any::<u32>(),
-            k in 1usize..4,
-        ) {
-            let room = RoomId::parse("r", 8).unwrap();
-            let (old, new) = (line(1, &old), line(2, &new));
-            let here = |s: SessionId| here_mask & (1 << (s.0 % 32)) != 0;
-            let watchers: Vec<SessionId> = (0..80).map(SessionId).filter(|&s| here(s)).take(3).collect();
-            let mut whole = Vec::new();
-            room_notices(&room, &old, &new, &watchers, k, &mut whole);
-            whole.retain(|n| here(n.session));
-            let mut local = Vec::new();
-            local_notices(&room, &old, &new, &watchers, here, k, &mut local);
-            prop_assert_eq!(local, whole);
-        }
+        let Err(Error::Config(m)) = open_client("http://127.0.0.1") else {
+            panic!("a URL that is not Redis must be refused")
+        };
+        assert!(m.contains("redis://host:port"), "{m}");
     }
 }

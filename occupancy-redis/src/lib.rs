@@ -94,6 +94,13 @@
 //!   carries an order key `q`). Nobody jumps the queue and nobody is told a hand-over that did
 //!   not happen.
 //!
+//! ## TLS and your own client
+//!
+//! With the `tls` feature, `rediss://` URLs work (redis-rs over rustls with the `ring` provider,
+//! the system's root certificates). [`RedisBackend::connect_with_client`] takes a
+//! `redis::Client` the application built (this crate re-exports [`redis`]): a private CA or a
+//! client certificate with `redis::Client::build_with_tls`, or any other setting of its own.
+//!
 //! ## Data layout (prefix `occ` by default)
 //!
 //! | key | type | content |
@@ -156,7 +163,14 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+mod config;
 mod lua;
+mod node;
+mod tasks;
 mod wire;
 
-pub use backend::{RedisBackend, RedisConfig};
+pub use backend::RedisBackend;
+pub use config::RedisConfig;
+/// The redis-rs crate this backend is built on, for [`RedisBackend::connect_with_client`]: build
+/// the `redis::Client` with this version (e.g. `redis::Client::build_with_tls` for a private CA).
+pub use redis;

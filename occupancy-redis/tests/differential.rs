@@ -1,9 +1,20 @@
-//! Differential property test: the same random operations through a Hub on [`MemoryBackend`] and
-//! a Hub on [`RedisBackend`] (one node), comparing after every operation the results, the
-//! holders and positions of every room, the counts, and every notice each session received
-//! (versions aside: the memory backend counts, Redis uses its clock; `since` / `held_since` aside
-//! too, except whether a presence has `held_since`). Cases: 64 by default,
+//! Differential property tests: the same random operations through a Hub on [`MemoryBackend`]
+//! (the machine, itself checked against the naive model in `occupancy-core/tests/model.rs`) and
+//! Hubs on [`RedisBackend`], comparing after every operation the results, the holders and
+//! positions of every room, the counts, and every notice each session received (versions
+//! aside: the memory backend counts, Redis uses its clock; `since` / `held_since` aside too,
+//! except whether a presence has `held_since`). Cases: 64 by default (16 for the long lines),
 //! `OCCUPANCY_PROPTEST_CASES` to raise it.
+//!
+//! - `memory_and_redis_agree`: one Redis node, 5 sessions, lines of at most 3.
+//! - `long_lines_and_node_deaths_agree`: two Redis nodes (even slots on one, odd on the other),
+//!   24 sessions in lines of up to 24 (past the machine's line index, `INDEX_FROM` = 16), and
+//!   `Die`: the odd node stops dead ([`RedisBackend::freeze`]: no goodbye, its lease runs out)
+//!   and is replaced by a fresh one, while the memory side kicks the same sessions (live and in
+//!   grace). A sweep closes a dead node's sessions in one change per room and the kicks one at a
+//!   time, so after a death the survivors' notices are compared by what they leave a client
+//!   with: which rooms each session was `released` in, and its last presence in each room (its
+//!   place, the holder, the first occupants shown, and the number waiting for those shown it).
 //!
 //! Both Hubs run with an idle timeout (one hour: never reached), so `active`, joins, updates
 //! and forced releases take the idle code paths (refreshing the holder's idle clock, the pending
@@ -28,6 +39,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 const SLOTS: usize = 5;
+const LONG_SLOTS: usize = 24;
 const ROOMS: [&str; 3] = ["r0", "r{1}", "r2"];
 const PRINCIPALS: [Option<&str>; 4] = [Some("u0"), Some("u1"), Some("u2"), None];
 
@@ -44,10 +56,17 @@ enum Op {
     Disconnect(usize),
     Resume(usize),
     Close(usize),
+    /// The second node dies (long-line test only).
+    Die,
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let s = 0..SLOTS;
+    ops(SLOTS)
+}
+
+/// Operations on `slots` session slots.
+fn ops(slots: usize) -> impl Strategy<Value = Op> {
+    let s = 0..slots;
     let r = 0..ROOMS.len();
     prop_oneof![
         2 => (s.clone(), 0..PRINCIPALS.len()).prop_map(|(s, p)| Op::Connect(s, p)),
@@ -64,23 +83,79 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// One side of the comparison: a Hub and its sessions by slot.
+/// One side of the comparison: its Hubs (one per node; slot `s` is on node `s % nodes`) and
+/// its sessions by slot.
 struct Side {
-    hub: Hub,
+    hubs: Vec<Hub>,
+    /// The Redis backends of the nodes (none on the memory side).
+    backends: Vec<RedisBackend>,
     slots: Vec<Option<(Session, Notices)>>,
     /// Tokens of disconnected slots (for resume).
     tokens: Vec<Option<occupancy_core::ResumeToken>>,
     ids: HashMap<SessionId, usize>,
+    /// Dead nodes' Hubs and sessions, kept (not dropped: a dropped session would disconnect).
+    graveyard: Vec<(Hub, Vec<(Session, Notices)>)>,
 }
 
 impl Side {
     fn new(hub: Hub) -> Side {
+        Side::with_nodes(vec![hub], Vec::new(), SLOTS)
+    }
+
+    fn with_nodes(hubs: Vec<Hub>, backends: Vec<RedisBackend>, slots: usize) -> Side {
         Side {
-            hub,
-            slots: (0..SLOTS).map(|_| None).collect(),
-            tokens: vec![None; SLOTS],
+            hubs,
+            backends,
+            slots: (0..slots).map(|_| None).collect(),
+            tokens: vec![None; slots],
             ids: HashMap::new(),
+            graveyard: Vec::new(),
         }
+    }
+
+    /// The Hub reads go through (any node sees the same rooms).
+    fn hub(&self) -> &Hub {
+        &self.hubs[0]
+    }
+
+    /// The Hub of slot `s`'s node.
+    fn hub_for(&self, s: usize) -> &Hub {
+        &self.hubs[s % self.hubs.len()]
+    }
+
+    /// The odd slots' sessions (live and in grace) end: on Redis their node dies (the caller
+    /// replaces it), on memory they are kicked one by one.
+    async fn die(&mut self) -> String {
+        let odd = |s: &usize| s % 2 == 1;
+        if let Some(b) = self.backends.get(1) {
+            b.freeze();
+            let sessions: Vec<_> = (0..self.slots.len())
+                .filter(odd)
+                .filter_map(|s| self.slots[s].take())
+                .collect();
+            let hub = self.hubs.remove(1);
+            self.graveyard.push((hub, sessions));
+            self.backends.remove(1);
+        } else {
+            // Every session an odd slot ever had: a slot disconnected and then connected again
+            // left its first session in grace, which the dead node's sweep ends too.
+            let ids: Vec<SessionId> = self
+                .ids
+                .iter()
+                .filter(|(_, s)| odd(s))
+                .map(|(&id, _)| id)
+                .collect();
+            for s in (0..self.slots.len()).filter(odd) {
+                self.slots[s] = None;
+            }
+            for id in ids {
+                self.hub().kick(id).await.unwrap();
+            }
+        }
+        for s in (0..self.tokens.len()).filter(odd) {
+            self.tokens[s] = None;
+        }
+        "died".into()
     }
 
     fn person(&self, p: &Person) -> String {
@@ -131,7 +206,7 @@ impl Side {
                     return "busy".into();
                 }
                 let (session, notices) = self
-                    .hub
+                    .hub_for(s)
                     .connect(PRINCIPALS[p].map(String::from), meta(s))
                     .await
                     .unwrap();
@@ -140,7 +215,8 @@ impl Side {
                 self.slots[s] = Some((session, notices));
                 "connected".into()
             }
-            Op::Release(r) => match self.hub.release(ROOMS[r]).await {
+            Op::Die => self.die().await,
+            Op::Release(r) => match self.hub().release(ROOMS[r]).await {
                 Ok(ForcedRelease::HandedOver { to, .. }) => format!("handed {}", self.person(&to)),
                 Ok(other) => format!("{other:?}"),
                 Err(e) => format!("{e:?}"),
@@ -149,7 +225,7 @@ impl Side {
                 let Some(token) = self.tokens[s].take() else {
                     return "no token".into();
                 };
-                match self.hub.resume(token).await {
+                match self.hub_for(s).resume(token).await {
                     Ok((session, notices, r)) => {
                         self.slots[s] = Some((session, notices));
                         let mut watching: Vec<_> =
@@ -241,20 +317,8 @@ impl Side {
 
     /// Everything observable after an operation, normalized.
     async fn observe(&mut self) -> String {
-        let mut out = String::new();
-        for room in ROOMS {
-            let occ: Vec<_> = self
-                .hub
-                .occupants(room)
-                .await
-                .unwrap()
-                .iter()
-                .map(|p| self.person(p))
-                .collect();
-            out.push_str(&format!("{room}: {occ:?}\n"));
-        }
-        out.push_str(&format!("{:?}\n", self.hub.stats().await.unwrap()));
-        for s in 0..SLOTS {
+        let mut out = self.observe_rooms().await;
+        for s in 0..self.slots.len() {
             let mut got = Vec::new();
             if let Some((_, n)) = &mut self.slots[s] {
                 while let Some(x) = n.try_recv() {
@@ -266,6 +330,71 @@ impl Side {
                 out.push('\n');
             }
         }
+        out
+    }
+
+    /// What a death leaves each session with: for each slot, the rooms it was `released` in and
+    /// its last presence in each room (see the module docs).
+    fn observe_outcome(&mut self) -> String {
+        let mut out = String::new();
+        for s in 0..self.slots.len() {
+            let mut got = Vec::new();
+            if let Some((_, n)) = &mut self.slots[s] {
+                while let Some(x) = n.try_recv() {
+                    got.push(x);
+                }
+            }
+            let mut released = std::collections::BTreeSet::new();
+            let mut last = std::collections::BTreeMap::new();
+            for n in &got {
+                match &n.kind {
+                    NoticeKind::Released { .. } => {
+                        released.insert(n.room.to_string());
+                    }
+                    // Those past the first `presence_occupants` (2) are not told the number
+                    // waiting when only it changed: one kick at a time leaves them an older count
+                    // than one sweep does, both right.
+                    NoticeKind::Presence(p) => {
+                        let waiting = if p.position.is_some_and(|x| x < 2) {
+                            p.body.waiting.to_string()
+                        } else {
+                            "-".into()
+                        };
+                        let body = format!(
+                            "{:?} {:?} {waiting} {:?}",
+                            p.position,
+                            p.body.holder.as_ref().map(|h| self.person(h)),
+                            p.body
+                                .occupants
+                                .iter()
+                                .map(|o| self.person(o))
+                                .collect::<Vec<_>>()
+                        );
+                        last.insert(n.room.to_string(), body);
+                    }
+                    _ => {}
+                }
+            }
+            out.push_str(&format!("{s}: released {released:?} last {last:?}\n"));
+        }
+        out
+    }
+
+    /// The rooms' lines and the counts, normalized.
+    async fn observe_rooms(&self) -> String {
+        let mut out = String::new();
+        for room in ROOMS {
+            let occ: Vec<_> = self
+                .hub()
+                .occupants(room)
+                .await
+                .unwrap()
+                .iter()
+                .map(|p| self.person(p))
+                .collect();
+            out.push_str(&format!("{room}: {occ:?}\n"));
+        }
+        out.push_str(&format!("{:?}\n", self.hub().stats().await.unwrap()));
         out
     }
 }
@@ -352,7 +481,160 @@ fn memory_and_redis_agree() {
                 if std::env::var("DUMP").is_ok() { eprintln!("OP {:?} => {}\n{}", op, a, b); }
                 prop_assert_eq!(a, b, "state and notices after op {} {:?}", i, op);
             }
-            red.hub.backend().check_invariants().await.map_err(TestCaseError::fail)?;
+            red.hub().backend().check_invariants().await.map_err(TestCaseError::fail)?;
+            Ok(())
+        })?;
+    });
+}
+
+/// The sentinel room (not compared): barriers go through it.
+const SENTINEL: &str = "zz-sentinel";
+
+impl Side {
+    /// Connects the barrier sessions of node `node` (a mover and a watcher of [`SENTINEL`]).
+    async fn sentinels(&mut self, node: usize) -> [(Session, Notices); 2] {
+        let hub = &self.hubs[node.min(self.hubs.len() - 1)];
+        let mover = hub.connect(None, Meta::empty()).await.unwrap();
+        let watcher = hub.connect(None, Meta::empty()).await.unwrap();
+        watcher.0.watch(SENTINEL).await.unwrap();
+        [mover, watcher]
+    }
+}
+
+/// Barrier sessions: `[node][mover, watcher]`.
+type Sentinels = Vec<[(Session, Notices); 2]>;
+
+/// Waits until every node has processed every state published so far: node 1's mover joins and
+/// leaves the sentinel room and node 0's watcher waits for the presence of the leave (pub/sub is
+/// one ordered channel, so everything published before has reached node 0 by then), and the
+/// other way round. On the memory side the same calls, synchronous.
+async fn barrier(sent: &mut Sentinels) {
+    for (mover, watcher) in [(1, 0), (0, 1)] {
+        let m = sent[mover][0].0.clone();
+        m.join(SENTINEL, None).await.unwrap();
+        m.leave(SENTINEL).await.unwrap();
+        let w = &mut sent[watcher][1].1;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let n = tokio::time::timeout_at(deadline, w.recv())
+                .await
+                .expect("barrier timed out")
+                .expect("barrier notices ended");
+            if let NoticeKind::Presence(p) = &n.kind
+                && p.body.holder.is_none()
+            {
+                break;
+            }
+        }
+    }
+}
+
+fn long_config() -> Config {
+    let mut c = hub_config();
+    c.limits.max_occupants_per_room = LONG_SLOTS + 4;
+    c
+}
+
+#[test]
+fn long_lines_and_node_deaths_agree() {
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = server.url();
+    let config = ProptestConfig {
+        cases: (cases() / 4).max(1),
+        max_shrink_iters: 50,
+        ..ProptestConfig::default()
+    };
+    let principal = prop_oneof![3 => Just(PRINCIPALS.len() - 1), 1 => 0..PRINCIPALS.len()];
+    proptest!(config, |(
+        principals in proptest::collection::vec(principal, LONG_SLOTS),
+        rest in proptest::collection::vec(prop_oneof![30 => ops(LONG_SLOTS), 1 => Just(Op::Die)], 1..60),
+    )| {
+        // Every slot connected, and most joining a room, so lines grow long.
+        let ops: Vec<Op> = principals
+            .iter()
+            .enumerate()
+            .map(|(s, &p)| Op::Connect(s, p))
+            .chain((0..LONG_SLOTS).map(|s| Op::Join(s, 0, false)))
+            .chain(rest)
+            .collect();
+        let url = url.clone();
+        rt.block_on(async move {
+            let prefix = format!("long{}", CASE.fetch_add(1, Ordering::Relaxed));
+            let cfg = test_config(&url)
+                .prefix(prefix)
+                .lease(Duration::from_millis(300));
+            let node = || async {
+                let b = RedisBackend::connect(cfg.clone()).await.unwrap();
+                let hub = Hub::builder()
+                    .backend(b.clone())
+                    .config(long_config())
+                    .build()
+                    .unwrap();
+                (hub, b)
+            };
+            let (h0, b0) = node().await;
+            let (h1, b1) = node().await;
+            let mem_hub = Hub::builder()
+                .backend(MemoryBackend::new())
+                .config(long_config())
+                .build()
+                .unwrap();
+            let mut mem = Side::with_nodes(vec![mem_hub], Vec::new(), LONG_SLOTS);
+            let mut red = Side::with_nodes(vec![h0, h1], vec![b0, b1], LONG_SLOTS);
+            let mut mem_sent: Sentinels = vec![mem.sentinels(0).await, mem.sentinels(1).await];
+            let mut red_sent: Sentinels = vec![red.sentinels(0).await, red.sentinels(1).await];
+            for (i, op) in ops.iter().enumerate() {
+                if let Op::Die = op {
+                    let odd = mem_sent.pop().unwrap();
+                    for (s, _) in &odd {
+                        mem.hub().kick(s.id()).await.unwrap();
+                    }
+                    mem.die().await;
+                    let dead = red_sent.pop().unwrap();
+                    red.die().await;
+                    red.graveyard.last_mut().unwrap().1.extend(dead);
+                    let (h, b) = node().await;
+                    red.hubs.push(h);
+                    red.backends.push(b);
+                    // The sweep ends the dead node's sessions once its lease is over.
+                    let want = mem.observe_rooms().await;
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+                    loop {
+                        let got = red.observe_rooms().await;
+                        if got == want {
+                            break;
+                        }
+                        if tokio::time::Instant::now() > deadline {
+                            prop_assert_eq!(&got, &want, "after the death at op {}", i);
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    mem_sent.push(mem.sentinels(1).await);
+                    red_sent.push(red.sentinels(1).await);
+                    barrier(&mut mem_sent).await;
+                    barrier(&mut red_sent).await;
+                    prop_assert_eq!(
+                        mem.observe_outcome(),
+                        red.observe_outcome(),
+                        "what the survivors were told after the death at op {}", i
+                    );
+                    continue;
+                }
+                let a = mem.apply(op).await;
+                let b = red.apply(op).await;
+                prop_assert_eq!(&a, &b, "result of op {} {:?}", i, op);
+                barrier(&mut mem_sent).await;
+                barrier(&mut red_sent).await;
+                let a = mem.observe().await;
+                let b = red.observe().await;
+                prop_assert_eq!(a, b, "state and notices after op {} {:?}", i, op);
+            }
+            red.hub().backend().check_invariants().await.map_err(TestCaseError::fail)?;
             Ok(())
         })?;
     });

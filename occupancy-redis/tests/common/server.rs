@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// `--tls-cert-file`, `--tls-key-file`, `--tls-ca-cert-file`: serve TLS only, on `port`.
+    tls: Option<[String; 3]>,
 }
 
 fn free_port() -> u16 {
@@ -21,7 +23,11 @@ impl RedisServer {
     pub fn start() -> RedisServer {
         for _ in 0..5 {
             let port = free_port();
-            let mut s = RedisServer { child: None, port };
+            let mut s = RedisServer {
+                child: None,
+                port,
+                tls: None,
+            };
             if s.spawn() {
                 return s;
             }
@@ -29,11 +35,45 @@ impl RedisServer {
         panic!("could not start redis-server (is it installed?)");
     }
 
+    /// Starts a server that speaks TLS only (no plain port), with this certificate, key and CA
+    /// (PEM files; clients are not asked for certificates).
+    pub fn start_tls(cert: &str, key: &str, ca: &str) -> RedisServer {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut s = RedisServer {
+                child: None,
+                port,
+                tls: Some([cert.into(), key.into(), ca.into()]),
+            };
+            if s.spawn() {
+                return s;
+            }
+        }
+        panic!("could not start redis-server with TLS (built without it?)");
+    }
+
     fn spawn(&mut self) -> bool {
-        let child = Command::new("redis-server")
-            .args([
+        let port = self.port.to_string();
+        let ports: Vec<&str> = match &self.tls {
+            None => vec!["--port", &port],
+            Some([cert, key, ca]) => vec![
                 "--port",
-                &self.port.to_string(),
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-ca-cert-file",
+                ca,
+                "--tls-auth-clients",
+                "no",
+            ],
+        };
+        let child = Command::new("redis-server")
+            .args(ports)
+            .args([
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -65,7 +105,12 @@ impl RedisServer {
 
     /// The URL to connect to.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The port.

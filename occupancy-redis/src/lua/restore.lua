@@ -1,0 +1,62 @@
+-- Reproduces Machine's line order (occupants by first join) kept across a Redis that restarted empty.
+--
+-- `restore(room, last_seen_state, my_sessions, my_watchers, lease_ms)`: after Redis lost its
+-- data, puts a room back from the state this node saw last. If the room is missing, the whole
+-- line is written back in its old order; the other nodes' sessions are kept as placeholders for
+-- one lease (their nodes confirm them with their own restore, or they are dropped). If it
+-- exists, this node's occupants are merged in at their old place (by their order key `q`).
+local room, raw, lease = ARGV[3], ARGV[4], tonumber(ARGV[7])
+local mine, mywatch = cjson.decode(ARGV[5]), cjson.decode(ARGV[6])
+local seen = cjson.decode(raw)
+local st, was = load_room(room)
+local changed = false
+if not st then
+  -- The line as it was, with its holder's grant (held_since, idle clock, pending release).
+  st = {v = seen.v, o = {}, w = {}, h = seen.h, a = seen.a, p = seen.p, r = seen.r}
+  for _, occ in ipairs(seen.o) do
+    local u = {}
+    for _, sid in ipairs(occ.s) do
+      if not find(mine, sid) then table.insert(u, sid) end
+    end
+    if #u > 0 then occ.u = u; occ.x = fmt(now_ms() + lease) else occ.u = nil; occ.x = nil end
+    table.insert(st.o, occ)
+  end
+  -- Not a grant: the holder is the one that held.
+  was.hk = holder_key(st)
+  changed = true
+else
+  for _, socc in ipairs(seen.o) do
+    local ours = {}
+    for _, sid in ipairs(socc.s) do
+      if find(mine, sid) then table.insert(ours, sid) end
+    end
+    if #ours > 0 then
+      local pos = nil
+      for i, occ in ipairs(st.o) do if occ.k == socc.k then pos = i; break end end
+      if not pos then
+        local at = #st.o + 1
+        for i, occ in ipairs(st.o) do
+          if tonumber(occ.q) > tonumber(socc.q) then at = i; break end
+        end
+        table.insert(st.o, at, {k = socc.k, m = socc.m, q = socc.q, s = ours, t = socc.t})
+        changed = true
+      else
+        local occ = st.o[pos]
+        for _, sid in ipairs(ours) do
+          if not find(occ.s, sid) then table.insert(occ.s, sid); changed = true end
+          if occ.u then
+            local j = find(occ.u, sid)
+            if j then table.remove(occ.u, j); changed = true end
+          end
+        end
+        if occ.u and #occ.u == 0 then occ.u = nil; occ.x = nil end
+      end
+    end
+  end
+end
+for _, w in ipairs(mywatch) do
+  if not find(st.w, w) then table.insert(st.w, w) end
+end
+if changed then bump(st) end
+save_room(room, was, st, changed)
+return reply({}, nil)
