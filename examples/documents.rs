@@ -18,6 +18,7 @@
 //! `IDLE_MS` turns idle expiry on (a holder who sends nothing for that long gives way as soon as
 //! someone waits; the page says `active` on typing), `ADMIN_TOKEN` serves the admin endpoints
 //! under `/admin` (list rooms, force a release, kick, follow changes: see `support/admin.rs`),
+//! `SHARDS` spreads rooms over that many state machines (`HubBuilder::shards`; default 1),
 //! `OCCUPANCY_CHECK_INVARIANTS=1` makes the state machine check its invariants after
 //! every operation (slow: for soak runs, see `loadgen soak`).
 
@@ -59,6 +60,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Ok(ms) = std::env::var("IDLE_MS") {
         let ms: u64 = ms.parse().map_err(|e| format!("IDLE_MS={ms:?}: {e}"))?;
         builder = builder.idle_timeout(Duration::from_millis(ms));
+    }
+    if let Ok(n) = std::env::var("SHARDS") {
+        let n: usize = n.parse().map_err(|e| format!("SHARDS={n:?}: {e}"))?;
+        builder = builder.shards(n);
     }
     let hub = builder.build()?;
     if check_invariants {
