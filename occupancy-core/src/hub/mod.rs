@@ -258,8 +258,8 @@ impl HubBuilder {
     /// shard. A good value is the runtime's worker count when many rooms are busy at once.
     /// Measured on 2 cores (`cargo bench --bench hub`, four runs): two tasks in distinct rooms
     /// got 16–52% more throughput with 2 shards than with one, one room contended by two tasks
-    /// 6–31% less, and each session costs about 0.33 KiB more (the shards' session table: 4.33
-    /// KiB per idle connection instead of 4.0); hence one shard by default. Not for a Hub given
+    /// 6–31% less, and each session costs about 0.33 KiB more (the shards' session table: 4.27
+    /// KiB per idle connection instead of 3.94); hence one shard by default. Not for a Hub given
     /// its own backend ([`HubBuilder::backend`]): [`HubBuilder::build`] then refuses.
     pub fn shards(mut self, n: usize) -> Self {
         self.shards = Some(n);
