@@ -18,6 +18,7 @@
 //! # }
 //! ```
 
+pub mod capture;
 pub mod fuzz;
 
 use std::future::Future;
