@@ -1,0 +1,112 @@
+//! Redis restarted empty while the node keeps serving (found by the chaos soak, issue 18): the
+//! node writes its sessions back first, then its rooms, one script each. A call that runs in
+//! between — after its session was written back, before its room was — must neither be undone
+//! by the room's write-back (a `leave` there used to be: the session stood in the line again,
+//! for good, its node no longer knowing it).
+//!
+//! The window is made wide with a few hundred other sessions and rooms to write back; the calls
+//! are made as soon as every session is back (the shared `sessions` counter says so).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{PATIENCE, RedisServer, test_config, user};
+use occupancy_core::Hub;
+use occupancy_redis::RedisBackend;
+
+const ROOM: &str = "doc-{race}";
+const FILLERS: usize = 300;
+
+async fn node(url: &str) -> Hub {
+    let backend = RedisBackend::connect(test_config(url)).await.unwrap();
+    Hub::builder()
+        .backend(backend)
+        .grace(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn line(hub: &Hub) -> Vec<String> {
+    hub.occupants(ROOM)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id.to_string())
+        .collect()
+}
+
+/// Alice, bob and carol in ROOM (in that order) and a few hundred fillers, each in a room of
+/// its own, on one node; then Redis restarts empty. Returns once every session is written back
+/// (the rooms are being written).
+async fn restarted_mid_write_back() -> (
+    RedisServer,
+    Hub,
+    Vec<occupancy_core::Session>,
+    Vec<impl Sized>,
+) {
+    let mut server = RedisServer::start();
+    let a = node(&server.url()).await;
+    let mut keep = Vec::new();
+    let mut people = Vec::new();
+    for name in ["alice", "bob", "carol"] {
+        let (s, n) = user(&a, name).await;
+        s.join(ROOM, None).await.unwrap();
+        people.push(s);
+        keep.push(n);
+    }
+    for i in 0..FILLERS {
+        let (s, n) = user(&a, &format!("filler-{i}")).await;
+        s.join(&format!("filler-{{{i}}}"), None).await.unwrap();
+        keep.push(n);
+        people.push(s);
+    }
+    let sessions = FILLERS + 3;
+    server.restart();
+    // The node notices at its next lease renewal and writes everything back; once every
+    // session is back, the rooms are being written.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if matches!(a.stats().await, Ok(s) if s.sessions == sessions) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sessions came back"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    (server, a, people, keep)
+}
+
+/// Waits until every room is back and the invariants hold.
+async fn written_back(a: &Hub) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if a.backend().check_invariants().await.is_ok()
+            && matches!(a.stats().await, Ok(s) if s.rooms == FILLERS + 1)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "every room written back with the invariants holding (a session standing in a line its record does not list breaks them)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_during_the_write_back_is_not_undone_by_it() {
+    let (_server, a, people, _keep) = restarted_mid_write_back().await;
+    people[1].leave(ROOM).await.unwrap();
+    written_back(&a).await;
+    let line = line(&a).await;
+    assert_eq!(
+        line,
+        ["alice", "carol"],
+        "bob left during the write-back; the room's write-back must not put him back"
+    );
+    assert_eq!(a.stats().await.unwrap().occupants, FILLERS + 2);
+}
