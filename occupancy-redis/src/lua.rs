@@ -207,6 +207,12 @@ local function live(sid, node)
   if s.g > 0 then return nil, err('unknown_session') end
   return s
 end
+-- Not in the room's line although the session's record lists the room: Redis lost its data and
+-- the room is not written back yet (see `restore`): try again shortly, rather than a wrong no.
+local function absent(s, room, code)
+  if find(s.j, room) then return err('restoring') end
+  return err(code)
+end
 local function save_lists(sid, s)
   redis.call('HSET', skey(sid), 'j', cjson.encode(s.j), 'w', cjson.encode(s.w))
 end
@@ -372,10 +378,10 @@ local s, e = live(sid, node)
 if not s then return e end
 local key = okey(sid, s)
 local st, was = load_room(room)
-if not st then return err('not_member') end
+if not st then return absent(s, room, 'not_member') end
 local pos = nil
 for i, occ in ipairs(st.o) do if occ.k == key then pos = i; break end end
-if (not pos) or (not find(st.o[pos].s, sid)) then return err('not_member') end
+if (not pos) or (not find(st.o[pos].s, sid)) then return absent(s, room, 'not_member') end
 local refresh = (pos == 1 and idle > 0)
 if refresh then st.a = now_str() end
 if st.o[pos].m ~= meta then
@@ -410,10 +416,10 @@ local s, e = live(sid, node)
 if not s then return e end
 local key = okey(sid, s)
 local st, was = load_room(room)
-if not st then return err('not_in_room') end
+if not st then return absent(s, room, 'not_in_room') end
 local pos = nil
 for i, occ in ipairs(st.o) do if occ.k == key then pos = i; break end end
-if (not pos) or (not find(st.o[pos].s, sid)) then return err('not_in_room') end
+if (not pos) or (not find(st.o[pos].s, sid)) then return absent(s, room, 'not_in_room') end
 if pos > 1 then
   local occ = table.remove(st.o, pos)
   occ.q = fmt(tonumber(st.o[1].q) - 1)
@@ -433,10 +439,10 @@ local s, e = live(sid, node)
 if not s then return e end
 local key = okey(sid, s)
 local st, was = load_room(room)
-if not st then return err('not_member') end
+if not st then return absent(s, room, 'not_member') end
 local pos = nil
 for i, occ in ipairs(st.o) do if occ.k == key then pos = i; break end end
-if (not pos) or (not find(st.o[pos].s, sid)) then return err('not_member') end
+if (not pos) or (not find(st.o[pos].s, sid)) then return absent(s, room, 'not_member') end
 if pos == 1 and idle > 0 then
   st.a = now_str()
   save_room(room, was, st, false)

@@ -2,7 +2,8 @@
 //! node writes its sessions back first, then its rooms, one script each. A call that runs in
 //! between — after its session was written back, before its room was — must neither be undone
 //! by the room's write-back (a `leave` there used to be: the session stood in the line again,
-//! for good, its node no longer knowing it).
+//! for good, its node no longer knowing it) nor be refused with a wrong answer (a `takeover`
+//! used to get `not_in_room`; now `unavailable`, try again).
 //!
 //! The window is made wide with a few hundred other sessions and rooms to write back; the calls
 //! are made as soon as every session is back (the shared `sessions` counter says so).
@@ -12,7 +13,7 @@ mod common;
 use std::time::Duration;
 
 use common::{PATIENCE, RedisServer, test_config, user};
-use occupancy_core::Hub;
+use occupancy_core::{Error, Hub};
 use occupancy_redis::RedisBackend;
 
 const ROOM: &str = "doc-{race}";
@@ -109,4 +110,18 @@ async fn a_leave_during_the_write_back_is_not_undone_by_it() {
         "bob left during the write-back; the room's write-back must not put him back"
     );
     assert_eq!(a.stats().await.unwrap().occupants, FILLERS + 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_during_the_write_back_is_unavailable_not_refused() {
+    let (_server, a, people, _keep) = restarted_mid_write_back().await;
+    let took = people[2].takeover(ROOM).await;
+    assert!(
+        matches!(took, Ok(_) | Err(Error::Unavailable { .. })),
+        "a take over by a member while its room is written back: {took:?}"
+    );
+    written_back(&a).await;
+    // Once the room is back, the take over works.
+    people[2].takeover(ROOM).await.unwrap();
+    assert_eq!(line(&a).await, ["carol", "alice", "bob"]);
 }
