@@ -125,3 +125,60 @@ async fn a_takeover_during_the_write_back_is_unavailable_not_refused() {
     people[2].takeover(ROOM).await.unwrap();
     assert_eq!(line(&a).await, ["carol", "alice", "bob"]);
 }
+
+/// OPEN BUG (issue 18's 10-minute chaos soak; ignored until fixed): a node with thousands of
+/// sessions and rooms writes them all back after Redis restarted empty, and a few seconds later
+/// its sessions are gone from the shared state (the counter falls back to the other node's one
+/// session). In the soak, a node logged "this node's lease ended and its sessions were swept by
+/// another node" just after a Redis restart and closed its connections with 1011. The write-back
+/// runs inside the lease renewal (`Inner::renew` awaits `Inner::restore`), so a long one may
+/// outlast the lease; extending the lease during it (tried) did not make this test pass, so the
+/// cause is not established. Run with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open bug: a node's sessions are lost a few seconds after a long write-back (issue 18)"]
+async fn a_write_back_longer_than_the_lease_keeps_the_lease() {
+    const MANY: usize = 3000;
+    let mut server = RedisServer::start();
+    let lease = Duration::from_millis(1000);
+    let node = |url: String| async move {
+        let backend = RedisBackend::connect(test_config(&url).lease(lease))
+            .await
+            .unwrap();
+        Hub::builder()
+            .backend(backend)
+            .grace(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    };
+    let a = node(server.url()).await;
+    let b = node(server.url()).await;
+    let mut keep = Vec::new();
+    for i in 0..MANY {
+        let (s, n) = user(&a, &format!("many-{i}")).await;
+        s.join(&format!("many-{{{i}}}"), None).await.unwrap();
+        keep.push((s, n));
+    }
+    let (_watcher, _wn) = user(&b, "watcher").await;
+    server.restart();
+    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    loop {
+        if matches!(a.stats().await, Ok(s) if s.rooms == MANY && s.sessions == MANY + 1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node wrote back its {MANY} sessions and rooms: {:?}",
+            a.stats().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Several leases later, the node's sessions are still there and still work.
+    tokio::time::sleep(lease * 4).await;
+    assert_eq!(a.stats().await.unwrap().sessions, MANY + 1);
+    keep[0].0.join("after", None).await.unwrap();
+    keep[MANY - 1]
+        .0
+        .leave(&format!("many-{{{}}}", MANY - 1))
+        .await
+        .unwrap();
+}
