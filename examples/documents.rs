@@ -3,8 +3,8 @@
 //! (protocol v1) is at `/occupancy`; the pages use the dependency-free client `/occupancy.js`.
 //!
 //! ```text
-//! cargo run --example documents --features axum      # then open http://127.0.0.1:3000/
-//! PORT=8080 cargo run --example documents --features axum
+//! cargo run --example documents --features axum,socketio  # then open http://127.0.0.1:3000/
+//! PORT=8080 cargo run --example documents --features axum,socketio
 //! ```
 //!
 //! Open a document in two browsers (or with `?name=Ann` and `?name=Bob`): the first holds it,
@@ -20,7 +20,9 @@
 //! under `/admin` (list rooms, force a release, kick, follow changes: see `support/admin.rs`),
 //! `SHARDS` spreads rooms over that many state machines (`HubBuilder::shards`; default 1),
 //! `OCCUPANCY_CHECK_INVARIANTS=1` makes the state machine check its invariants after
-//! every operation (slow: for soak runs, see `loadgen soak`).
+//! every operation (slow: for soak runs, see `loadgen soak`), `SOCKETIO=1` serves Socket.IO at
+//! `/socket.io/` as well and `PRIVATE_ROOMS` refuses a share of rooms (the soak's, see
+//! `examples/support`).
 
 mod support;
 
@@ -64,6 +66,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Ok(n) = std::env::var("SHARDS") {
         let n: usize = n.parse().map_err(|e| format!("SHARDS={n:?}: {e}"))?;
         builder = builder.shards(n);
+    }
+    if let Some(hook) = support::private_rooms() {
+        // The soak's share of refused rooms (`PRIVATE_ROOMS`, see examples/support).
+        builder = builder.authorize(hook);
     }
     let hub = builder.build()?;
     if check_invariants {

@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! redis-server --port 6379 --save "" --appendonly no &
-//! PORT=3001 cargo run --example multi_node --features axum,redis
-//! PORT=3002 cargo run --example multi_node --features axum,redis
+//! PORT=3001 cargo run --example multi_node --features axum,redis,socketio
+//! PORT=3002 cargo run --example multi_node --features axum,redis,socketio
 //! ```
 //!
 //! Open `http://127.0.0.1:3001/doc/1?name=Ann` and `http://127.0.0.1:3002/doc/1?name=Bob`: one
@@ -15,7 +15,9 @@
 //! Environment: `PORT` (default 3001), `REDIS_URL` (default `redis://127.0.0.1:6379`),
 //! `REDIS_PREFIX` (default `occ`), `LEASE_MS` (default 10000), `GRACE_MS` (default 5000),
 //! `CLOSE_GRACE_MS` (default 2000: how long a closed page keeps its places), `IDLE_MS` (default
-//! 0: off; idle expiry, as in the documents example), `ADMIN_TOKEN` (the admin endpoints).
+//! 0: off; idle expiry, as in the documents example), `ADMIN_TOKEN` (the admin endpoints),
+//! `SOCKETIO=1` (Socket.IO at `/socket.io/` as well), `PRIVATE_ROOMS` (a share of refused rooms,
+//! for the soak). `loadgen soak --nodes N` starts several of these on a Redis of its own.
 
 mod support;
 
@@ -61,6 +63,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .close_grace(close_grace);
     if idle_ms > 0 {
         builder = builder.idle_timeout(Duration::from_millis(idle_ms));
+    }
+    if let Some(hook) = support::private_rooms() {
+        // The soak's share of refused rooms (`PRIVATE_ROOMS`, see examples/support).
+        builder = builder.authorize(hook);
     }
     let hub = builder.build()?;
     let app = support::app(hub);

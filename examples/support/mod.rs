@@ -1,7 +1,10 @@
 //! What the examples serving the documents demo share: the pages and the JS client (embedded
 //! with `include_str!`, so an example is one command), the demo's identify hook, and the whole
 //! app. Used by `documents` (one node) and `multi_node` (several nodes on one Redis): declare it
-//! with `mod support;` in the example.
+//! with `mod support;` in the example. Two switches for the chaos soak (`loadgen soak`): with
+//! `SOCKETIO=1` the app also speaks Socket.IO at `/socket.io/` ([`with_socketio`]), and
+//! `PRIVATE_ROOMS=<prefix>` installs an authorization hook refusing a share of rooms
+//! ([`private_rooms`]).
 #![allow(dead_code)]
 
 pub mod admin;
@@ -65,6 +68,67 @@ pub fn demo_identity(parts: &Parts) -> Result<Identity, Rejection> {
         Some(name) => identity.with_name(name),
         None => identity,
     })
+}
+
+/// THE DEMO'S authorization rule for the soak, on when `PRIVATE_ROOMS` names a room prefix
+/// (say `priv-`): a room `<prefix>N` may be joined, taken over or watched only by a user whose id
+/// ends in a number of the same parity as `N` (`soak-4` may enter `priv-0`, `priv-2`, ...; anonymous
+/// sessions none of them). Every other room is open. Install it with
+/// `HubBuilder::authorize(hook)`.
+pub fn private_rooms()
+-> Option<impl Fn(&occupancy::AuthRequest<'_>) -> Result<(), String> + Send + Sync + 'static> {
+    let prefix = std::env::var("PRIVATE_ROOMS")
+        .ok()
+        .filter(|p| !p.is_empty())?;
+    tracing::info!(%prefix, "authorization: rooms named {prefix}N are private to users of N's parity");
+    Some(private_rooms_with(prefix))
+}
+
+/// The rule of [`private_rooms`] for rooms named `prefix` + a number.
+pub fn private_rooms_with(
+    prefix: String,
+) -> impl Fn(&occupancy::AuthRequest<'_>) -> Result<(), String> + Send + Sync + 'static {
+    move |req: &occupancy::AuthRequest<'_>| {
+        let Some(n) = req.room.strip_prefix(prefix.as_str()) else {
+            return Ok(());
+        };
+        let parity = |s: &str| -> Option<u64> {
+            let digits: String = s.chars().rev().take_while(char::is_ascii_digit).collect();
+            let digits: String = digits.chars().rev().collect();
+            digits.parse::<u64>().ok().map(|d| d % 2)
+        };
+        match (parity(n), req.principal.and_then(parity)) {
+            (Some(a), Some(b)) if a == b => Ok(()),
+            _ => Err(format!("{} is private", req.room)),
+        }
+    }
+}
+
+/// With `SOCKETIO=1` in the environment, `app` also speaks Socket.IO at `/socket.io/` on the same
+/// `hub` (the acked `occupancy:*` events and the article's), with the `socketio_documents`
+/// example's liveness (ping every 5 s, dropped 5 s later) and the same demo identity (`?user=`
+/// on the engine's requests). Otherwise `app` is returned as it is.
+pub fn with_socketio(app: Router, hub: Hub) -> Router {
+    if std::env::var("SOCKETIO").map_or(true, |v| v != "1") {
+        return app;
+    }
+    add_socketio(app, hub)
+}
+
+/// What [`with_socketio`] does, unconditionally.
+pub fn add_socketio(app: Router, hub: Hub) -> Router {
+    let (layer, io) = socketioxide::SocketIo::builder()
+        .ping_interval(std::time::Duration::from_secs(5))
+        .ping_timeout(std::time::Duration::from_secs(5))
+        .build_layer();
+    occupancy::socketio::Occupancy::new(hub)
+        .identify(|h: &occupancy::socketio::Handshake<'_>| {
+            demo_identity(h.request).map_err(|_| "bad identity".to_string())
+        })
+        .attach(&io)
+        .expect("valid Socket.IO settings");
+    tracing::info!("Socket.IO at /socket.io/ as well");
+    app.layer(layer)
 }
 
 /// Where the demo serves the Hub's counters as JSON.
@@ -170,8 +234,9 @@ pub fn room_list(hub: Hub) -> Router {
 }
 
 /// The whole demo app on `hub`: the pages, the WebSocket endpoint at [`WS_PATH`], the counters
-/// at [`STATS_PATH`] and `/rooms/{id}`, the metrics at [`METRICS_PATH`], and with `ADMIN_TOKEN`
-/// set, the admin endpoints under `/admin` ([`admin`]).
+/// at [`STATS_PATH`] and `/rooms/{id}`, the metrics at [`METRICS_PATH`], with `ADMIN_TOKEN`
+/// set, the admin endpoints under `/admin` ([`admin`]), and with `SOCKETIO=1` Socket.IO
+/// ([`with_socketio`]).
 pub fn app(hub: Hub) -> Router {
     let admin = match std::env::var("ADMIN_TOKEN") {
         Ok(token) if !token.is_empty() => {
@@ -184,10 +249,11 @@ pub fn app(hub: Hub) -> Router {
         .identify(demo_identity)
         .build()
         .expect("valid settings");
-    pages()
+    let app = pages()
         .merge(endpoint.router(WS_PATH))
         .merge(stats(hub.clone()))
         .merge(metrics(hub.clone()))
-        .merge(room_list(hub))
-        .merge(admin)
+        .merge(room_list(hub.clone()))
+        .merge(admin);
+    with_socketio(app, hub)
 }

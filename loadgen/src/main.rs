@@ -13,9 +13,11 @@
 //! See `loadgen --help` and `loadgen/compare.sh` (the comparison of the three servers).
 
 mod client;
+mod cluster;
 mod report;
 mod scenario;
 mod server;
+mod sio;
 mod soak;
 mod stats;
 
@@ -60,8 +62,23 @@ loadgen report [--md FILE] [--svg FILE] [--baseline NAME] RESULT.json...
 loadgen soak [options]       churn soak of a protocol v1 server with GET /stats (the documents
                              example; start it with OCCUPANCY_CHECK_INVARIANTS=1); exit code 1
                              when any check failed (see loadgen/src/soak.rs)
-  --url ws://IP:PORT/PATH    the endpoint (default ws://127.0.0.1:3000/occupancy)
+  --url ws://IP:PORT/PATH[,...]  the endpoint(s) (default ws://127.0.0.1:3000/occupancy);
+                             several: nodes sharing one Redis (not started here)
   --stats-url URL            the counters (default http://IP:PORT/stats of --url)
+  --transport v1|socketio|mixed  protocol v1, Socket.IO (acked occupancy:* events, half over
+                             a WebSocket, half long-polling; the server needs SOCKETIO=1) or a
+                             third of each (default v1)
+  --nodes N                  start a redis-server and N multi_node processes (--node-cmd) on
+                             free ports; clients reconnect to a random node (default: none)
+  --node-cmd CMD             a node (default target/release/examples/multi_node)
+  --node-env 'K=V ...'       the nodes' environment (default LEASE_MS=2000 GRACE_MS=<grace>
+                             PRIVATE_ROOMS=priv-)
+  --lease-ms MS              the nodes' lease, for the checks (default 2000)
+  --kill-every S             SIGKILL a random node every S s; it restarts 3 s later
+  --redis-restart-every S    restart Redis (empty) every S s
+  --redis-pause-every S      CLIENT PAUSE Redis for 1.5 s every S s
+  --private-rooms            5% of joins/watches go to rooms priv-N the server refuses to users
+                             of the other parity (PRIVATE_ROOMS=priv-; on with --nodes)
   --spawn CMD | --pid PID    start the server (killed at the end) / its pid, for RSS
   --server-log FILE          the spawned server's output (default: discarded)
   --clients N                clients at once (default 5000)
@@ -359,17 +376,39 @@ async fn run(mut a: Args) -> Result<(), String> {
 }
 
 async fn soak_main(mut a: Args) -> Result<(), String> {
-    let url = a
+    let urls = a
         .take("--url")
         .unwrap_or_else(|| "ws://127.0.0.1:3000/occupancy".into());
-    let host = url
-        .strip_prefix("ws://")
-        .and_then(|r| r.split('/').next())
-        .ok_or_else(|| format!("{url}: only ws:// URLs"))?
-        .to_string();
+    let mut urls: Vec<String> = urls.split(',').map(str::to_string).collect();
+    let url = urls[0].clone();
+    let host_of = |url: &str| -> Result<String, String> {
+        Ok(url
+            .strip_prefix("ws://")
+            .and_then(|r| r.split('/').next())
+            .ok_or_else(|| format!("{url}: only ws:// URLs"))?
+            .to_string())
+    };
+    let host = host_of(&url)?;
     let stats_url = a
         .take("--stats-url")
         .unwrap_or_else(|| format!("http://{host}/stats"));
+    let transport = a.take("--transport").unwrap_or_else(|| "v1".into());
+    if !["v1", "socketio", "mixed"].contains(&transport.as_str()) {
+        return Err(format!("--transport {transport}: v1, socketio or mixed"));
+    }
+    let nodes: usize = a.num("--nodes", 0);
+    let node_cmd = a
+        .take("--node-cmd")
+        .unwrap_or_else(|| "target/release/examples/multi_node".into());
+    let lease_ms: u64 = a.num("--lease-ms", 2000);
+    let kill_every: f64 = a.num("--kill-every", 0.0);
+    let redis_restart_every: f64 = a.num("--redis-restart-every", 0.0);
+    let redis_pause_every: f64 = a.num("--redis-pause-every", 0.0);
+    let private_flag = a.0.iter().position(|x| x == "--private-rooms");
+    if let Some(i) = private_flag {
+        a.0.remove(i);
+    }
+    let node_env = a.take("--node-env");
     let spawn = a.take("--spawn");
     let log = a.take("--server-log");
     let mut pid = a
@@ -379,7 +418,7 @@ async fn soak_main(mut a: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let settings = soak::SoakSettings {
         url,
-        stats_url,
+        stats_url: stats_url.clone(),
         clients: a.num("--clients", 5000),
         rooms: a.num("--rooms", 500),
         secs: a.num("--secs", 600.0),
@@ -387,7 +426,19 @@ async fn soak_main(mut a: Args) -> Result<(), String> {
         grace_ms: a.num("--grace-ms", 5000),
         sources: a.num("--sources", 4),
         pid: None,
+        transport,
+        urls: Vec::new(),
+        stats_urls: Vec::new(),
+        shared: nodes > 0 || urls.len() > 1,
+        kill_every,
+        redis_restart_every,
+        redis_pause_every,
+        lease_ms,
+        private_rooms: private_flag.is_some() || nodes > 0,
     };
+    if nodes == 0 && (kill_every > 0.0 || redis_restart_every > 0.0 || redis_pause_every > 0.0) {
+        return Err("the faults need --nodes (the soak's own Redis and nodes)".into());
+    }
     let out = a.take("--out");
     if let Some(extra) = a.0.first() {
         return Err(format!("unknown argument {extra}\n\n{HELP}"));
@@ -410,7 +461,45 @@ async fn soak_main(mut a: Args) -> Result<(), String> {
         }
         None => None,
     };
-    let report = soak::soak(soak::SoakSettings { pid, ..settings }).await;
+    let mut stats_urls = vec![stats_url.clone()];
+    for u in urls.iter().skip(1) {
+        stats_urls.push(format!("http://{}/stats", host_of(u)?));
+    }
+    let cluster = if nodes > 0 {
+        let env = node_env.unwrap_or_else(|| {
+            format!(
+                "LEASE_MS={lease_ms} GRACE_MS={} PRIVATE_ROOMS=priv- RUST_LOG=warn",
+                settings.grace_ms
+            )
+        });
+        let c = cluster::Cluster::start(nodes, &node_cmd, &env, log.as_deref()).await?;
+        urls = c
+            .ports
+            .iter()
+            .map(|p| format!("ws://127.0.0.1:{p}/occupancy"))
+            .collect();
+        stats_urls = c
+            .ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}/stats"))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Some(c)
+    } else {
+        None
+    };
+    let report = soak::soak(
+        soak::SoakSettings {
+            pid,
+            url: urls[0].clone(),
+            stats_url: stats_urls[0].clone(),
+            urls,
+            stats_urls,
+            ..settings
+        },
+        cluster,
+    )
+    .await;
     if let Some(s) = spawned {
         s.stop().await;
     }
@@ -438,6 +527,29 @@ async fn soak_main(mut a: Args) -> Result<(), String> {
         mib(report.rss_peak),
         mib(report.rss_end),
     );
+    eprintln!(
+        "soak: connections {:?}; faults: {}; tolerated: {} unavailable, {} closed with their node, {} resumes in a fault; {} forbidden as the rule says; double holds: {} over the lease (longest {} ms); killed holders: {} checked, {} late (slowest {} ms)",
+        report.counters.connections,
+        report.faults.len(),
+        report.counters.unavailable_in_fault,
+        report.counters.closed_by_kill,
+        report.counters.resumes_in_fault,
+        report.counters.forbidden_as_expected,
+        report.hold_overlaps,
+        report.longest_double_hold_ms,
+        report.kill_holders_checked,
+        report.kill_holders_not_replaced,
+        report.slowest_kill_replacement_ms,
+    );
+    for p in &report.processes {
+        eprintln!(
+            "soak: {} RSS {} → peak {} → end {}",
+            p.name,
+            mib(p.before),
+            mib(p.peak),
+            mib(p.after)
+        );
+    }
     if report.failures.is_empty() {
         eprintln!("soak: PASSED (every check)");
         Ok(())

@@ -8,13 +8,22 @@
 //! counters must all be zero, with no invariant violation; the server's RSS is reported against
 //! its baseline.
 //!
+//! The chaos soak (issue 18) adds Socket.IO clients (`--transport socketio|mixed`: the acked
+//! `occupancy:*` events over a WebSocket or long-polling, see [`crate::sio`]), several nodes on one
+//! Redis (`--nodes N`, see [`crate::cluster`]; clients reconnect to a random node), and faults:
+//! node kills, Redis restarts (empty) and `CLIENT PAUSE`s. What a fault explains is tolerated, and
+//! only that: an `unavailable` reply while Redis is paused or restarting, a connection lost with
+//! its node, a resume refused after either. Every session records when it believed it held a
+//! room; two principals believing so at once for longer than the lease fails the soak, and so
+//! does a killed node's holder not replaced within the lease + 1 s while someone else waited.
+//!
 //! Every check that fails is counted in the JSON result, and any failure makes the exit code 1.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -28,7 +37,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::client::{Proto, Target};
+use crate::cluster::{Cluster, Sample};
 use crate::server;
+use crate::sio::{self, SioConn};
 
 /// What `loadgen soak` is told.
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +62,94 @@ pub struct SoakSettings {
     pub sources: usize,
     /// The server's pid, for RSS (optional).
     pub pid: Option<u32>,
+    /// `v1`, `socketio` (half over a WebSocket, half long-polling) or `mixed` (a third each).
+    pub transport: String,
+    /// Every node's WebSocket endpoint (`url` first); each connection picks one at random.
+    pub urls: Vec<String>,
+    /// Every node's counters, in the order of `urls`.
+    pub stats_urls: Vec<String>,
+    /// The nodes share their state (Redis): the counters of any node are the whole's, except
+    /// `live_connections`, summed over nodes.
+    pub shared: bool,
+    /// SIGKILL a random node every this many seconds (0: never); it restarts 3 s later.
+    pub kill_every: f64,
+    /// Restart Redis, empty, every this many seconds (0: never).
+    pub redis_restart_every: f64,
+    /// `CLIENT PAUSE` Redis for 1.5 s every this many seconds (0: never).
+    pub redis_pause_every: f64,
+    /// The nodes' lease (ms): the overlap and replacement checks are planned from it.
+    pub lease_ms: u64,
+    /// The server refuses rooms `priv-N` to users of the other parity (`PRIVATE_ROOMS=priv-`):
+    /// 5% of the joins and watches go there, and the answer is checked against the rule.
+    pub private_rooms: bool,
+}
+
+/// A fault the soak injected.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fault {
+    /// `kill`, `redis-restart`, `redis-pause`.
+    pub kind: &'static str,
+    /// The node killed.
+    pub node: Option<usize>,
+    /// Seconds since the churn began: start, end (the node or Redis is back).
+    pub at: f64,
+    /// End (`None` while it lasts).
+    pub until: Option<f64>,
+}
+
+/// The faults so far, shared with the clients (which judge what a fault explains as they go).
+struct Faults {
+    t0: Instant,
+    log: Mutex<Vec<Fault>>,
+}
+
+impl Faults {
+    fn secs(&self, at: Instant) -> f64 {
+        at.saturating_duration_since(self.t0).as_secs_f64()
+    }
+
+    /// Whether a fault matching `pick` was under way at some moment of `[from, to]`, or ended
+    /// less than `slack` seconds before `from`.
+    fn explains(
+        &self,
+        from: Instant,
+        to: Instant,
+        slack: f64,
+        pick: impl Fn(&Fault) -> bool,
+    ) -> bool {
+        let (from, to) = (self.secs(from), self.secs(to));
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|f| pick(f) && f.at <= to && f.until.is_none_or(|u| u + slack >= from))
+    }
+
+    fn redis(&self, from: Instant, to: Instant, slack: f64) -> bool {
+        self.explains(from, to, slack, |f| f.node.is_none())
+    }
+
+    fn kill_of(&self, node: usize, from: Instant, to: Instant, slack: f64) -> bool {
+        self.explains(from, to, slack, |f| f.node == Some(node))
+    }
+}
+
+/// A stretch of time one session believed it stood in a room (`hold`: believed it held it).
+#[derive(Debug, Clone)]
+struct Span {
+    room: String,
+    principal: Arc<str>,
+    node: usize,
+    hold: bool,
+    from: Instant,
+    to: Instant,
+}
+
+/// Which transport a client uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tr {
+    V1,
+    Sio(sio::Transport),
 }
 
 /// Counts one client keeps; summed over clients in the result.
@@ -100,6 +199,19 @@ pub struct Counters {
     /// Audit: a place the notices got wrong (holding/position differs from the server's).
     /// FAILURE.
     pub audit_mismatches: u64,
+    /// Connections opened, by transport (`v1`, `socketio-websocket`, `socketio-polling`).
+    pub connections: BTreeMap<String, u64>,
+    /// `forbidden` for a private room of the other parity (the hook's rule).
+    pub forbidden_as_expected: u64,
+    /// A private room's answer against the rule (refused although allowed, or allowed although
+    /// refused). FAILURE.
+    pub authorization_wrong: u64,
+    /// `unavailable` replies while Redis was paused or restarting (or just after). Tolerated.
+    pub unavailable_in_fault: u64,
+    /// Connections lost with their node (killed). Tolerated.
+    pub closed_by_kill: u64,
+    /// Resumes whose outcome a fault explains either way (not judged).
+    pub resumes_in_fault: u64,
 }
 
 impl Counters {
@@ -126,8 +238,16 @@ impl Counters {
             stale_resumes,
             connect_failures,
             audit_rooms,
-            audit_mismatches
+            audit_mismatches,
+            forbidden_as_expected,
+            authorization_wrong,
+            unavailable_in_fault,
+            closed_by_kill,
+            resumes_in_fault
         );
+        for (k, v) in &o.connections {
+            *self.connections.entry(k.clone()).or_default() += v;
+        }
         for (k, v) in &o.errors {
             *self.errors.entry(k.clone()).or_default() += v;
         }
@@ -160,6 +280,10 @@ impl Counters {
             self.audit_mismatches,
             "place known from notices differs from the server's",
         );
+        check(
+            self.authorization_wrong,
+            "private room answered against the authorization rule",
+        );
         f
     }
 }
@@ -191,6 +315,21 @@ pub struct SoakReport {
     pub rss_peak: Option<u64>,
     /// RSS after everyone left.
     pub rss_end: Option<u64>,
+    /// The faults injected, in order.
+    pub faults: Vec<Fault>,
+    /// Pairs of sessions of different principals that both believed they held a room for
+    /// longer than the lease at once.
+    pub hold_overlaps: u64,
+    /// The longest such double belief (ms), whether or not it passed the lease.
+    pub longest_double_hold_ms: u64,
+    /// Rooms held by a killed node's sessions with someone else waiting throughout.
+    pub kill_holders_checked: u64,
+    /// ... of which no one else was granted within the lease + 1 s. FAILURE.
+    pub kill_holders_not_replaced: u64,
+    /// The slowest replacement of a killed node's holder (ms after the kill).
+    pub slowest_kill_replacement_ms: u64,
+    /// Each process's RSS (the nodes and Redis) with `--nodes`.
+    pub processes: Vec<crate::cluster::Rss>,
     /// Every failed check; empty = the soak passed.
     pub failures: Vec<String>,
     /// Wall time, seconds.
@@ -213,6 +352,8 @@ enum Phase {
 /// One client's answer at the audit.
 #[derive(Debug, Default)]
 struct Audit {
+    /// Who it stands in line as (its user id, or its session when anonymous).
+    principal: String,
     /// (room, position) per room it stands in, from the server's reply.
     places: Vec<(String, u64)>,
     /// Its public id as the server shows it (`soak-N`; `None` when anonymous).
@@ -233,6 +374,88 @@ impl Rng {
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A client's connection: protocol v1 or Socket.IO (its acks and pushes read as v1 objects).
+/// One per client, so the WebSocket's size is of no concern.
+#[allow(clippy::large_enum_variant)]
+enum Conn {
+    V1(Ws),
+    Sio(SioConn),
+}
+
+/// What a connection gave.
+enum Got {
+    /// A v1 JSON object.
+    Text(String),
+    /// The connection ended (the close code, `none` without a close frame).
+    Closed(String),
+    /// Nothing of interest (a ping, a binary frame).
+    Other,
+}
+
+impl Conn {
+    async fn send_op(&mut self, op: Op, room: &str, r: u64) -> Result<(), ()> {
+        match self {
+            Conn::V1(ws) => {
+                let text = if op == Op::Ping {
+                    format!(r#"{{"op":"ping","ref":{r}}}"#)
+                } else {
+                    format!(r#"{{"op":"{}","room":"{room}","ref":{r}}}"#, op.name())
+                };
+                ws.send(Message::text(text)).await.map_err(|_| ())
+            }
+            Conn::Sio(c) => {
+                let payload = if op == Op::Ping {
+                    serde_json::json!({})
+                } else {
+                    serde_json::json!({ "room": room })
+                };
+                c.emit(op.name(), &payload, r)
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Got {
+        match self {
+            Conn::V1(ws) => match ws.next().await {
+                Some(Ok(Message::Text(t))) => Got::Text(t.to_string()),
+                Some(Ok(Message::Close(frame))) => {
+                    Got::Closed(frame.map_or("none".to_string(), |f| u16::from(f.code).to_string()))
+                }
+                Some(Ok(_)) => Got::Other,
+                Some(Err(_)) | None => Got::Closed("none".into()),
+            },
+            Conn::Sio(c) => match c.recv().await {
+                Some(v) => Got::Text(v.to_string()),
+                None => Got::Closed("none".into()),
+            },
+        }
+    }
+
+    /// Ends the connection: abruptly (half the time a TCP reset; long-polling simply stops) or
+    /// with a goodbye.
+    async fn end(self, abrupt: bool, reset: bool) {
+        match self {
+            Conn::V1(mut ws) => {
+                if abrupt {
+                    if reset {
+                        reset_on_close(&ws);
+                    }
+                } else {
+                    close_cleanly(&mut ws).await;
+                }
+            }
+            Conn::Sio(c) => {
+                c.end(if abrupt {
+                    sio::End::Abrupt
+                } else {
+                    sio::End::Clean
+                })
+                .await
+            }
+        }
+    }
+}
 
 /// An outstanding request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,7 +505,23 @@ struct View {
 
 struct Client {
     id: u32,
-    target: Arc<Target>,
+    /// Every node (one per `urls`).
+    targets: Arc<Vec<Target>>,
+    /// The node of the current connection.
+    node: usize,
+    tr: Tr,
+    faults: Arc<Faults>,
+    /// Who this session stands in line as: the user, or (anonymous) the session.
+    principal: Arc<str>,
+    /// Sessions started (names an anonymous client's principal).
+    sessions: u32,
+    /// Rooms it believes it stands in / holds, since when.
+    member_since: HashMap<String, Instant>,
+    hold_since: HashMap<String, Instant>,
+    /// What it believed, over the run.
+    spans: Vec<Span>,
+    /// The next abrupt drop is a TCP reset.
+    reset: bool,
     s: Arc<SoakSettings>,
     rng: Rng,
     c: Counters,
@@ -331,6 +570,9 @@ impl Client {
     }
 
     fn pick_room(&mut self) -> String {
+        if self.s.private_rooms && self.rng.below(20) == 0 {
+            return format!("priv-{}", self.rng.below(10));
+        }
         if self.rng.below(10) == 0 {
             format!("doc-hot-{}", self.rng.below(5))
         } else {
@@ -338,7 +580,88 @@ impl Client {
         }
     }
 
-    async fn send(&mut self, ws: &mut Ws, op: Op, room: &str) -> Result<(), ()> {
+    /// Whether the demo's authorization rule lets this client into `room` (see
+    /// `examples/support`: `priv-N` only for users whose id ends in a number of N's parity).
+    fn allowed(&self, room: &str) -> bool {
+        let Some(n) = room.strip_prefix("priv-") else {
+            return true;
+        };
+        let parity = |s: &str| -> Option<u64> {
+            let d: String = s.chars().rev().take_while(char::is_ascii_digit).collect();
+            d.chars()
+                .rev()
+                .collect::<String>()
+                .parse::<u64>()
+                .ok()
+                .map(|d| d % 2)
+        };
+        match (&self.user, parity(n)) {
+            (Some(u), Some(p)) => parity(u) == Some(p),
+            _ => false,
+        }
+    }
+
+    /// Brings the spans up to date with the view (after each message).
+    fn sync_spans(&mut self) {
+        let now = Instant::now();
+        for (room, &(_, pos)) in &self.view.rooms {
+            self.member_since.entry(room.clone()).or_insert(now);
+            if pos == 0 {
+                self.hold_since.entry(room.clone()).or_insert(now);
+            }
+        }
+        let rooms = &self.view.rooms;
+        let ended_holds: Vec<String> = self
+            .hold_since
+            .keys()
+            .filter(|r| rooms.get(*r).is_none_or(|&(_, p)| p != 0))
+            .cloned()
+            .collect();
+        let ended: Vec<String> = self
+            .member_since
+            .keys()
+            .filter(|r| !rooms.contains_key(*r))
+            .cloned()
+            .collect();
+        for r in ended_holds {
+            self.end_span(r, true, now);
+        }
+        for r in ended {
+            self.end_span(r, false, now);
+        }
+    }
+
+    fn end_span(&mut self, room: String, hold: bool, now: Instant) {
+        let since = if hold {
+            self.hold_since.remove(&room)
+        } else {
+            self.member_since.remove(&room)
+        };
+        if let Some(from) = since {
+            self.spans.push(Span {
+                room,
+                principal: self.principal.clone(),
+                node: self.node,
+                hold,
+                from,
+                to: now,
+            });
+        }
+    }
+
+    /// The connection is gone: the session believes nothing any more (until a resume tells it
+    /// again).
+    fn end_spans(&mut self) {
+        let now = Instant::now();
+        for r in self.hold_since.keys().cloned().collect::<Vec<_>>() {
+            self.end_span(r, true, now);
+        }
+        for r in self.member_since.keys().cloned().collect::<Vec<_>>() {
+            self.end_span(r, false, now);
+        }
+    }
+
+    async fn send(&mut self, ws: &mut Conn, op: Op, room: &str) -> Result<(), ()> {
         self.next_ref += 1;
         let r = self.next_ref;
         let text = if op == Op::Ping {
@@ -355,11 +678,17 @@ impl Client {
         self.c.requests += 1;
         self.progress.fetch_add(1, Ordering::Relaxed);
         self.remember(format!("> {text}"));
-        ws.send(Message::text(text)).await.map_err(|_| ())
+        ws.send_op(op, room, r).await
     }
 
     /// Handles one server message; returns the reply's ref when it answered a request.
     fn on_text(&mut self, text: &str) -> Option<u64> {
+        let r = self.on_text_inner(text);
+        self.sync_spans();
+        r
+    }
+
+    fn on_text_inner(&mut self, text: &str) -> Option<u64> {
         self.remember(format!("< {text}"));
         let Ok(v) = serde_json::from_str::<Value>(text) else {
             self.c.wrong_replies += 1;
@@ -429,7 +758,13 @@ impl Client {
             "hello" => None,
             _ => {
                 let r = v.get("ref").and_then(Value::as_u64);
-                let Some((op, room, _)) = r.and_then(|r| self.view.pending.remove(&r)) else {
+                let Some((op, room, sent)) = r.and_then(|r| self.view.pending.remove(&r)) else {
+                    if ev == "error"
+                        && v.get("code").and_then(Value::as_str) == Some("resume_invalid")
+                    {
+                        // The answer to a refused resume (judged by the resume check).
+                        return None;
+                    }
                     if ev == "error" {
                         let code = v.get("code").and_then(Value::as_str).unwrap_or("?");
                         *self.c.errors.entry(code.to_string()).or_default() += 1;
@@ -439,8 +774,23 @@ impl Client {
                     return None;
                 };
                 self.c.replies += 1;
+                let private =
+                    room.starts_with("priv-") && matches!(op, Op::Join | Op::Takeover | Op::Watch);
                 if ev == "error" {
                     let code = v.get("code").and_then(Value::as_str).unwrap_or("?");
+                    if private && code == "forbidden" && !self.allowed(&room) {
+                        self.c.forbidden_as_expected += 1;
+                        return r;
+                    }
+                    if private && code == "forbidden" {
+                        self.c.authorization_wrong += 1;
+                        self.report(&format!("forbidden {room} although the rule allows it"));
+                        return r;
+                    }
+                    if code == "unavailable" && self.faults.redis(sent, Instant::now(), 10.0) {
+                        self.c.unavailable_in_fault += 1;
+                        return r;
+                    }
                     *self
                         .c
                         .errors
@@ -452,6 +802,10 @@ impl Client {
                 if ev != op.reply() {
                     self.c.wrong_replies += 1;
                     return r;
+                }
+                if private && !self.allowed(&room) {
+                    self.c.authorization_wrong += 1;
+                    self.report(&format!("let into {room} against the rule"));
                 }
                 match op {
                     Op::Join | Op::Takeover => {
@@ -486,7 +840,7 @@ impl Client {
 
     /// One random action; `Err(delay)` means: the connection was dropped on purpose, reconnect
     /// after `delay` (`None`: a clean close, start a new session).
-    async fn act(&mut self, ws: &mut Ws) -> Result<(), Option<Option<Duration>>> {
+    async fn act(&mut self, ws: &mut Conn) -> Result<(), Option<Option<Duration>>> {
         let dice = self.rng.below(100);
         // Rooms it stands in, less those it is leaving (a take over sent before the leave's
         // reply would rightly be refused).
@@ -540,9 +894,7 @@ impl Client {
             }
             80..86 => {
                 self.c.abrupt_drops += 1;
-                if dice.is_multiple_of(2) {
-                    reset_on_close(ws);
-                }
+                self.reset = dice.is_multiple_of(2);
                 // Up to 1.6 × the grace + 2.5 s: some resumes come too late, on purpose (past
                 // the 2 s allowed for the server to notice the drop).
                 let delay = self.rng.below(self.s.grace_ms * 16 / 10 + 2500);
@@ -550,7 +902,6 @@ impl Client {
             }
             86..88 => {
                 self.c.clean_reconnects += 1;
-                close_cleanly(ws).await;
                 return Err(Some(None));
             }
             _ => self.send(ws, Op::Ping, "").await,
@@ -559,49 +910,82 @@ impl Client {
     }
 
     fn forget_session(&mut self) {
+        self.end_spans();
         self.view = View::default();
         self.token = None;
     }
 
-    /// Connects (resuming with the token when given), reads `hello`, and returns whether the
-    /// session was resumed.
-    async fn connect(&mut self, resume: bool) -> Option<(Ws, bool)> {
-        for attempt in 0..20u32 {
+    /// Connects to a random node (resuming with the token when given), reads `hello`, and
+    /// returns whether the session was resumed.
+    async fn connect(&mut self, resume: bool) -> Option<(Conn, bool)> {
+        for attempt in 0..40u32 {
             if attempt > 0 {
                 self.c.connect_failures += 1;
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(10)))).await;
             }
-            let mut url = self.target.url.clone();
-            let mut q = Vec::new();
-            if let Some(u) = &self.user {
-                q.push(format!("user={u}"));
-            }
-            if resume && let Some(t) = &self.token {
-                q.push(format!("resume={t}"));
-            }
-            if !q.is_empty() {
-                url.push('?');
-                url.push_str(&q.join("&"));
-            }
-            let Ok(Ok(mut ws)) =
-                tokio::time::timeout(Duration::from_secs(20), open(&self.target, self.id, &url))
-                    .await
-            else {
-                continue;
-            };
-            let hello = tokio::time::timeout(Duration::from_secs(20), async {
-                while let Some(Ok(m)) = ws.next().await {
-                    if let Message::Text(t) = m {
-                        return serde_json::from_str::<Value>(t.as_str()).ok();
+            // Behind a load balancer: any node, each time.
+            self.node = self.rng.below(self.targets.len() as u64) as usize;
+            let target = &self.targets[self.node];
+            let source = (!target.sources.is_empty())
+                .then(|| target.sources[self.id as usize % target.sources.len()]);
+            let token = if resume { self.token.clone() } else { None };
+            let got = match self.tr {
+                Tr::V1 => {
+                    let mut url = target.url.clone();
+                    let mut q = Vec::new();
+                    if let Some(u) = &self.user {
+                        q.push(format!("user={u}"));
+                    }
+                    if let Some(t) = &token {
+                        q.push(format!("resume={t}"));
+                    }
+                    if !q.is_empty() {
+                        url.push('?');
+                        url.push_str(&q.join("&"));
+                    }
+                    let Ok(Ok(mut ws)) =
+                        tokio::time::timeout(Duration::from_secs(20), open(target, self.id, &url))
+                            .await
+                    else {
+                        continue;
+                    };
+                    let hello = tokio::time::timeout(Duration::from_secs(20), async {
+                        while let Some(Ok(m)) = ws.next().await {
+                            if let Message::Text(t) = m {
+                                return serde_json::from_str::<Value>(t.as_str()).ok();
+                            }
+                        }
+                        None
+                    })
+                    .await;
+                    let Ok(Some(hello)) = hello else { continue };
+                    (Conn::V1(ws), hello)
+                }
+                Tr::Sio(transport) => {
+                    let query = self
+                        .user
+                        .as_ref()
+                        .map_or(String::new(), |u| format!("user={u}"));
+                    let auth = match &token {
+                        Some(t) => serde_json::json!({ "resume": t }),
+                        None => serde_json::json!({}),
+                    };
+                    match SioConn::connect(target.addr, source, &query, &auth, transport).await {
+                        Ok((c, hello)) => (Conn::Sio(c), hello),
+                        Err(_) => continue,
                     }
                 }
-                None
-            })
-            .await;
-            let Ok(Some(hello)) = hello else { continue };
+            };
+            let (conn, hello) = got;
             if hello.get("ev").and_then(Value::as_str) != Some("hello") {
                 continue;
             }
+            let kind = match self.tr {
+                Tr::V1 => "v1",
+                Tr::Sio(sio::Transport::WebSocket) => "socketio-websocket",
+                Tr::Sio(sio::Transport::Polling) => "socketio-polling",
+            };
+            *self.c.connections.entry(kind.into()).or_default() += 1;
             let resumed = hello
                 .get("resumed")
                 .and_then(Value::as_bool)
@@ -610,16 +994,13 @@ impl Client {
                 .get("resume")
                 .and_then(Value::as_str)
                 .map(str::to_string);
-            if resume && !resumed {
-                // The `error` (resume_invalid) that follows `hello` is expected: skip it.
-                if let Ok(Some(Ok(Message::Text(t)))) =
-                    tokio::time::timeout(Duration::from_secs(5), ws.next()).await
-                    && !t.contains(r#""resume_invalid""#)
-                {
-                    self.on_text(t.as_str());
+            if !resumed {
+                self.sessions += 1;
+                if self.user.is_none() {
+                    self.principal = format!("anon-{}-{}", self.id, self.sessions).into();
                 }
             }
-            return Some((ws, resumed));
+            return Some((conn, resumed));
         }
         None
     }
@@ -628,25 +1009,25 @@ impl Client {
     /// came)` holds, or until the connection ends.
     async fn read_while(
         &mut self,
-        ws: &mut Ws,
+        ws: &mut Conn,
         deadline: Instant,
         more: impl Fn(&Self, Instant) -> bool,
     ) {
         let mut last = Instant::now();
         while Instant::now() < deadline && more(self, last) {
             match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    self.on_text(t.as_str());
+                Ok(Got::Text(t)) => {
+                    self.on_text(&t);
                     last = Instant::now();
                 }
-                Ok(Some(Ok(_))) | Err(_) => {}
-                Ok(Some(Err(_)) | None) => break,
+                Ok(Got::Other) | Err(_) => {}
+                Ok(Got::Closed(_)) => break,
             }
         }
     }
 
     /// Reads until every request is answered (at most 20 s).
-    async fn settle(&mut self, ws: &mut Ws) {
+    async fn settle(&mut self, ws: &mut Conn) {
         let deadline = Instant::now() + Duration::from_secs(20);
         self.read_while(ws, deadline, |c, _| !c.view.pending.is_empty())
             .await;
@@ -654,7 +1035,7 @@ impl Client {
 
     /// Once everyone is settled and no session is in grace: reads what is left, then asks the
     /// server for each room's place (an idempotent `join` only answers) and compares.
-    async fn audit(&mut self, ws: &mut Ws) -> Audit {
+    async fn audit(&mut self, ws: &mut Conn) -> Audit {
         let quiet = Duration::from_secs(1);
         let deadline = Instant::now() + Duration::from_secs(20);
         self.read_while(ws, deadline, |c, last| {
@@ -671,6 +1052,7 @@ impl Client {
         self.read_while(ws, Instant::now() + pause, |_, _| true)
             .await;
         let mut audit = Audit {
+            principal: self.principal.to_string(),
             user: self.user.clone(),
             history: self.history.iter().cloned().collect(),
             watched: self.view.watching.iter().cloned().collect(),
@@ -685,20 +1067,23 @@ impl Client {
         for (room, (_, believed)) in rooms {
             self.next_ref += 1;
             let r = self.next_ref;
-            let text = format!(r#"{{"op":"join","room":"{room}","ref":{r}}}"#);
-            if ws.send(Message::text(text)).await.is_err() {
+            if ws.send_op(Op::Join, &room, r).await.is_err() {
                 break;
             }
             let reply = tokio::time::timeout(Duration::from_secs(10), async {
-                while let Some(Ok(m)) = ws.next().await {
-                    if let Message::Text(t) = m
-                        && let Ok(v) = serde_json::from_str::<Value>(t.as_str())
-                        && v.get("ref").and_then(Value::as_u64) == Some(r)
-                    {
-                        return Some(v);
+                loop {
+                    match ws.next().await {
+                        Got::Text(t) => {
+                            if let Ok(v) = serde_json::from_str::<Value>(&t)
+                                && v.get("ref").and_then(Value::as_u64) == Some(r)
+                            {
+                                return Some(v);
+                            }
+                        }
+                        Got::Other => {}
+                        Got::Closed(_) => return None,
                     }
                 }
-                None
             })
             .await;
             self.c.audit_rooms += 1;
@@ -735,12 +1120,16 @@ async fn close_cleanly(ws: &mut Ws) {
 
 /// Makes the socket send a TCP reset instead of a FIN when it is dropped.
 fn reset_on_close(ws: &Ws) {
-    let fd = ws.get_ref().as_raw_fd();
+    reset_fd_on_close(ws.get_ref().as_raw_fd());
+}
+
+/// Makes socket `fd` send a TCP reset instead of a FIN when it is closed.
+pub fn reset_fd_on_close(fd: std::os::fd::RawFd) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: setsockopt reads `linger` for its size; the fd is open (owned by `ws`).
+    // SAFETY: setsockopt reads `linger` for its size; the fd is open (owned by the caller).
     unsafe {
         libc::setsockopt(
             fd,
@@ -775,18 +1164,32 @@ async fn open(target: &Target, id: u32, url: &str) -> Result<Ws, String> {
     Ok(ws)
 }
 
+/// What one client brings back.
+struct Outcome {
+    c: Counters,
+    spans: Vec<Span>,
+}
+
 /// One client, from its first connection to the end.
 async fn client(
     mut cl: Client,
     mut phase: watch::Receiver<Phase>,
     ready: tokio::sync::mpsc::UnboundedSender<()>,
     audits: tokio::sync::mpsc::UnboundedSender<Audit>,
-) -> Counters {
+) -> Outcome {
     let think = cl.s.think_ms.max(1);
     let grace = Duration::from_millis(cl.s.grace_ms);
+    // A long-polling client that vanishes is noticed by the engine's ping only (5 s + 5 s in the
+    // examples): its grace starts that much later.
+    let lag = match cl.tr {
+        Tr::Sio(sio::Transport::Polling) => Duration::from_secs(12),
+        _ => Duration::from_secs(2),
+    };
     let mut resume = false;
     // When the last abrupt drop happened and how long the client waited.
     let mut dropped: Option<(Instant, Duration)> = None;
+    // The node the dropped session lived on.
+    let mut drop_node = 0;
     let (mut settled, mut audited) = (false, false);
     loop {
         let to_start = dropped.map_or(Duration::ZERO, |(at, _)| at.elapsed());
@@ -798,24 +1201,35 @@ async fn client(
             if !audited {
                 let _ = audits.send(Audit::default());
             }
-            return cl.c;
+            cl.end_spans();
+            return Outcome {
+                c: cl.c,
+                spans: cl.spans,
+            };
         };
         cl.resumed = resumed;
         if resume {
             cl.c.resumes += 1;
             let to_hello = dropped.map_or(Duration::ZERO, |(at, _)| at.elapsed());
+            let drop_at = dropped.map_or_else(Instant::now, |(at, _)| at);
             // The server starts the grace when it sees the connection end (at or after the drop)
             // and decides during the handshake (between `to_start` and `to_hello`): a resume
             // must work when even `to_hello` is inside the grace; it must fail when `to_start`
-            // is past it by more than the server could lag in noticing the drop (2 s).
-            if to_hello + Duration::from_millis(300) < grace {
+            // is past it by more than the server could lag in noticing the drop. The session's
+            // node killed, or Redis paused or restarted, between the drop and now explains
+            // either.
+            let now = Instant::now();
+            if cl.faults.kill_of(drop_node, drop_at, now, 1.0) || cl.faults.redis(drop_at, now, 5.0)
+            {
+                cl.c.resumes_in_fault += 1;
+            } else if to_hello + Duration::from_millis(300) < grace {
                 if resumed {
                     cl.c.resumed_in_grace += 1;
                 } else {
                     cl.c.lost_resumes += 1;
                     cl.report("resume refused within the grace");
                 }
-            } else if to_start > grace + Duration::from_secs(2) {
+            } else if to_start > grace + lag {
                 if resumed {
                     cl.c.stale_resumes += 1;
                     cl.report("resume accepted after the grace");
@@ -870,6 +1284,8 @@ async fn client(
         let mut next =
             tokio::time::Instant::now() + Duration::from_millis(cl.rng.below(think * 2).max(1));
         // Why the inner loop ended: Some(delay) = reconnect with resume after it; None = fresh.
+        // `how`: end the connection abruptly (with a reset?) or cleanly; None: it is gone.
+        let mut how: Option<(bool, bool)> = None;
         let again: Option<Duration> = loop {
             let p = *phase.borrow();
             if p != Phase::Churn && !settled {
@@ -886,26 +1302,29 @@ async fn client(
             }
             if p == Phase::Finish {
                 // Half leave abruptly, half say goodbye.
-                if cl.id.is_multiple_of(2) {
-                    reset_on_close(&ws);
-                } else {
-                    close_cleanly(&mut ws).await;
-                }
-                return cl.c;
+                let abrupt = cl.id.is_multiple_of(2);
+                ws.end(abrupt, true).await;
+                cl.end_spans();
+                return Outcome {
+                    c: cl.c,
+                    spans: cl.spans,
+                };
             }
             tokio::select! {
                 msg = ws.next() => match msg {
-                    Some(Ok(Message::Text(t))) => { cl.on_text(t.as_str()); }
-                    Some(Ok(Message::Close(frame))) => {
-                        let code = frame.map_or("none".to_string(), |f| u16::from(f.code).to_string());
-                        *cl.c.server_closes.entry(format!("{code} ({p:?})")).or_default() += 1;
+                    Got::Text(t) => { cl.on_text(&t); }
+                    Got::Closed(code) => {
+                        // A connection lost with its node (killed) is the fault's doing.
+                        let now = Instant::now();
+                        if cl.faults.kill_of(cl.node, now, now, 3.0) {
+                            cl.c.closed_by_kill += 1;
+                        } else {
+                            *cl.c.server_closes.entry(format!("{code} ({p:?})")).or_default() += 1;
+                            cl.report(&format!("connection closed by the server ({code})"));
+                        }
                         break Some(Duration::ZERO);
                     }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => {
-                        *cl.c.server_closes.entry(format!("none ({p:?})")).or_default() += 1;
-                        break Some(Duration::ZERO);
-                    }
+                    Got::Other => {}
                 },
                 () = tokio::time::sleep_until(next), if p == Phase::Churn => {
                     next = tokio::time::Instant::now()
@@ -916,10 +1335,21 @@ async fn client(
                     cl.c.reply_timeouts += (before - cl.view.pending.len()) as u64;
                     match cl.act(&mut ws).await {
                         Ok(()) => {}
-                        Err(Some(Some(delay))) => break Some(delay),
-                        Err(Some(None)) => break None,
+                        Err(Some(Some(delay))) => {
+                            how = Some((true, cl.reset));
+                            break Some(delay);
+                        }
+                        Err(Some(None)) => {
+                            how = Some((false, false));
+                            break None;
+                        }
                         Err(None) => {
-                            *cl.c.server_closes.entry(format!("none ({p:?})")).or_default() += 1;
+                            let now = Instant::now();
+                            if cl.faults.kill_of(cl.node, now, now, 3.0) {
+                                cl.c.closed_by_kill += 1;
+                            } else {
+                                *cl.c.server_closes.entry(format!("none ({p:?})")).or_default() += 1;
+                            }
                             break Some(Duration::ZERO);
                         }
                     }
@@ -927,7 +1357,12 @@ async fn client(
                 _ = phase.changed() => {}
             }
         };
-        drop(ws);
+        cl.end_spans();
+        drop_node = cl.node;
+        match how {
+            Some((abrupt, reset)) => ws.end(abrupt, reset).await,
+            None => drop(ws),
+        }
         match again {
             Some(delay) => {
                 dropped = Some((Instant::now(), delay));
@@ -991,18 +1426,182 @@ fn num(v: &Value, k: &str) -> u64 {
     v.get(k).and_then(Value::as_u64).unwrap_or(u64::MAX)
 }
 
+/// The counters of every node: the first reachable node's (the state is shared) with
+/// `live_connections` summed over nodes; one node's own without `shared`.
+async fn stats(s: &SoakSettings) -> Result<Value, String> {
+    let mut total: Option<Value> = None;
+    let mut live = 0u64;
+    let mut last_err = String::new();
+    for url in &s.stats_urls {
+        match get_json(url).await {
+            Ok(v) => {
+                live += num(&v, "live_connections");
+                if total.is_none() {
+                    total = Some(v);
+                } else if !s.shared {
+                    // Separate servers: add everything up.
+                    if let (Some(Value::Object(t)), Value::Object(o)) = (total.as_mut(), &v) {
+                        for (k, x) in o {
+                            if let (Some(a), Some(b)) =
+                                (t.get(k).and_then(Value::as_u64), x.as_u64())
+                            {
+                                t.insert(k.clone(), (a + b).into());
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => last_err = e,
+        }
+    }
+    let mut total = total.ok_or(last_err)?;
+    total["live_connections"] = live.into();
+    Ok(total)
+}
+
+/// Checks what the sessions believed over the run: returns (overlaps longer than the lease,
+/// the longest double hold in ms, killed holders checked, not replaced in time, slowest
+/// replacement in ms).
+fn check_spans(
+    spans: &[Span],
+    faults: &[Fault],
+    t0: Instant,
+    lease: Duration,
+) -> (u64, u64, u64, u64, u64) {
+    let mut by_room: HashMap<&str, Vec<&Span>> = HashMap::new();
+    for sp in spans {
+        by_room.entry(sp.room.as_str()).or_default().push(sp);
+    }
+    let (mut overlaps, mut longest) = (0u64, Duration::ZERO);
+    for list in by_room.values() {
+        let mut holds: Vec<&Span> = list.iter().copied().filter(|s| s.hold).collect();
+        holds.sort_by_key(|s| s.from);
+        // Sweep: each hold against the earlier ones still running.
+        let mut open: Vec<&Span> = Vec::new();
+        for h in holds {
+            open.retain(|o| o.to > h.from);
+            for o in &open {
+                if o.principal != h.principal {
+                    let both = o.to.min(h.to).saturating_duration_since(h.from);
+                    longest = longest.max(both);
+                    if both > lease {
+                        overlaps += 1;
+                        if overlaps <= 5 {
+                            eprintln!(
+                                "soak: {}: {} and {} both believed they held it for {} ms (from {:.1} s)",
+                                h.room,
+                                o.principal,
+                                h.principal,
+                                both.as_millis(),
+                                h.from.saturating_duration_since(t0).as_secs_f64()
+                            );
+                        }
+                    }
+                }
+            }
+            open.push(h);
+        }
+    }
+    // Node kills: each room a session of the killed node held at the kill, with someone of
+    // another principal on another node standing in it throughout the lease + 1 s, must have a
+    // new holder (someone on another node, or anyone who came in after the kill) by then.
+    let window = lease + Duration::from_secs(1);
+    let (mut checked, mut late, mut slowest) = (0u64, 0u64, Duration::ZERO);
+    for f in faults.iter().filter(|f| f.kind == "kill") {
+        let node = f.node.unwrap_or(usize::MAX);
+        let kill = t0 + Duration::from_secs_f64(f.at);
+        // Another fault within the window would explain a delay: skip those kills.
+        if faults.iter().any(|g| {
+            !std::ptr::eq(g, f) && g.at >= f.at - 1.0 && g.at <= f.at + window.as_secs_f64() + 1.0
+        }) {
+            continue;
+        }
+        let mut seen = HashSet::new();
+        for sp in spans.iter().filter(|s| {
+            s.hold
+                && s.node == node
+                && s.from <= kill
+                && s.to >= kill
+                && s.to <= kill + Duration::from_secs(2)
+        }) {
+            if !seen.insert(sp.room.as_str()) {
+                continue;
+            }
+            let list = &by_room[sp.room.as_str()];
+            let waited = list.iter().any(|w| {
+                !w.hold
+                    && w.node != node
+                    && w.principal != sp.principal
+                    && w.from <= kill
+                    && w.to >= kill + window
+            });
+            if !waited {
+                continue;
+            }
+            checked += 1;
+            let next = list
+                .iter()
+                .filter(|h| h.hold && (h.node != node || h.from > kill) && h.to > kill)
+                .map(|h| h.from.max(kill))
+                .min();
+            match next {
+                Some(at) if at <= kill + window => {
+                    slowest = slowest.max(at - kill);
+                }
+                other => {
+                    late += 1;
+                    if late <= 5 {
+                        eprintln!(
+                            "soak: node {node} killed at {:.1} s held {}: next holder {}",
+                            f.at,
+                            sp.room,
+                            other.map_or("never".to_string(), |at| format!(
+                                "after {} ms",
+                                (at - kill).as_millis()
+                            ))
+                        );
+                    }
+                    if let Some(at) = other {
+                        slowest = slowest.max(at - kill);
+                    }
+                }
+            }
+        }
+    }
+    (
+        overlaps,
+        longest.as_millis() as u64,
+        checked,
+        late,
+        slowest.as_millis() as u64,
+    )
+}
+
 /// Runs the soak and returns its report (the caller prints it and sets the exit code).
-pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
+/// `cluster`: the nodes and Redis this soak started (`--nodes`), for the faults and RSS.
+pub async fn soak(s: SoakSettings, mut cluster: Option<Cluster>) -> Result<SoakReport, String> {
     let started = Instant::now();
     let s = Arc::new(s);
-    let target = Arc::new(Target::parse(Proto::V1, &s.url, s.sources)?);
+    let targets: Arc<Vec<Target>> = Arc::new(
+        s.urls
+            .iter()
+            .map(|u| Target::parse(Proto::V1, u, s.sources))
+            .collect::<Result<_, _>>()?,
+    );
     let rss = |pid: Option<u32>| pid.and_then(server::rss);
     let rss_baseline = rss(s.pid);
-    let stats0 = get_json(&s.stats_url).await?;
+    if let Some(c) = cluster.as_mut() {
+        c.sample(Sample::Before);
+    }
+    let stats0 = stats(&s).await?;
     eprintln!("soak: server stats before: {stats0}");
     if num(&stats0, "sessions") != 0 {
         return Err("the server already has sessions: start it fresh".into());
     }
+    let faults = Arc::new(Faults {
+        t0: Instant::now(),
+        log: Mutex::new(Vec::new()),
+    });
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Churn);
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -1011,9 +1610,28 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
     let mut tasks = Vec::with_capacity(s.clients);
     for i in 0..s.clients {
         let id = i as u32;
+        let tr = match (s.transport.as_str(), i % 3) {
+            ("v1", _) | ("mixed", 0) => Tr::V1,
+            ("mixed", 1) => Tr::Sio(sio::Transport::WebSocket),
+            ("mixed", _) => Tr::Sio(sio::Transport::Polling),
+            (_, _) if i % 2 == 0 => Tr::Sio(sio::Transport::WebSocket),
+            _ => Tr::Sio(sio::Transport::Polling),
+        };
+        // Most clients are users with two or three tabs (one occupant, several sessions; resume
+        // checks the principal); every tenth is anonymous.
+        let user = (i % 10 != 0).then(|| format!("soak-{}", i / 3));
         let cl = Client {
             id,
-            target: target.clone(),
+            targets: targets.clone(),
+            node: 0,
+            tr,
+            faults: faults.clone(),
+            principal: user.clone().unwrap_or_default().into(),
+            sessions: 0,
+            member_since: HashMap::new(),
+            hold_since: HashMap::new(),
+            spans: Vec::new(),
+            reset: false,
             s: s.clone(),
             rng: Rng(occupancy_core::testing::fuzz::Rng(
                 0x9e37_79b9_7f4a_7c15 ^ (u64::from(id) + 1).wrapping_mul(0x1000_0000_01b3),
@@ -1022,8 +1640,7 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
             view: View::default(),
             token: None,
             next_ref: 0,
-            // Most clients are users (resume checks the principal); some are anonymous.
-            user: (i % 10 != 0).then(|| format!("soak-{i}")),
+            user,
             progress: progress.clone(),
             history: Default::default(),
             resumed: false,
@@ -1047,22 +1664,91 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
     let churn = Duration::from_secs_f64(s.secs);
     let mut rss_peak = rss_baseline;
     let mut last_print = Instant::now();
-    while churn_start.elapsed() < churn {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    // The fault schedule: each kind on its own period; never two faults within 10 s (so what a
+    // fault explains is clear), a killed node back after 3 s.
+    let every = |secs: f64| (secs > 0.0).then(|| Duration::from_secs_f64(secs));
+    let (kill_every, restart_every, pause_every) = (
+        every(s.kill_every),
+        every(s.redis_restart_every),
+        every(s.redis_pause_every),
+    );
+    let mut next_kill = kill_every.map(|d| churn_start + d);
+    let mut next_restart = restart_every.map(|d| churn_start + d);
+    let mut next_pause = pause_every.map(|d| churn_start + d);
+    let mut quiet_until = churn_start;
+    let mut down: Option<(usize, Instant, usize)> = None; // (node, back at, fault index)
+    let mut fault_rng = Rng(occupancy_core::testing::fuzz::Rng(0x05ee_d0fc_4a05));
+    let record = |kind: &'static str, node: Option<usize>, until: Option<f64>| -> usize {
+        let mut log = faults.log.lock().unwrap();
+        let at = faults.secs(Instant::now());
+        log.push(Fault {
+            kind,
+            node,
+            at,
+            until: until.map(|u| at + u),
+        });
+        log.len() - 1
+    };
+    let end_fault = |i: usize| {
+        let t = faults.secs(Instant::now());
+        faults.log.lock().unwrap()[i].until = Some(t);
+    };
+    while churn_start.elapsed() < churn || down.is_some() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = Instant::now();
+        if let Some(c) = cluster.as_mut() {
+            c.sample(Sample::Peak);
+            if let Some((node, back, i)) = down
+                && now >= back
+            {
+                c.start_node(node).await?;
+                end_fault(i);
+                eprintln!("soak: node {node} restarted");
+                down = None;
+                quiet_until = Instant::now() + Duration::from_secs(10);
+            }
+            let due = |t: &Option<Instant>| t.is_some_and(|t| now >= t);
+            if now >= quiet_until
+                && down.is_none()
+                && churn_start.elapsed() + Duration::from_secs(5) < churn
+            {
+                if due(&next_kill) {
+                    next_kill = kill_every.map(|d| now + d);
+                    let node = fault_rng.below(c.ports.len() as u64) as usize;
+                    let i = record("kill", Some(node), None);
+                    c.kill_node(node).await;
+                    eprintln!("soak: killed node {node} (SIGKILL)");
+                    down = Some((node, Instant::now() + Duration::from_secs(3), i));
+                } else if due(&next_restart) {
+                    next_restart = restart_every.map(|d| now + d);
+                    let i = record("redis-restart", None, None);
+                    c.restart_redis().await?;
+                    end_fault(i);
+                    eprintln!("soak: restarted Redis (empty)");
+                    quiet_until = Instant::now() + Duration::from_secs(10);
+                } else if due(&next_pause) {
+                    next_pause = pause_every.map(|d| now + d);
+                    record("redis-pause", None, Some(1.5));
+                    c.pause_redis(1500).await?;
+                    eprintln!("soak: paused Redis for 1.5 s");
+                    quiet_until = Instant::now() + Duration::from_secs(10);
+                }
+            }
+        }
         rss_peak = rss_peak.max(rss(s.pid));
         if last_print.elapsed() >= Duration::from_secs(10) {
             last_print = Instant::now();
-            let st = get_json(&s.stats_url).await.unwrap_or(Value::Null);
+            let st = stats(&s).await.unwrap_or(Value::Null);
             eprintln!(
-                "soak: {:>4.0} s, {} requests, server: {} sessions, {} rooms, {} occupants, {} invariant checks, {} violations, RSS {} MiB",
+                "soak: {:>4.0} s, {} requests, server: {} sessions, {} rooms, {} occupants, {} live connections, {} invariant checks, {} violations",
                 churn_start.elapsed().as_secs_f64(),
                 progress.load(Ordering::Relaxed),
                 num(&st, "sessions"),
                 num(&st, "rooms"),
                 num(&st, "occupants"),
+                num(&st, "live_connections"),
                 num(&st, "invariant_checks"),
                 num(&st, "invariant_violations"),
-                rss(s.pid).map_or(0, |b| b >> 20),
             );
         }
     }
@@ -1078,11 +1764,15 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
             _ => break,
         }
     }
-    // Sessions left behind (a clean close still gets the grace, as a page reload must) end.
+    // Sessions left behind (a clean close still gets the grace, as a page reload must) end; a
+    // killed node's sessions are swept after its lease.
     let wait_grace = Instant::now();
     loop {
-        let st = get_json(&s.stats_url).await?;
-        if num(&st, "sessions_in_grace") == 0 || wait_grace.elapsed() > Duration::from_secs(60) {
+        let st = stats(&s).await?;
+        let lost = num(&st, "sessions").saturating_sub(s.clients as u64);
+        if (num(&st, "sessions_in_grace") == 0 && (!s.shared || lost == 0))
+            || wait_grace.elapsed() > Duration::from_secs(60)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -1092,7 +1782,8 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
         wait_grace.elapsed().as_secs_f64()
     );
     phase_tx.send_replace(Phase::Audit);
-    let mut places: HashMap<String, Vec<u64>> = HashMap::new();
+    // room → principal → the places its sessions were told.
+    let mut places: HashMap<String, HashMap<String, Vec<u64>>> = HashMap::new();
     let mut claimed: HashMap<String, HashSet<String>> = HashMap::new();
     let mut histories: HashMap<String, Vec<String>> = HashMap::new();
     let mut rooms: HashSet<String> = HashSet::new();
@@ -1108,12 +1799,16 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
                 }
                 rooms.extend(a.watched);
                 for (room, position) in a.places {
-                    memberships += 1;
                     rooms.insert(room.clone());
                     if let Some(u) = &a.user {
                         claimed.entry(room.clone()).or_default().insert(u.clone());
                     }
-                    places.entry(room).or_default().push(position);
+                    places
+                        .entry(room)
+                        .or_default()
+                        .entry(a.principal.clone())
+                        .or_default()
+                        .push(position);
                 }
             }
             _ => break,
@@ -1125,12 +1820,23 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
             s.clients
         );
     }
-    let stats_at_audit = get_json(&s.stats_url).await?;
-    // Each room's places must be 0, 1, 2, ... with no gap and no repeat.
+    let stats_at_audit = stats(&s).await?;
+    // Each room's places must be 0, 1, 2, ... with no gap and no repeat, one per principal (the
+    // tabs of one user share their place).
     let mut audit_double_holders = 0;
     let mut audit_holderless = 0;
     let mut audit_gaps = 0;
-    for (room, p) in &mut places {
+    let mut audit_tabs_disagree = 0;
+    for (room, by_principal) in &places {
+        let mut p: Vec<u64> = Vec::new();
+        for tabs in by_principal.values() {
+            memberships += 1;
+            if tabs.iter().any(|&x| x != tabs[0]) {
+                audit_tabs_disagree += 1;
+                eprintln!("soak: audit: {room}: the tabs of one user were told {tabs:?}");
+            }
+            p.push(tabs[0]);
+        }
         p.sort_unstable();
         let holders = p.iter().filter(|&&x| x == 0).count();
         audit_double_holders += u64::from(holders > 1);
@@ -1140,7 +1846,7 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
             if audit_gaps <= 5 {
                 eprintln!("soak: audit: {room}: the clients' places are {p:?}");
                 // Who the server has there that no client (with a user id) claims.
-                let base = s.stats_url.trim_end_matches("/stats");
+                let base = s.stats_urls[0].trim_end_matches("/stats");
                 if let Ok(Value::Array(ids)) = get_json(&format!("{base}/rooms/{room}")).await {
                     let mine = claimed.get(room.as_str());
                     let unclaimed: Vec<(usize, &str)> = ids
@@ -1165,22 +1871,41 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
     eprintln!("soak: everyone leaves (half abruptly); waiting out the grace");
     phase_tx.send_replace(Phase::Finish);
     let mut counters = Counters::default();
+    let mut spans = Vec::new();
     for t in tasks {
-        if let Ok(c) = t.await {
-            counters.add(&c);
+        if let Ok(o) = t.await {
+            counters.add(&o.c);
+            spans.extend(o.spans);
         }
     }
-    // The grace, the Hub's timer, then the counters.
+    // The grace (long-polling clients that vanish are noticed by the engine's ping, 10 s), the
+    // Hub's timer, then the counters.
     tokio::time::sleep(Duration::from_millis(s.grace_ms) + Duration::from_secs(2)).await;
-    let mut stats_at_end = get_json(&s.stats_url).await?;
-    for _ in 0..10 {
-        if num(&stats_at_end, "sessions") == 0 {
+    let mut stats_at_end = stats(&s).await?;
+    for _ in 0..30 {
+        if num(&stats_at_end, "sessions") == 0 && num(&stats_at_end, "live_connections") == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        stats_at_end = get_json(&s.stats_url).await?;
+        stats_at_end = stats(&s).await?;
     }
     let rss_end = rss(s.pid);
+    if let Some(c) = cluster.as_mut() {
+        c.sample(Sample::After);
+    }
+    let fault_log = faults.log.lock().unwrap().clone();
+    let (
+        hold_overlaps,
+        longest_double_hold_ms,
+        kill_holders_checked,
+        kill_holders_not_replaced,
+        slowest_kill_replacement_ms,
+    ) = check_spans(
+        &spans,
+        &fault_log,
+        faults.t0,
+        Duration::from_millis(s.lease_ms),
+    );
 
     let mut failures = counters.failures();
     if answered < s.clients {
@@ -1191,6 +1916,7 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
         ("occupants", memberships),
         ("watchers", watches),
         ("rooms", rooms.len() as u64),
+        ("live_connections", s.clients as u64),
     ];
     for (k, want) in audit_expect {
         let got = num(&stats_at_audit, k);
@@ -1213,6 +1939,21 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
             "{audit_gaps} rooms whose places are not 0, 1, 2, …"
         ));
     }
+    if audit_tabs_disagree > 0 {
+        failures.push(format!(
+            "{audit_tabs_disagree} users whose tabs were told different places in one room"
+        ));
+    }
+    if hold_overlaps > 0 {
+        failures.push(format!(
+            "{hold_overlaps} × two principals believing they held a room at once for longer than the lease"
+        ));
+    }
+    if kill_holders_not_replaced > 0 {
+        failures.push(format!(
+            "{kill_holders_not_replaced} rooms of a killed node's holder not handed on within the lease + 1 s"
+        ));
+    }
     for k in [
         "rooms",
         "sessions",
@@ -1230,7 +1971,7 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
         }
     }
     for st in [&stats_at_audit, &stats_at_end] {
-        if num(st, "invariant_violations") != 0 {
+        if num(st, "invariant_violations") != 0 && st.get("invariant_violations").is_some() {
             failures.push(format!(
                 "{} invariant violations",
                 num(st, "invariant_violations")
@@ -1239,10 +1980,14 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
     }
     if num(&stats_at_end, "invariant_checks") == 0 {
         eprintln!(
-            "soak: warning: the server ran no invariant checks (start it with OCCUPANCY_CHECK_INVARIANTS=1)"
+            "soak: note: the server ran no invariant checks (OCCUPANCY_CHECK_INVARIANTS=1 on the in-memory backend)"
         );
     }
     failures.dedup();
+    let processes = cluster.as_ref().map(|c| c.rss.clone()).unwrap_or_default();
+    if let Some(c) = cluster {
+        c.stop().await;
+    }
     Ok(SoakReport {
         settings: (*s).clone(),
         counters,
@@ -1256,6 +2001,13 @@ pub async fn soak(s: SoakSettings) -> Result<SoakReport, String> {
         rss_baseline,
         rss_peak,
         rss_end,
+        faults: fault_log,
+        hold_overlaps,
+        longest_double_hold_ms,
+        kill_holders_checked,
+        kill_holders_not_replaced,
+        slowest_kill_replacement_ms,
+        processes,
         failures,
         secs: started.elapsed().as_secs_f64(),
     })

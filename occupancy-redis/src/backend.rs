@@ -157,6 +157,15 @@ impl std::fmt::Debug for RedisBackend {
     }
 }
 
+/// A redo of [`Inner::redo_since`]: a session that is gone (or owned by another node since a
+/// resume) has nothing left to undo.
+fn ignore_gone(r: Result<Reply, Error>) -> Result<(), Error> {
+    match r {
+        Ok(_) | Err(Error::UnknownSession | Error::SessionReplaced) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> Error {
     Error::Unavailable {
         reason: format!("redis: {e}"),
@@ -747,10 +756,16 @@ impl Inner {
 
     /// Redis lost its data (restarted empty): writes this node's sessions and rooms back, every
     /// occupant at its old place.
+    ///
+    /// The node keeps serving while it writes back (one script per session and per room). A
+    /// session that left a room since the snapshot is not put back in it (`lua::RESTORE` reads
+    /// the session's record, written back first); a session that ended since the snapshot was
+    /// written back from it all the same, so it is closed again once everything is written.
     async fn restore(&self) -> Result<(), Error> {
         let now = Instant::now();
-        let (sessions, rooms) = {
+        let (sessions, rooms, snapshot) = {
             let local = self.lock();
+            let snapshot: Vec<SessionId> = local.sessions.keys().copied().collect();
             let sessions: Vec<_> = local
                 .sessions
                 .iter()
@@ -793,7 +808,7 @@ impl Inner {
                     )
                 })
                 .collect();
-            (sessions, rooms)
+            (sessions, rooms, snapshot)
         };
         if sessions.is_empty() && rooms.is_empty() {
             return Ok(());
@@ -808,6 +823,23 @@ impl Inner {
         }
         for a in rooms {
             self.run(&self.scripts.restore, a).await?;
+        }
+        self.redo_since(snapshot).await
+    }
+
+    /// After [`Inner::restore`]: closes again the sessions of `snapshot` (taken when the
+    /// write-back began) that ended since.
+    async fn redo_since(&self, snapshot: Vec<SessionId>) -> Result<(), Error> {
+        let closes: Vec<SessionId> = {
+            let local = self.lock();
+            snapshot
+                .into_iter()
+                .filter(|id| !local.sessions.contains_key(id))
+                .collect()
+        };
+        for id in closes {
+            let a = args().a(session_hex(id)).a(&self.node);
+            ignore_gone(self.run(&self.scripts.close, a).await)?;
         }
         Ok(())
     }

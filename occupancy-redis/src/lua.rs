@@ -156,6 +156,9 @@ pub(crate) const REREGISTER: &str = include_str!("lua/reregister.lua");
 /// line is written back in its old order; the other nodes' sessions are kept as placeholders for
 /// one lease (their nodes confirm them with their own restore, or they are dropped). If it
 /// exists, this node's occupants are merged in at their old place (by their order key `q`).
+/// Only where this node's sessions still are: the node wrote their records back first and keeps
+/// serving meanwhile, so one that left the room (or stopped watching it, or ended) since the
+/// node's snapshot is not put back (its record says so).
 pub(crate) const RESTORE: &str = include_str!("lua/restore.lua");
 
 /// `check()`: the invariants (tests only; O(everything), uses KEYS). Replies `x`: problems.

@@ -307,6 +307,10 @@ pub(crate) fn code_error(code: &str, limits: &occupancy_core::Limits) -> Error {
         "not_owner" => Error::SessionReplaced,
         "not_in_room" => Error::NotInRoom,
         "not_member" => Error::NotMember,
+        // The session's room is being written back after Redis lost its data.
+        "restoring" => Error::Unavailable {
+            reason: "the shared state is being restored".into(),
+        },
         "too_many_rooms" => Error::TooManyRooms {
             limit: limits.max_rooms_per_session,
         },

@@ -175,6 +175,12 @@ local function live(sid, node)
   if s.g > 0 then return nil, err('unknown_session') end
   return s
 end
+-- Not in the room's line although the session's record lists the room: Redis lost its data and
+-- the room is not written back yet (see `restore`): try again shortly, rather than a wrong no.
+local function absent(s, room, code)
+  if find(s.j, room) then return err('restoring') end
+  return err(code)
+end
 local function save_lists(sid, s)
   redis.call('HSET', skey(sid), 'j', cjson.encode(s.j), 'w', cjson.encode(s.w))
 end

@@ -5,30 +5,42 @@
 -- line is written back in its old order; the other nodes' sessions are kept as placeholders for
 -- one lease (their nodes confirm them with their own restore, or they are dropped). If it
 -- exists, this node's occupants are merged in at their old place (by their order key `q`).
+-- Only where this node's sessions still are: the node wrote their records back first and keeps
+-- serving meanwhile, so one that left the room (or stopped watching it, or ended) since the
+-- node's snapshot is not put back (its record says so).
 local room, raw, lease = ARGV[3], ARGV[4], tonumber(ARGV[7])
 local mine, mywatch = cjson.decode(ARGV[5]), cjson.decode(ARGV[6])
 local seen = cjson.decode(raw)
+local function still(sid, field)
+  local l = redis.call('HGET', skey(sid), field)
+  return l ~= false and l ~= nil and find(cjson.decode(l), room) ~= nil
+end
 local st, was = load_room(room)
 local changed = false
 if not st then
   -- The line as it was, with its holder's grant (held_since, idle clock, pending release).
   st = {v = seen.v, o = {}, w = {}, h = seen.h, a = seen.a, p = seen.p, r = seen.r}
   for _, occ in ipairs(seen.o) do
-    local u = {}
+    local u, s = {}, {}
     for _, sid in ipairs(occ.s) do
-      if not find(mine, sid) then table.insert(u, sid) end
+      if not find(mine, sid) then
+        table.insert(u, sid); table.insert(s, sid)
+      elseif still(sid, 'j') then
+        table.insert(s, sid)
+      end
     end
+    occ.s = s
     if #u > 0 then occ.u = u; occ.x = fmt(now_ms() + lease) else occ.u = nil; occ.x = nil end
-    table.insert(st.o, occ)
+    if #s > 0 then table.insert(st.o, occ) end
   end
-  -- Not a grant: the holder is the one that held.
-  was.hk = holder_key(st)
+  -- Not a grant: the holder is the one that held (if it left meanwhile, the next one is).
+  if seen.o[1] then was.hk = seen.o[1].k else was.hk = nil end
   changed = true
 else
   for _, socc in ipairs(seen.o) do
     local ours = {}
     for _, sid in ipairs(socc.s) do
-      if find(mine, sid) then table.insert(ours, sid) end
+      if find(mine, sid) and still(sid, 'j') then table.insert(ours, sid) end
     end
     if #ours > 0 then
       local pos = nil
@@ -55,7 +67,7 @@ else
   end
 end
 for _, w in ipairs(mywatch) do
-  if not find(st.w, w) then table.insert(st.w, w) end
+  if not find(st.w, w) and still(w, 'w') then table.insert(st.w, w) end
 end
 if changed then bump(st) end
 save_room(room, was, st, changed)

@@ -7,10 +7,10 @@ local s, e = live(sid, node)
 if not s then return e end
 local key = okey(sid, s)
 local st, was = load_room(room)
-if not st then return err('not_in_room') end
+if not st then return absent(s, room, 'not_in_room') end
 local pos = nil
 for i, occ in ipairs(st.o) do if occ.k == key then pos = i; break end end
-if (not pos) or (not find(st.o[pos].s, sid)) then return err('not_in_room') end
+if (not pos) or (not find(st.o[pos].s, sid)) then return absent(s, room, 'not_in_room') end
 if pos > 1 then
   local occ = table.remove(st.o, pos)
   occ.q = fmt(tonumber(st.o[1].q) - 1)

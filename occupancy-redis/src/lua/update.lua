@@ -9,10 +9,10 @@ local s, e = live(sid, node)
 if not s then return e end
 local key = okey(sid, s)
 local st, was = load_room(room)
-if not st then return err('not_member') end
+if not st then return absent(s, room, 'not_member') end
 local pos = nil
 for i, occ in ipairs(st.o) do if occ.k == key then pos = i; break end end
-if (not pos) or (not find(st.o[pos].s, sid)) then return err('not_member') end
+if (not pos) or (not find(st.o[pos].s, sid)) then return absent(s, room, 'not_member') end
 local refresh = (pos == 1 and idle > 0)
 if refresh then st.a = now_str() end
 if st.o[pos].m ~= meta then
