@@ -15,6 +15,13 @@ local function still(sid, field)
   local l = redis.call('HGET', skey(sid), field)
   return l ~= false and l ~= nil and find(cjson.decode(l), room) ~= nil
 end
+-- Another node's session, kept as a placeholder until its node confirms it: false once its
+-- record is back and does not list the room (it left meanwhile: no placeholder, not even for a
+-- lease, or it stands in the line as a ghost), else true (listed, or not back yet).
+local function may_stand(sid)
+  local l = redis.call('HGET', skey(sid), 'j')
+  return l == false or l == nil or find(cjson.decode(l), room) ~= nil
+end
 local st, was = load_room(room)
 local changed = false
 if not st then
@@ -24,7 +31,7 @@ if not st then
     local u, s = {}, {}
     for _, sid in ipairs(occ.s) do
       if not find(mine, sid) then
-        table.insert(u, sid); table.insert(s, sid)
+        if may_stand(sid) then table.insert(u, sid); table.insert(s, sid) end
       elseif still(sid, 'j') then
         table.insert(s, sid)
       end
@@ -63,6 +70,23 @@ else
         end
         if occ.u and #occ.u == 0 then occ.u = nil; occ.x = nil end
       end
+    end
+  end
+  -- Placeholders (written back by another node) whose records say they left meanwhile.
+  for i = #st.o, 1, -1 do
+    local occ = st.o[i]
+    if occ.u then
+      for j = #occ.u, 1, -1 do
+        local sid = occ.u[j]
+        if not may_stand(sid) then
+          table.remove(occ.u, j)
+          local k = find(occ.s, sid)
+          if k then table.remove(occ.s, k) end
+          changed = true
+        end
+      end
+      if #occ.u == 0 then occ.u = nil; occ.x = nil end
+      if #occ.s == 0 then table.remove(st.o, i) end
     end
   end
 end
