@@ -7,8 +7,7 @@
 //! - Three nodes: `loadgen soak --nodes 3` starts its own redis-server and three `multi_node`
 //!   example processes (the debug build `cargo test` made beside this test), with a 2 s lease,
 //!   and kills nodes and pauses Redis during the minute, with clients of all three transports.
-//!   The same with a Redis restart (empty) is ignored: it finds open bugs of the Redis backend's
-//!   recovery (see the test).
+//!   The same with a Redis restart (empty) as well.
 //!
 //! `loadgen soak` checks everything (see `loadgen/src/soak.rs`); these tests require it to pass
 //! and to have exercised what it is for. `SOAK_SECS` and `SOAK_CLIENTS` change the length and
@@ -239,13 +238,11 @@ fn one_minute_three_nodes_with_node_kills_and_redis_pauses() {
     );
 }
 
-/// OPEN BUG (ignored until fixed; run with `--ignored`): with a Redis restart as well, this
-/// fails — sessions get notices for a room after leaving it (a node writing a room back keeps
-/// another node's session as a placeholder after that session left it meanwhile) and two
-/// principals believe they hold a room for longer than the lease just after the restart. See
-/// the README's chaos soak figures and issue 18.
+/// With a Redis restart (empty) as well. This used to fail on every run: a node writing a room
+/// back kept another node's session as a placeholder after that session had left it, so it got
+/// notices for the room after its `left` (fixed in `src/lua/restore.lua`, tested on its own in
+/// `occupancy-redis/tests/restore_script.rs`).
 #[test]
-#[ignore = "open bug: Redis restart recovery across nodes (issue 18)"]
 fn one_minute_three_nodes_with_a_node_kill_a_redis_restart_and_pauses() {
     // A pause at 15 s, a kill at 25 s, a Redis restart at 38 s, a pause at 48 s.
     three_nodes(
