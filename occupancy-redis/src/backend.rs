@@ -940,7 +940,6 @@ impl Inner {
                     prev,
                     version,
                     &change,
-                    edit,
                     self.presence_occupants(),
                     &mut out,
                 ) {

@@ -385,7 +385,6 @@ impl NodeState {
         prev: u64,
         version: u64,
         change: &crate::wire::Change,
-        edit_json: &str,
         presence_occupants: usize,
         out: &mut Vec<Notice>,
     ) -> Option<Applied> {
@@ -408,7 +407,7 @@ impl NodeState {
         change.apply_to(&mut new, version).ok()?;
         let old = std::mem::replace(&mut t.state, new);
         t.active_at = change.active_at.filter(|_| !t.state.occupants.is_empty());
-        t.edits.push((version, Arc::from(edit_json)));
+        t.edits.push((version, change.raw.clone()));
         if t.edits.len() >= MAX_EDITS
             && let Some(raw) = t.raw_now()
         {
@@ -858,7 +857,7 @@ mod tests {
                     let mut out = Vec::new();
                     let r = self
                         .node
-                        .apply_delta(ROOM, *prev, *version, &change, json, 3, &mut out);
+                        .apply_delta(ROOM, *prev, *version, &change, 3, &mut out);
                     let after = self.node.rooms[ROOM].state.version;
                     prop_assert!(
                         after >= before,
@@ -1052,7 +1051,7 @@ mod tests {
                         Pub::Delta { prev, version, json } => {
                             let c = crate::wire::decode_delta(&json).unwrap();
                             prop_assert_eq!(
-                                node.apply_delta(ROOM, prev, version, &c, &json, 8, &mut got),
+                                node.apply_delta(ROOM, prev, version, &c, 8, &mut got),
                                 Some(Applied::Changed)
                             );
                             prop_assert_eq!(&node.rooms[ROOM].state, &st);
@@ -1096,7 +1095,7 @@ mod tests {
         let c = crate::wire::decode_delta(&json).unwrap();
         // A gap: the delta was made on a state this node has not seen.
         assert_eq!(
-            n.apply_delta(ROOM, prev + 1, version, &c, &json, 8, &mut out),
+            n.apply_delta(ROOM, prev + 1, version, &c, 8, &mut out),
             None
         );
         assert_eq!(n.offer_delta(ROOM, prev + 1, version), DeltaOffer::Reread);
@@ -1104,7 +1103,7 @@ mod tests {
         assert_eq!(n.offer_delta("other", prev, version), DeltaOffer::Skip);
         let (mut got, mut want) = (Vec::new(), Vec::new());
         assert_eq!(
-            n.apply_delta(ROOM, prev, version, &c, &json, 8, &mut got),
+            n.apply_delta(ROOM, prev, version, &c, 8, &mut got),
             Some(Applied::Changed)
         );
         assert_eq!(
@@ -1116,7 +1115,7 @@ mod tests {
         // Again (a duplicate): stale, nothing told.
         got.clear();
         assert_eq!(
-            n.apply_delta(ROOM, prev, version, &c, &json, 8, &mut got),
+            n.apply_delta(ROOM, prev, version, &c, 8, &mut got),
             Some(Applied::Stale)
         );
         assert!(got.is_empty());

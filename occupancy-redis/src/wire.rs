@@ -231,6 +231,8 @@ pub(crate) enum Edit {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Change {
     pub edit: Edit,
+    /// The delta's JSON as published (kept for `restore`, see [`patch_raw`]).
+    pub raw: Arc<str>,
     pub held_since: Option<u64>,
     pub active_at: Option<u64>,
 }
@@ -299,6 +301,7 @@ pub(crate) fn decode_delta(raw: &str) -> Result<Change, Error> {
     };
     Ok(Change {
         edit,
+        raw: Arc::from(raw),
         held_since: w.h,
         active_at: w.a.or(w.h),
     })

@@ -86,16 +86,20 @@ async fn subscribe(url: &str) -> Arc<Mutex<Vec<Vec<u8>>>> {
 async fn next_publish(seen: &Mutex<Vec<Vec<u8>>>) -> Vec<u8> {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let mut v = seen.lock().unwrap();
-        if let Some(p) = v
-            .iter()
-            .find(|p| p.len() > 1 && p[1..].starts_with(ROOM.as_bytes()))
-        {
-            let p = p.clone();
-            v.clear();
+        let found = {
+            let mut v = seen.lock().unwrap();
+            let p = v
+                .iter()
+                .find(|p| p.len() > 1 && p[1..].starts_with(ROOM.as_bytes()))
+                .cloned();
+            if p.is_some() {
+                v.clear();
+            }
+            p
+        };
+        if let Some(p) = found {
             return p;
         }
-        drop(v);
         assert!(Instant::now() < deadline, "nothing published");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
