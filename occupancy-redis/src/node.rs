@@ -2,13 +2,15 @@
 //! local sessions or watchers in, or a call in flight on) and the last state it saw of each, the
 //! grace and idle deadlines it keeps, and what it does with a room state that arrives (from a
 //! script's reply, a publish or a re-read): drop it unless it is newer than the last seen, else
-//! take it and compute the notices of the change for this node's sessions only. It also parses
-//! the published messages and decides when a room must be re-read (a state that arrived for a
-//! followed room but could not be decoded).
+//! take it and compute the notices of the change for this node's sessions only. A published
+//! delta (one edit) is made on the last state seen only when that state is the one it was made on
+//! (its previous version); otherwise the room is re-read. It also parses the published messages
+//! and decides when a room must be re-read (a delta that does not chain, a "changed" message, a
+//! state that arrived for a followed room but could not be decoded).
 //!
 //! Nothing here talks to Redis or reads a clock: [`crate::backend`] does the I/O around it and
-//! hands it what arrived. The unit tests below feed it publishes that are lost, duplicated and
-//! reordered (a lossy link between a reference [`Machine`](occupancy_core::Machine) and the node,
+//! hands it what arrived. The unit tests below feed it publishes (whole states, deltas, "changed"
+//! messages) that are lost, duplicated and reordered (a lossy link between a reference [`Machine`](occupancy_core::Machine) and the node,
 //! after quinn-proto's `Pair`) and check that it never goes back, never tells a change twice,
 //! and ends at the truth once the newest state (or a re-read) arrives.
 
