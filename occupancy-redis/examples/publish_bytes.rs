@@ -8,8 +8,9 @@
 //! Per line length: the room is written straight into Redis with that many occupants (sessions
 //! of a node that does not exist: filling a 10,000 line with joins would cost 10,000 rewrites),
 //! then bob on node B joins at the back (so B follows the room) and, 50 times, carol on node A
-//! joins at the back and leaves. A raw `SUBSCRIBE` on the channel counts the messages and their
-//! bytes; B's count of decoded states and bob's last place show what the follower did.
+//! joins at the back and leaves; then, 5 times, carol joins, takes the room over and leaves (a
+//! hand-over back). A raw `SUBSCRIBE` on the channel counts the messages and their bytes; B's
+//! count of decoded states and bob's last place show what the follower did.
 
 #[path = "../tests/common/server.rs"]
 mod server;
@@ -123,6 +124,40 @@ async fn main() {
             (b1 - b0) as f64 / rounds as f64,
             (d1 - d0) as f64 / rounds as f64,
             last,
+        );
+        // Take overs at the front: every place moves. Before deltas every change published the
+        // whole state (its length is STRLEN of the room's key); now a long line publishes a
+        // "changed" message and each following node re-reads it.
+        let (m0, b0, d0) = (
+            msgs.load(Ordering::Relaxed),
+            bytes.load(Ordering::Relaxed),
+            b_backend.states_decoded(),
+        );
+        let mut whole = 0u64;
+        for _ in 0..5 {
+            carol.join(&room, None).await.unwrap();
+            carol.takeover(&room).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let len: u64 = redis::cmd("STRLEN")
+                .arg(format!("occ:r:{{{}}}", hex(&room)))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            whole += len;
+            carol.leave(&room).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (m1, b1, d1) = (
+            msgs.load(Ordering::Relaxed),
+            bytes.load(Ordering::Relaxed),
+            b_backend.states_decoded(),
+        );
+        println!(
+            "line {n}: per join + take over + leave (the holder): {:.1} messages, {:.0} bytes published (the whole state after the take over: {} bytes); node B decoded {:.2} whole states",
+            (m1 - m0) as f64 / 5.0,
+            (b1 - b0) as f64 / 5.0,
+            whole / 5,
+            (d1 - d0) as f64 / 5.0,
         );
         bob.leave(&room).await.unwrap();
         drop((bob, carol));
