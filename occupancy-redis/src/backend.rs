@@ -979,14 +979,23 @@ impl Inner {
 
     /// Re-reads one followed room in a task of its own (the subscriber must not wait for Redis),
     /// and applies what it finds.
+    ///
+    /// One re-read per room at a time ([`NodeState::start_reread`]): the publishes that come
+    /// meanwhile wait for it (a burst of deltas after a lost one asks for one GET, not one per
+    /// delta), and if one of them is newer than what the GET found, the room is read again.
     fn reread(&self, room: String) {
         let Some(me) = self.me.upgrade() else { return };
+        if !self.lock().start_reread(&room) {
+            return;
+        }
         tokio::spawn(async move {
+            let mut ok = false;
             match me.get_room_raw(&room).await {
                 Ok(Some(raw)) => match me.decode(&raw) {
                     Ok(d) => {
                         let mut local = me.lock();
                         me.apply_locked(&mut local, &room, d);
+                        ok = true;
                     }
                     Err(e) => warn!(room, error = %e, "undecodable stored room state"),
                 },
@@ -994,6 +1003,9 @@ impl Inner {
                 Err(e) => {
                     debug!(room, error = %e, "re-reading a room failed; the next change heals it")
                 }
+            }
+            if me.lock().reread_done(&room) && ok {
+                me.reread(room);
             }
         });
     }

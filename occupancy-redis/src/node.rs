@@ -44,6 +44,8 @@ pub(crate) struct Tracked {
     /// The newest version published while a call was about to bring the room's first state
     /// ([`NodeState::defer`]).
     pub(crate) missed: u64,
+    /// A re-read of the room is under way ([`NodeState::start_reread`]).
+    pub(crate) rereading: bool,
     pub(crate) placeholder_until: Option<u64>,
     /// The holder's idle clock in the last state seen (Redis ms, see [`Decoded::active_at`]).
     pub(crate) active_at: Option<u64>,
@@ -94,6 +96,7 @@ impl NodeState {
             raw: None,
             edits: Vec::new(),
             missed: 0,
+            rereading: false,
             placeholder_until: None,
             active_at: None,
             idle_at: None,
@@ -303,12 +306,39 @@ impl NodeState {
     /// (another node's change after the call). O(1).
     pub(crate) fn defer(&mut self, room: &str, version: u64) -> bool {
         match self.rooms.get_mut(room) {
-            Some(t) if t.raw.is_none() && t.pending > 0 => {
+            Some(t) if t.rereading || (t.raw.is_none() && t.pending > 0) => {
                 t.missed = t.missed.max(version);
                 true
             }
             _ => false,
         }
+    }
+
+    /// A re-read of `room` is about to start: false when one is already under way (or the room
+    /// is not followed), so that a burst of publishes after a gap asks for one re-read. While it
+    /// runs, publishes wait ([`NodeState::defer`]).
+    pub(crate) fn start_reread(&mut self, room: &str) -> bool {
+        match self.rooms.get_mut(room) {
+            Some(t) if !t.rereading => {
+                t.rereading = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A re-read of `room` ended (its state applied, or it failed): whether a publish newer than
+    /// what it found came meanwhile (the room is read again).
+    pub(crate) fn reread_done(&mut self, room: &str) -> bool {
+        let Some(t) = self.rooms.get_mut(room) else {
+            return false;
+        };
+        t.rereading = false;
+        let again = t.missed > t.state.version;
+        if t.pending == 0 || t.raw.is_some() {
+            t.missed = 0;
+        }
+        again
     }
 
     /// A call about `room` ended (after its reply was applied): whether the room must be re-read
@@ -1174,6 +1204,32 @@ mod tests {
         assert!(m.defer(ROOM, 5));
         m.apply(ROOM, decoded(&st), 8, &mut out);
         assert!(!m.call_done(&room));
+    }
+
+    /// One re-read at a time: publishes that come meanwhile wait, and one newer than what the
+    /// re-read found makes the node read again.
+    #[test]
+    fn one_re_read_at_a_time() {
+        let mut n = node(0b1);
+        let mut out = Vec::new();
+        let st = |version| RoomState {
+            version,
+            ..RoomState::default()
+        };
+        n.apply(ROOM, decoded(&st(3)), 8, &mut out);
+        assert_eq!(n.offer_delta(ROOM, 4, 5), DeltaOffer::Reread);
+        assert!(n.start_reread(ROOM));
+        assert!(!n.start_reread(ROOM), "a second one while the first runs");
+        assert!(!n.start_reread("other"));
+        assert!(n.defer(ROOM, 6));
+        assert!(n.defer(ROOM, 7));
+        // The re-read found 6: 7 came after it.
+        n.apply(ROOM, decoded(&st(6)), 8, &mut out);
+        assert!(n.reread_done(ROOM));
+        assert!(!n.defer(ROOM, 8));
+        assert!(n.start_reread(ROOM));
+        n.apply(ROOM, decoded(&st(7)), 8, &mut out);
+        assert!(!n.reread_done(ROOM), "nothing newer came");
     }
 
     #[test]
