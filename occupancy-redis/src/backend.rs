@@ -20,10 +20,11 @@ use tracing::{debug, warn};
 
 use crate::config::RedisConfig;
 use crate::lua;
-use crate::node::{Applied, LocalSession, Message, NodeState, Offer, parse_message};
+use crate::node::{Applied, DeltaOffer, LocalSession, Message, NodeState, Offer, parse_message};
 use crate::tasks::{LEASE_END_MARGIN, idle_task, lease_task, subscriber, sweep_task};
 use crate::wire::{
-    Decoded, Head, Reply, bad, code_error, decode_room, parse_meta, parse_session, session_hex,
+    Decoded, Head, Reply, bad, code_error, decode_delta, decode_room, parse_meta, parse_session,
+    session_hex,
 };
 
 /// Sessions a sweep call takes at most (see `lua::SWEEP`).
@@ -548,6 +549,12 @@ impl Inner {
         if local.apply(room, d, self.presence_occupants(), &mut out) != Applied::Changed {
             return;
         }
+        self.delivered_locked(local, room, out);
+    }
+
+    /// Delivers the notices of a change this node took (a state or a delta) and re-arms the
+    /// room's idle deadline.
+    fn delivered_locked(&self, local: &mut NodeState, room: &str, out: Vec<Notice>) {
         if !out.is_empty()
             && let Some(sink) = self.sink.get()
         {
@@ -797,7 +804,7 @@ impl Inner {
                 .rooms
                 .values()
                 .filter_map(|t| {
-                    let raw = t.raw.as_ref()?;
+                    let raw = t.raw_now()?;
                     Some(
                         args()
                             .a(t.id.as_str())
@@ -907,9 +914,11 @@ impl Inner {
                 state,
             } => {
                 self.high_water.fetch_max(version, Ordering::AcqRel);
-                if self.lock().offer(room, version) == Offer::Skip {
+                let mut local = self.lock();
+                if local.defer(room, version) || local.offer(room, version) == Offer::Skip {
                     return;
                 }
+                drop(local);
                 // Decoded outside the lock (a long line takes a while); `apply` checks the
                 // version again.
                 match self.decode(state) {
@@ -923,6 +932,63 @@ impl Inner {
                             self.reread(room.to_owned());
                         }
                     }
+                }
+            }
+            Message::Delta {
+                room,
+                prev,
+                version,
+                edit,
+            } => {
+                self.high_water.fetch_max(version, Ordering::AcqRel);
+                let mut local = self.lock();
+                if local.defer(room, version) {
+                    return;
+                }
+                let offer = local.offer_delta(room, prev, version);
+                drop(local);
+                match offer {
+                    DeltaOffer::Skip => return,
+                    DeltaOffer::Reread => {
+                        self.reread(room.to_owned());
+                        return;
+                    }
+                    DeltaOffer::Apply => {}
+                }
+                let change = match decode_delta(edit) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(room, error = %e, "undecodable published delta; re-reading the room");
+                        if self.lock().must_reread(room, version) {
+                            self.reread(room.to_owned());
+                        }
+                        return;
+                    }
+                };
+                let mut local = self.lock();
+                let mut out = Vec::new();
+                match local.apply_delta(
+                    room,
+                    prev,
+                    version,
+                    &change,
+                    self.presence_occupants(),
+                    &mut out,
+                ) {
+                    Some(Applied::Changed) => self.delivered_locked(&mut local, room, out),
+                    Some(_) => {}
+                    None => {
+                        drop(local);
+                        self.reread(room.to_owned());
+                    }
+                }
+            }
+            Message::Changed { room, version } => {
+                self.high_water.fetch_max(version, Ordering::AcqRel);
+                let mut local = self.lock();
+                if !local.defer(room, version) && local.must_reread(room, version) {
+                    drop(local);
+                    self.reread(room.to_owned());
                 }
             }
             Message::Resumed { session, node } => {
@@ -945,14 +1011,23 @@ impl Inner {
 
     /// Re-reads one followed room in a task of its own (the subscriber must not wait for Redis),
     /// and applies what it finds.
+    ///
+    /// One re-read per room at a time ([`NodeState::start_reread`]): the publishes that come
+    /// meanwhile wait for it (a burst of deltas after a lost one asks for one GET, not one per
+    /// delta), and if one of them is newer than what the GET found, the room is read again.
     fn reread(&self, room: String) {
         let Some(me) = self.me.upgrade() else { return };
+        if !self.lock().start_reread(&room) {
+            return;
+        }
         tokio::spawn(async move {
+            let mut ok = false;
             match me.get_room_raw(&room).await {
                 Ok(Some(raw)) => match me.decode(&raw) {
                     Ok(d) => {
                         let mut local = me.lock();
                         me.apply_locked(&mut local, &room, d);
+                        ok = true;
                     }
                     Err(e) => warn!(room, error = %e, "undecodable stored room state"),
                 },
@@ -960,6 +1035,9 @@ impl Inner {
                 Err(e) => {
                     debug!(room, error = %e, "re-reading a room failed; the next change heals it")
                 }
+            }
+            if me.lock().reread_done(&room) && ok {
+                me.reread(room);
             }
         });
     }
@@ -1365,9 +1443,11 @@ impl Backend for RedisBackend {
             }
             Err(e) => Err(e),
         };
-        let t = local.track(&room_id);
-        t.pending = t.pending.saturating_sub(1);
-        local.untrack_if_idle(room);
+        let reread = local.call_done(&room_id);
+        drop(local);
+        if reread {
+            inner.reread(room.to_owned());
+        }
         result
     }
 
@@ -1531,9 +1611,11 @@ impl Backend for RedisBackend {
             }
             Err(e) => Err(e),
         };
-        let t = local.track(&room_id);
-        t.pending = t.pending.saturating_sub(1);
-        local.untrack_if_idle(room);
+        let reread = local.call_done(&room_id);
+        drop(local);
+        if reread {
+            inner.reread(room.to_owned());
+        }
         result
     }
 

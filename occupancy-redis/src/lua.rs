@@ -13,8 +13,26 @@
 //! That state travels once: when the script changed the room last by a published save, the reply
 //! says which entry of `c` it is (`ri`, 1-based); otherwise it carries the stored state (`r`).
 //!
-//! Published messages on `{prefix}:ch`: `r<room>\n<version>\n<state>` (a room's new state; the
-//! version first, so that a node can drop a state it does not need without decoding it),
+//! Published messages on `{prefix}:ch` (every node of a prefix must run the same version):
+//! - `d<room>\n<prev>\n<version>\n<edit>`: a change one small edit describes, made on the state
+//!   at version `prev` (`edit` in `prelude.lua`): `{"e":"j","o":<occupant>}` (an occupant
+//!   appended), `{"e":"s","i":<place>,"k":<key>,"s":<session>}` (a session added to the occupant
+//!   at that 0-based place), `{"e":"x",...}` (a session removed, the occupant too when it was its
+//!   last: a leave, close, disconnect; also the holder's, a hand-over that moves every place by
+//!   one), `{"e":"m","i","k","m":<meta>}` (one occupant's metadata); each with the room's `h` and
+//!   `a` after it. Sized by the change, whatever the line's length. A node applies it only on
+//!   the state at `prev`; otherwise (one was lost or is late, or it never read the room) it
+//!   re-reads the room.
+//! - `r<room>\n<version>\n<state>`: any other change (take over, displacement, a sweep, a
+//!   restore, a room's first state) when the new state is at most 16 KiB (`FULL_MAX`); the
+//!   version first, so that a node can drop a state it does not need without decoding it.
+//! - `v<room>\n<version>`: the same when the state is longer: the nodes that follow the room
+//!   re-read it (one GET per following node; nodes that do not follow it get a few bytes instead
+//!   of the line). A change that moves many places must reach every follower's sessions anyway,
+//!   and a follower needs the new line to tell them, so it reads it once.
+//!
+//! Watching and unwatching publish nothing (watchers are each node's own), and neither do the
+//! idle clock refreshes. Other messages:
 //! `s<session>\n<node>` (the session was resumed on that node) and `x<node>\n<session>,...`
 //! (sessions of that node closed by a sweep).
 //!

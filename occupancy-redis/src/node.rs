@@ -2,13 +2,15 @@
 //! local sessions or watchers in, or a call in flight on) and the last state it saw of each, the
 //! grace and idle deadlines it keeps, and what it does with a room state that arrives (from a
 //! script's reply, a publish or a re-read): drop it unless it is newer than the last seen, else
-//! take it and compute the notices of the change for this node's sessions only. It also parses
-//! the published messages and decides when a room must be re-read (a state that arrived for a
-//! followed room but could not be decoded).
+//! take it and compute the notices of the change for this node's sessions only. A published
+//! delta (one edit) is made on the last state seen only when that state is the one it was made on
+//! (its previous version); otherwise the room is re-read. It also parses the published messages
+//! and decides when a room must be re-read (a delta that does not chain, a "changed" message, a
+//! state that arrived for a followed room but could not be decoded).
 //!
 //! Nothing here talks to Redis or reads a clock: [`crate::backend`] does the I/O around it and
-//! hands it what arrived. The unit tests below feed it publishes that are lost, duplicated and
-//! reordered (a lossy link between a reference [`Machine`](occupancy_core::Machine) and the node,
+//! hands it what arrived. The unit tests below feed it publishes (whole states, deltas, "changed"
+//! messages) that are lost, duplicated and reordered (a lossy link between a reference [`Machine`](occupancy_core::Machine) and the node,
 //! after quinn-proto's `Pair`) and check that it never goes back, never tells a change twice,
 //! and ends at the truth once the newest state (or a re-read) arrives.
 
@@ -37,6 +39,13 @@ pub(crate) struct Tracked {
     /// The last state seen (version 0 and empty before the first).
     pub(crate) state: RoomState,
     pub(crate) raw: Option<Arc<str>>,
+    /// The deltas applied since `raw` (version, JSON), for `restore` ([`Tracked::raw_now`]).
+    pub(crate) edits: Vec<(u64, Arc<str>)>,
+    /// The newest version published while a call was about to bring the room's first state
+    /// ([`NodeState::defer`]).
+    pub(crate) missed: u64,
+    /// A re-read of the room is under way ([`NodeState::start_reread`]).
+    pub(crate) rereading: bool,
     pub(crate) placeholder_until: Option<u64>,
     /// The holder's idle clock in the last state seen (Redis ms, see [`Decoded::active_at`]).
     pub(crate) active_at: Option<u64>,
@@ -47,7 +56,21 @@ pub(crate) struct Tracked {
     pub(crate) pending: usize,
 }
 
+/// How many deltas a followed room keeps beside its last whole state before folding them in
+/// (O(line) once per this many deltas).
+const MAX_EDITS: usize = 64;
+
 impl Tracked {
+    /// The last state seen as stored JSON (the last whole state with the deltas since made on
+    /// it), for `restore`.
+    pub(crate) fn raw_now(&self) -> Option<Arc<str>> {
+        let raw = self.raw.as_ref()?;
+        if self.edits.is_empty() {
+            return Some(raw.clone());
+        }
+        crate::wire::patch_raw(raw, &self.edits).ok().map(Arc::from)
+    }
+
     pub(crate) fn idle(&self) -> bool {
         self.members.is_empty() && self.watchers.is_empty() && self.pending == 0
     }
@@ -71,6 +94,9 @@ impl NodeState {
             id: room.clone(),
             state: RoomState::default(),
             raw: None,
+            edits: Vec::new(),
+            missed: 0,
+            rereading: false,
             placeholder_until: None,
             active_at: None,
             idle_at: None,
@@ -155,6 +181,19 @@ pub(crate) enum Offer {
     Decode,
 }
 
+/// What to do with a published delta, from its room and versions alone (before decoding it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeltaOffer {
+    /// Not followed here, or not newer than the last state seen: drop it.
+    Skip,
+    /// The last state seen is the one the edit was made on: decode it and
+    /// [`NodeState::apply_delta`] it.
+    Apply,
+    /// Newer, but made on a state this node did not see (one was lost or is late, or the room
+    /// was never read here): re-read the room.
+    Reread,
+}
+
 /// A message on the changes channel (formats in `lua.rs`).
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Message<'a> {
@@ -166,6 +205,25 @@ pub(crate) enum Message<'a> {
         version: u64,
         /// The state's JSON.
         state: &'a str,
+    },
+    /// `d<room>\n<prev>\n<version>\n<edit>`: one edit of a room's line, from the state at
+    /// version `prev` to the state at `version`.
+    Delta {
+        /// The room id.
+        room: &'a str,
+        /// The version the edit was made on.
+        prev: u64,
+        /// The version it made.
+        version: u64,
+        /// The edit's JSON (see [`crate::wire::decode_delta`]).
+        edit: &'a str,
+    },
+    /// `v<room>\n<version>`: the room changed too much to publish (re-read it).
+    Changed {
+        /// The room id.
+        room: &'a str,
+        /// The new version.
+        version: u64,
     },
     /// `s<session>\n<node>`: the session was resumed on that node.
     Resumed {
@@ -193,6 +251,20 @@ pub(crate) fn parse_message(payload: &[u8]) -> Option<Message<'_>> {
                 state,
             })
         }
+        'd' => {
+            let (prev, rest) = body.split_once('\n')?;
+            let (version, edit) = rest.split_once('\n')?;
+            Some(Message::Delta {
+                room: chars.as_str(),
+                prev: prev.parse().ok()?,
+                version: version.parse().ok()?,
+                edit,
+            })
+        }
+        'v' => Some(Message::Changed {
+            room: chars.as_str(),
+            version: body.parse().ok()?,
+        }),
         's' => Some(Message::Resumed {
             session: parse_session(chars.as_str()).ok()?,
             node: body,
@@ -216,11 +288,71 @@ impl NodeState {
         }
     }
 
-    /// A state of `room` at `version` arrived but could not be decoded: whether the room must be
-    /// re-read (it is followed and the lost state was newer than the last seen; the next publish
-    /// would heal it too, but a quiet room may not change again for a long time).
+    /// A state of `room` at `version` arrived but could not be decoded, or a "changed" message
+    /// came: whether the room must be re-read (it is followed and the state was newer than the
+    /// last seen; the next publish would heal it too, but a quiet room may not change again for a
+    /// long time). Not while a call of this node is about to bring the room's first state (see
+    /// [`NodeState::offer_delta`]).
     pub(crate) fn must_reread(&self, room: &str, version: u64) -> bool {
         self.offer(room, version) == Offer::Decode
+    }
+
+    /// Whether a publish about `room` at `version` waits for this node's call: the node is
+    /// joining or watching the room and has not seen it yet, and the call's reply carries every
+    /// state the call made, in order. Taking a publish first could jump past them: a delta
+    /// cannot be made on a room not seen (a re-read would land after a displacement the same
+    /// join made, and the waiter would hear `released` without the `occupied` before it). The
+    /// newest version is noted; [`NodeState::call_done`] says whether to re-read afterwards
+    /// (another node's change after the call). O(1).
+    pub(crate) fn defer(&mut self, room: &str, version: u64) -> bool {
+        match self.rooms.get_mut(room) {
+            Some(t) if t.rereading || (t.raw.is_none() && t.pending > 0) => {
+                t.missed = t.missed.max(version);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A re-read of `room` is about to start: false when one is already under way (or the room
+    /// is not followed), so that a burst of publishes after a gap asks for one re-read. While it
+    /// runs, publishes wait ([`NodeState::defer`]).
+    pub(crate) fn start_reread(&mut self, room: &str) -> bool {
+        match self.rooms.get_mut(room) {
+            Some(t) if !t.rereading => {
+                t.rereading = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A re-read of `room` ended (its state applied, or it failed): whether a publish newer than
+    /// what it found came meanwhile (the room is read again).
+    pub(crate) fn reread_done(&mut self, room: &str) -> bool {
+        let Some(t) = self.rooms.get_mut(room) else {
+            return false;
+        };
+        t.rereading = false;
+        let again = t.missed > t.state.version;
+        if t.pending == 0 || t.raw.is_some() {
+            t.missed = 0;
+        }
+        again
+    }
+
+    /// A call about `room` ended (after its reply was applied): whether the room must be re-read
+    /// because a publish newer than what the reply brought was held back meanwhile (see
+    /// [`NodeState::defer`]). Stops following the room if nothing else keeps it.
+    pub(crate) fn call_done(&mut self, room: &RoomId) -> bool {
+        let t = self.track(room);
+        t.pending = t.pending.saturating_sub(1);
+        let reread = t.pending == 0 && t.missed > t.state.version && !t.idle();
+        if t.pending == 0 {
+            t.missed = 0;
+        }
+        self.untrack_if_idle(room.as_str());
+        reread
     }
 
     /// Takes a room's new state if the room is followed and the state is newer than the last
@@ -246,6 +378,7 @@ impl NodeState {
         }
         let old = std::mem::replace(&mut t.state, d.state);
         t.raw = Some(d.raw);
+        t.edits.clear();
         t.placeholder_until = d.placeholder_until;
         t.active_at = d.active_at;
         local_notices(
@@ -260,12 +393,78 @@ impl NodeState {
         Applied::Changed
     }
 
+    /// What to do with a delta of `room` from `prev` to `version`. O(1).
+    pub(crate) fn offer_delta(&self, room: &str, prev: u64, version: u64) -> DeltaOffer {
+        match self.rooms.get(room) {
+            Some(t) if t.state.version >= version => DeltaOffer::Skip,
+            Some(t) if t.state.version == prev && t.raw.is_some() => DeltaOffer::Apply,
+            Some(_) => DeltaOffer::Reread,
+            None => DeltaOffer::Skip,
+        }
+    }
+
+    /// Makes a published edit on the last state seen of a followed room, when that state is the
+    /// one the edit was made on (version `prev`), and appends the notices of the change for
+    /// this node's sessions, exactly as [`NodeState::apply`] would from the whole new state: the
+    /// same comparison runs on the same two states. `None` when the room must be re-read
+    /// instead (the versions do not chain, or the line is not the one the edit expects).
+    ///
+    /// Cost: the edit is O(1), but the notices compare the states before and after, which keeps
+    /// a copy of the line and walks it: O(line) CPU on this node (no bytes on the network).
+    pub(crate) fn apply_delta(
+        &mut self,
+        room: &str,
+        prev: u64,
+        version: u64,
+        change: &crate::wire::Change,
+        presence_occupants: usize,
+        out: &mut Vec<Notice>,
+    ) -> Option<Applied> {
+        match self.offer_delta(room, prev, version) {
+            DeltaOffer::Skip => {
+                return Some(if self.rooms.contains_key(room) {
+                    Applied::Stale
+                } else {
+                    Applied::NotFollowed
+                });
+            }
+            DeltaOffer::Reread => return None,
+            DeltaOffer::Apply => {}
+        }
+        let NodeState {
+            sessions, rooms, ..
+        } = self;
+        let t = rooms.get_mut(room)?;
+        let mut new = t.state.clone();
+        change.apply_to(&mut new, version).ok()?;
+        let old = std::mem::replace(&mut t.state, new);
+        t.active_at = change.active_at.filter(|_| !t.state.occupants.is_empty());
+        t.edits.push((version, change.raw.clone()));
+        if t.edits.len() >= MAX_EDITS
+            && let Some(raw) = t.raw_now()
+        {
+            t.raw = Some(raw);
+            t.edits.clear();
+        }
+        local_notices(
+            &t.id,
+            &old,
+            &t.state,
+            &t.watchers,
+            |s| sessions.contains_key(&s),
+            presence_occupants,
+            out,
+        );
+        Some(Applied::Changed)
+    }
+
     /// Adopts a room's state seen for the first time (no notices: nobody here was in it). The
     /// room is followed from now on.
     pub(crate) fn adopt(&mut self, room: &RoomId, d: &Decoded) {
         let t = self.track(room);
         t.state = d.state.clone();
         t.raw = Some(d.raw.clone());
+        t.edits.clear();
         t.placeholder_until = d.placeholder_until;
         t.active_at = d.active_at;
     }
@@ -441,10 +640,14 @@ mod tests {
             self.now += std::time::Duration::from_millis(1);
             self.m.advance(self.now);
             let s = SessionId(op.1 % SESSIONS);
-            let _ = match op.0 % 3 {
+            let _ = match op.0 % 4 {
                 0 => self.m.join(s, ROOM, None).map(drop),
                 1 => self.m.leave(s, ROOM).map(drop),
-                _ => self.m.takeover(s, ROOM).map(drop),
+                2 => self.m.takeover(s, ROOM).map(drop),
+                _ => {
+                    let meta = Meta::from_value(serde_json::json!({ "n": self.last % 3 })).unwrap();
+                    self.m.update(s, ROOM, meta).map(drop)
+                }
             };
             let mut changed = Vec::new();
             self.m.take_changes(&mut changed);
@@ -493,6 +696,98 @@ mod tests {
         }
     }
 
+    /// A publish as the scripts make it (see `lua.rs`): a delta when one edit takes `old` to
+    /// `new`, else the whole state, or (`big`) a "changed" message.
+    #[derive(Debug, Clone)]
+    enum Pub {
+        Full(RoomState),
+        Delta {
+            prev: u64,
+            version: u64,
+            json: String,
+        },
+        Changed(u64),
+    }
+
+    fn key_str(k: &OccupantKey) -> String {
+        match k {
+            OccupantKey::User(u) => format!("u:{u}"),
+            OccupantKey::Anonymous(s) => format!("a:{}", crate::wire::session_hex(*s)),
+        }
+    }
+
+    fn meta_str(m: &Meta) -> String {
+        m.as_map()
+            .map_or_else(|| "{}".into(), |m| serde_json::to_string(m).unwrap())
+    }
+
+    /// The edit JSON the scripts would publish for `old` -> `new`, if one edit does it.
+    fn edit_of(old: &RoomState, new: &RoomState) -> Option<serde_json::Value> {
+        use serde_json::json;
+        // The scripts clear the displacement reason on every bump; a state that carries one
+        // came from a displacement, never from an edit.
+        // A room that did not exist (nobody in line, no watcher here) is published whole.
+        if new.reason != DisplacedReason::Takeover || old.occupants.is_empty() {
+            return None;
+        }
+        let (o, n) = (&old.occupants, &new.occupants);
+        let hex = |s: &SessionId| crate::wire::session_hex(*s);
+        let mut e = if n.len() == o.len() + 1 && n[..o.len()] == o[..] {
+            let x = &n[o.len()];
+            json!({"e": "j", "o": {"k": key_str(&x.key), "m": meta_str(&x.meta), "q": "1",
+                "s": x.sessions.iter().map(hex).collect::<Vec<_>>(), "t": x.since.to_string()}})
+        } else if n.len() + 1 == o.len() {
+            let i = (0..o.len()).find(|&i| i == n.len() || o[i] != n[i])?;
+            if o[i].sessions.len() != 1 || o[..i] != n[..i] || o[i + 1..] != n[i..] {
+                return None;
+            }
+            json!({"e": "x", "i": i, "k": key_str(&o[i].key), "s": hex(&o[i].sessions[0])})
+        } else if n.len() == o.len() {
+            let i = (0..o.len()).find(|&i| o[i] != n[i])?;
+            if o[i + 1..] != n[i + 1..] || o[i].key != n[i].key {
+                return None;
+            }
+            let (a, b) = (&o[i], &n[i]);
+            if a.meta != b.meta && a.sessions == b.sessions {
+                json!({"e": "m", "i": i, "k": key_str(&a.key), "m": meta_str(&b.meta)})
+            } else if a.meta == b.meta
+                && b.sessions.len() == a.sessions.len() + 1
+                && b.sessions[..a.sessions.len()] == a.sessions[..]
+            {
+                json!({"e": "s", "i": i, "k": key_str(&a.key), "s": hex(&b.sessions[a.sessions.len()])})
+            } else if a.meta == b.meta && b.sessions.len() + 1 == a.sessions.len() {
+                let j = (0..a.sessions.len())
+                    .find(|&j| j == b.sessions.len() || a.sessions[j] != b.sessions[j])?;
+                let mut rest = a.sessions.to_vec();
+                rest.remove(j);
+                if rest[..] != b.sessions[..] {
+                    return None;
+                }
+                json!({"e": "x", "i": i, "k": key_str(&a.key), "s": hex(&a.sessions[j])})
+            } else {
+                return None;
+            }
+        } else {
+            return None;
+        };
+        if let Some(h) = new.held_since {
+            e["h"] = json!(h.to_string());
+        }
+        Some(e)
+    }
+
+    fn publish_of(old: &RoomState, new: &RoomState, big: bool) -> Pub {
+        match edit_of(old, new) {
+            Some(e) => Pub::Delta {
+                prev: old.version,
+                version: new.version,
+                json: e.to_string(),
+            },
+            None if big => Pub::Changed(new.version),
+            None => Pub::Full(new.clone()),
+        }
+    }
+
     /// What the link does with one published state.
     #[derive(Debug, Clone, Copy)]
     enum Fate {
@@ -532,17 +827,20 @@ mod tests {
         truth: Truth,
         node: NodeState,
         mask: u8,
-        in_flight: Vec<(u8, RoomState)>,
+        /// Changes that are not one edit go as "changed" messages (a long line), else whole.
+        big: bool,
+        in_flight: Vec<(u8, Pub)>,
         views: HashMap<SessionId, View>,
         applied: Vec<u64>,
     }
 
     impl Pair {
-        fn new(mask: u8) -> Pair {
+        fn new(mask: u8, big: bool) -> Pair {
             Pair {
                 truth: Truth::new(),
                 node: node(mask),
                 mask,
+                big,
                 in_flight: Vec::new(),
                 views: HashMap::new(),
                 applied: Vec::new(),
@@ -565,7 +863,64 @@ mod tests {
             }
             prop_assert_eq!(r, Applied::Changed);
             prop_assert_eq!(after, st.version);
-            self.applied.push(st.version);
+            self.check_told(out, st.version)
+        }
+
+        /// A publish arrives: a state is applied; a delta is applied if it chains on the last
+        /// state seen, else (like a "changed" message newer than the last seen) the node re-reads
+        /// the room and gets the truth as it is now.
+        fn deliver_pub(&mut self, p: &Pub) -> Result<(), TestCaseError> {
+            match p {
+                Pub::Full(st) => self.deliver(st),
+                Pub::Changed(v) => {
+                    if self.node.must_reread(ROOM, *v) {
+                        let truth = self.truth.state();
+                        self.deliver(&truth)?;
+                    }
+                    Ok(())
+                }
+                Pub::Delta {
+                    prev,
+                    version,
+                    json,
+                } => {
+                    let before = self.node.rooms[ROOM].state.version;
+                    let change = crate::wire::decode_delta(json).expect("a delta decodes");
+                    let mut out = Vec::new();
+                    let r = self
+                        .node
+                        .apply_delta(ROOM, *prev, *version, &change, 3, &mut out);
+                    let after = self.node.rooms[ROOM].state.version;
+                    prop_assert!(
+                        after >= before,
+                        "the node went back from {before} to {after}"
+                    );
+                    match r {
+                        None => {
+                            prop_assert!(out.is_empty());
+                            prop_assert!(before != *prev && *version > before);
+                            let truth = self.truth.state();
+                            self.deliver(&truth)
+                        }
+                        Some(Applied::Changed) => {
+                            prop_assert_eq!(before, *prev, "a delta applied on another state");
+                            prop_assert_eq!(after, *version);
+                            self.check_told(out, *version)
+                        }
+                        Some(r) => {
+                            prop_assert_eq!(r, Applied::Stale);
+                            prop_assert!(*version <= before);
+                            prop_assert!(out.is_empty(), "a stale delta told {:?}", out);
+                            Ok(())
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Checks the notices of a change the node took (to `version`), updating the views.
+        fn check_told(&mut self, out: Vec<Notice>, version: u64) -> Result<(), TestCaseError> {
+            self.applied.push(version);
             for n in out {
                 prop_assert!(
                     hosted(n.session.0, self.mask),
@@ -574,7 +929,7 @@ mod tests {
                 let v = self.views.entry(n.session).or_default();
                 // Notices carry the version of the state that made them: above anything this
                 // node told before (states only move forward, checked above).
-                prop_assert_eq!(n.version(), st.version);
+                prop_assert_eq!(n.version(), version);
                 prop_assert!(n.version() >= v.version);
                 v.version = n.version();
                 match n.kind {
@@ -603,7 +958,11 @@ mod tests {
         /// the script's reply carries the room's state (reliably) and tells the caller its place;
         /// the publish of the state (if any) goes through the link either way.
         fn step(&mut self, op: (u8, u64), fate: Fate) -> Result<(), TestCaseError> {
-            let st = self.truth.step(op);
+            let old = self.truth.state();
+            let st = self
+                .truth
+                .step(op)
+                .map(|st| publish_of(&old, &st, self.big));
             let caller = op.1 % SESSIONS;
             if hosted(caller, self.mask) {
                 // The reply carries the room's state also when the call changed nothing (an
@@ -621,11 +980,11 @@ mod tests {
             }
             if let Some(st) = st {
                 match fate {
-                    Fate::Deliver => self.deliver(&st)?,
+                    Fate::Deliver => self.deliver_pub(&st)?,
                     Fate::Lose => {}
                     Fate::Duplicate => {
-                        self.deliver(&st)?;
-                        self.deliver(&st)?;
+                        self.deliver_pub(&st)?;
+                        self.deliver_pub(&st)?;
                     }
                     Fate::Delay(n) => self.in_flight.push((n, st)),
                 }
@@ -642,7 +1001,7 @@ mod tests {
                 }
             });
             for st in due {
-                self.deliver(&st)?;
+                self.deliver_pub(&st)?;
             }
             Ok(())
         }
@@ -651,7 +1010,7 @@ mod tests {
         /// end at the truth, and every hosted session's view with it.
         fn settle(&mut self) -> Result<(), TestCaseError> {
             for (_, st) in std::mem::take(&mut self.in_flight) {
-                self.deliver(&st)?;
+                self.deliver_pub(&st)?;
             }
             let truth = self.truth.state();
             self.deliver(&truth)?;
@@ -687,9 +1046,10 @@ mod tests {
         #[test]
         fn a_lossy_link_never_misleads_the_node(
             mask in 1u8..64,
-            steps in proptest::collection::vec(((0u8..3, 0u64..SESSIONS), fate()), 1..60),
+            big in any::<bool>(),
+            steps in proptest::collection::vec(((0u8..4, 0u64..SESSIONS), fate()), 1..60),
         ) {
-            let mut pair = Pair::new(mask);
+            let mut pair = Pair::new(mask, big);
             for (op, fate) in steps {
                 pair.step(op, fate)?;
             }
@@ -701,12 +1061,13 @@ mod tests {
         #[test]
         fn a_perfect_link_gives_the_machines_notices(
             mask in 1u8..64,
-            ops in proptest::collection::vec((0u8..3, 0u64..SESSIONS), 1..60),
+            ops in proptest::collection::vec((0u8..4, 0u64..SESSIONS), 1..60),
         ) {
             let mut truth = Truth::new();
             let mut node = node(mask);
             let _ = truth.m.drain_notices().count();
             for op in ops {
+                let old = truth.state();
                 let st = truth.step(op);
                 let mut want: Vec<String> = truth
                     .m
@@ -715,8 +1076,20 @@ mod tests {
                     .map(|n| format!("{n:?}"))
                     .collect();
                 let mut got = Vec::new();
+                // Through deltas where the scripts would publish one (the notices must be the
+                // same as from the whole state), else the whole state.
                 if let Some(st) = st {
-                    prop_assert_eq!(node.apply(ROOM, decoded(&st), 8, &mut got), Applied::Changed);
+                    match publish_of(&old, &st, false) {
+                        Pub::Delta { prev, version, json } => {
+                            let c = crate::wire::decode_delta(&json).unwrap();
+                            prop_assert_eq!(
+                                node.apply_delta(ROOM, prev, version, &c, 8, &mut got),
+                                Some(Applied::Changed)
+                            );
+                            prop_assert_eq!(&node.rooms[ROOM].state, &st);
+                        }
+                        _ => prop_assert_eq!(node.apply(ROOM, decoded(&st), 8, &mut got), Applied::Changed),
+                    }
                 }
                 let mut got: Vec<String> = got.iter().map(|n| format!("{n:?}")).collect();
                 want.sort();
@@ -724,6 +1097,178 @@ mod tests {
                 prop_assert_eq!(got, want, "after {:?}", op);
             }
         }
+    }
+
+    /// Runs `ops` on a truth and a node hosting sessions 0 and 2 (through whole states), then
+    /// `last`: checks that the scripts would publish it as a delta of `kind`, and that the node
+    /// makes it on the state it was made on, ending at the truth with the notices the whole
+    /// state gives (a twin node takes the whole state); on any other state the node re-reads.
+    fn delta_kind(ops: &[(u8, u64)], last: (u8, u64), kind: &str) {
+        let mut truth = Truth::new();
+        let (mut n, mut twin) = (node(0b101), node(0b101));
+        let mut out = Vec::new();
+        for &op in ops {
+            if let Some(st) = truth.step(op) {
+                n.apply(ROOM, decoded(&st), 8, &mut out);
+                twin.apply(ROOM, decoded(&st), 8, &mut out);
+            }
+        }
+        let old = truth.state();
+        let st = truth.step(last).expect("the last op changes the room");
+        let Pub::Delta {
+            prev,
+            version,
+            json,
+        } = publish_of(&old, &st, true)
+        else {
+            panic!("{last:?} is not one edit")
+        };
+        assert!(json.contains(&format!(r#""e":"{kind}""#)), "{json}");
+        let c = crate::wire::decode_delta(&json).unwrap();
+        // A gap: the delta was made on a state this node has not seen.
+        assert_eq!(
+            n.apply_delta(ROOM, prev + 1, version, &c, 8, &mut out),
+            None
+        );
+        assert_eq!(n.offer_delta(ROOM, prev + 1, version), DeltaOffer::Reread);
+        assert_eq!(n.offer_delta(ROOM, prev, version), DeltaOffer::Apply);
+        assert_eq!(n.offer_delta("other", prev, version), DeltaOffer::Skip);
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        assert_eq!(
+            n.apply_delta(ROOM, prev, version, &c, 8, &mut got),
+            Some(Applied::Changed)
+        );
+        assert_eq!(
+            twin.apply(ROOM, decoded(&st), 8, &mut want),
+            Applied::Changed
+        );
+        assert_eq!(n.rooms[ROOM].state, st);
+        assert_eq!(format!("{got:?}"), format!("{want:?}"));
+        // Again (a duplicate): stale, nothing told.
+        got.clear();
+        assert_eq!(
+            n.apply_delta(ROOM, prev, version, &c, 8, &mut got),
+            Some(Applied::Stale)
+        );
+        assert!(got.is_empty());
+    }
+
+    #[test]
+    fn a_delta_appends_an_occupant() {
+        delta_kind(&[(0, 2), (0, 3)], (0, 4), "j");
+    }
+
+    #[test]
+    fn a_delta_adds_a_session_to_an_occupant() {
+        delta_kind(&[(0, 0), (0, 2)], (0, 1), "s");
+    }
+
+    #[test]
+    fn a_delta_removes_a_session_or_an_occupant() {
+        delta_kind(&[(0, 0), (0, 1), (0, 2)], (1, 1), "x");
+        delta_kind(&[(0, 0), (0, 2), (0, 3)], (1, 2), "x");
+        // The holder leaving: a hand-over, still one edit.
+        delta_kind(&[(0, 3), (0, 2), (0, 4)], (1, 3), "x");
+    }
+
+    #[test]
+    fn a_delta_changes_an_occupants_meta() {
+        delta_kind(&[(0, 2), (0, 3)], (3, 3), "m");
+    }
+
+    /// While this node's call is about to bring a room's first state, publishes about it wait
+    /// for the reply (which tells the call's changes one by one); one newer than the reply's
+    /// state makes the node re-read the room once the call is done.
+    #[test]
+    fn a_room_being_joined_waits_for_the_reply() {
+        let room = RoomId::parse(ROOM, 64).unwrap();
+        let mut n = node(0b1);
+        n.rooms.get_mut(ROOM).unwrap().pending = 1;
+        assert!(n.defer(ROOM, 5));
+        assert!(n.defer(ROOM, 7));
+        assert!(!n.defer("other", 7));
+        // The reply brings version 5; 7 came meanwhile: re-read.
+        let mut out = Vec::new();
+        let st = RoomState {
+            version: 5,
+            ..RoomState::default()
+        };
+        n.apply(ROOM, decoded(&st), 8, &mut out);
+        assert!(n.call_done(&room));
+        // Seen now: publishes are taken (a gap is re-read, see `offer_delta`).
+        assert!(!n.defer(ROOM, 9));
+        assert_eq!(n.offer_delta(ROOM, 6, 9), DeltaOffer::Reread);
+        // The reply brought the newest: nothing to re-read.
+        let mut m = node(0b1);
+        m.rooms.get_mut(ROOM).unwrap().pending = 1;
+        assert!(m.defer(ROOM, 5));
+        m.apply(ROOM, decoded(&st), 8, &mut out);
+        assert!(!m.call_done(&room));
+    }
+
+    /// One re-read at a time: publishes that come meanwhile wait, and one newer than what the
+    /// re-read found makes the node read again.
+    #[test]
+    fn one_re_read_at_a_time() {
+        let mut n = node(0b1);
+        let mut out = Vec::new();
+        let st = |version| RoomState {
+            version,
+            ..RoomState::default()
+        };
+        n.apply(ROOM, decoded(&st(3)), 8, &mut out);
+        assert_eq!(n.offer_delta(ROOM, 4, 5), DeltaOffer::Reread);
+        assert!(n.start_reread(ROOM));
+        assert!(!n.start_reread(ROOM), "a second one while the first runs");
+        assert!(!n.start_reread("other"));
+        assert!(n.defer(ROOM, 6));
+        assert!(n.defer(ROOM, 7));
+        // The re-read found 6: 7 came after it.
+        n.apply(ROOM, decoded(&st(6)), 8, &mut out);
+        assert!(n.reread_done(ROOM));
+        assert!(!n.defer(ROOM, 8));
+        assert!(n.start_reread(ROOM));
+        n.apply(ROOM, decoded(&st(7)), 8, &mut out);
+        assert!(!n.reread_done(ROOM), "nothing newer came");
+    }
+
+    #[test]
+    fn delta_and_changed_messages_parse() {
+        assert_eq!(
+            parse_message(b"ddoc\n11\n12\n{\"e\":\"j\"}"),
+            Some(Message::Delta {
+                room: "doc",
+                prev: 11,
+                version: 12,
+                edit: "{\"e\":\"j\"}"
+            })
+        );
+        assert_eq!(
+            parse_message(b"vdoc\n12"),
+            Some(Message::Changed {
+                room: "doc",
+                version: 12
+            })
+        );
+        assert_eq!(parse_message(b"ddoc\n11\n{}"), None);
+        assert_eq!(parse_message(b"vdoc\nx"), None);
+    }
+
+    /// The JSON kept for `restore` follows the deltas: the last whole state with the edits made
+    /// on it is the state the scripts stored.
+    #[test]
+    fn the_raw_state_follows_deltas() {
+        let raw = r#"{"v":"5","h":"100","r":"idle","p":"1","o":[{"k":"u:a","m":"{}","q":"5","s":["0000000000000001"],"t":"1"}],"w":{}}"#;
+        let d1 = Arc::from(
+            r#"{"e":"j","o":{"k":"a:0000000000000002","m":"{}","q":"6","s":["0000000000000002"],"t":"2"},"h":"100"}"#,
+        );
+        let d2 = Arc::from(r#"{"e":"x","i":0,"k":"u:a","s":"0000000000000001","h":"200"}"#);
+        let out = crate::wire::patch_raw(raw, &[(6, d1), (7, d2)]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"v":"7","h":"200","o":[{"k":"a:0000000000000002","m":"{}","q":"6","s":["0000000000000002"],"t":"2"}],"w":{}})
+        );
     }
 
     /// A followed room's newer state that could not be decoded is re-read; an older one, or one

@@ -200,6 +200,227 @@ pub(crate) fn decode_room(raw: &str) -> Result<Decoded, Error> {
     })
 }
 
+/// One edit of a room's line, as a delta publish describes it (see `lua.rs`). `at` is the
+/// occupant's place (0-based) and `key` its key, checked against the cached line before the edit
+/// is made: a mismatch means the cache is not the state the edit was made on.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Edit {
+    /// A new occupant at the back of the line.
+    Append(OccupantState),
+    /// A session added to the occupant at `at`.
+    AddSession {
+        at: usize,
+        key: OccupantKey,
+        session: SessionId,
+    },
+    /// A session removed from the occupant at `at` (the occupant too, when it was its last).
+    RemoveSession {
+        at: usize,
+        key: OccupantKey,
+        session: SessionId,
+    },
+    /// The metadata of the occupant at `at`.
+    Meta {
+        at: usize,
+        key: OccupantKey,
+        meta: Meta,
+    },
+}
+
+/// A decoded delta: the edit and the room's clocks after it (`h`, `a` as in a stored state).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Change {
+    pub edit: Edit,
+    /// The delta's JSON as published (kept for `restore`, see [`patch_raw`]).
+    pub raw: Arc<str>,
+    pub held_since: Option<u64>,
+    pub active_at: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct WireDelta<'a> {
+    #[serde(borrow)]
+    e: Cow<'a, str>,
+    #[serde(default)]
+    i: Option<usize>,
+    #[serde(default, borrow)]
+    k: Option<Cow<'a, str>>,
+    #[serde(default)]
+    s: Option<Sid>,
+    #[serde(default, borrow)]
+    m: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    o: Option<WireOccupant<'a>>,
+    #[serde(default, deserialize_with = "millis")]
+    h: Option<u64>,
+    #[serde(default, deserialize_with = "millis")]
+    a: Option<u64>,
+}
+
+/// Decodes a published delta's JSON (O(the edit), whatever the line's length).
+pub(crate) fn decode_delta(raw: &str) -> Result<Change, Error> {
+    let w: WireDelta = serde_json::from_str(raw).map_err(bad)?;
+    let at = || w.i.ok_or_else(|| bad("delta without a place"));
+    let key = || parse_key(w.k.as_deref().ok_or_else(|| bad("delta without a key"))?);
+    let session = || {
+        w.s.as_ref()
+            .map(|s| s.0)
+            .ok_or_else(|| bad("delta without a session"))
+    };
+    let edit = match &*w.e {
+        "j" => {
+            let o =
+                w.o.as_ref()
+                    .ok_or_else(|| bad("append without an occupant"))?;
+            Edit::Append(OccupantState {
+                key: parse_key(&o.k)?,
+                meta: parse_meta(&o.m)?,
+                sessions: o.s.iter().map(|s| s.0).collect(),
+                since: o.t.unwrap_or(0),
+            })
+        }
+        "s" => Edit::AddSession {
+            at: at()?,
+            key: key()?,
+            session: session()?,
+        },
+        "x" => Edit::RemoveSession {
+            at: at()?,
+            key: key()?,
+            session: session()?,
+        },
+        "m" => Edit::Meta {
+            at: at()?,
+            key: key()?,
+            meta: parse_meta(
+                w.m.as_deref()
+                    .ok_or_else(|| bad("meta edit without meta"))?,
+            )?,
+        },
+        other => return Err(bad(format_args!("delta kind {other:?}"))),
+    };
+    Ok(Change {
+        edit,
+        raw: Arc::from(raw),
+        held_since: w.h,
+        active_at: w.a.or(w.h),
+    })
+}
+
+impl Change {
+    /// Makes the edit on `state` (a copy of the state at the delta's previous version) and sets
+    /// its version; `Err` when the state is not the one the edit was made on (the occupant at
+    /// `at` is another, the session is already there or not there): the room must be re-read.
+    /// O(1) for an append, a session or a meta edit; removing an occupant shifts the places
+    /// behind it (a memmove).
+    pub(crate) fn apply_to(&self, state: &mut RoomState, version: u64) -> Result<(), ()> {
+        let occ = |state: &mut RoomState, at: usize, key: &OccupantKey| {
+            state
+                .occupants
+                .get_mut(at)
+                .filter(|o| o.key == *key)
+                .map(|_| at)
+                .ok_or(())
+        };
+        match &self.edit {
+            Edit::Append(o) => {
+                state.occupants.push(o.clone());
+            }
+            Edit::AddSession { at, key, session } => {
+                let at = occ(state, *at, key)?;
+                let o = &mut state.occupants[at];
+                if o.sessions.contains(session) {
+                    return Err(());
+                }
+                o.sessions.push(*session);
+            }
+            Edit::RemoveSession { at, key, session } => {
+                let at = occ(state, *at, key)?;
+                let o = &mut state.occupants[at];
+                if !o.sessions.contains(session) {
+                    return Err(());
+                }
+                o.sessions.retain(|s| s != session);
+                if o.sessions.is_empty() {
+                    state.occupants.remove(at);
+                }
+            }
+            Edit::Meta { at, key, meta } => {
+                let at = occ(state, *at, key)?;
+                state.occupants[at].meta = meta.clone();
+            }
+        }
+        let held = !state.occupants.is_empty();
+        state.version = version;
+        state.held_since = self.held_since.filter(|_| held);
+        // A change a delta describes displaced nobody (the scripts clear `r` on every bump).
+        state.reason = DisplacedReason::Takeover;
+        Ok(())
+    }
+}
+
+/// A stored state's JSON with published deltas made on it, in order (for `restore`, which needs
+/// what only the JSON has: order keys `q`, a pending release `p`). O(line) per call: a node
+/// calls it when Redis lost its data, and every few dozen deltas to keep what it holds bounded.
+pub(crate) fn patch_raw(raw: &str, deltas: &[(u64, Arc<str>)]) -> Result<String, Error> {
+    use serde_json::Value;
+    let mut st: Value = serde_json::from_str(raw).map_err(bad)?;
+    let obj = st
+        .as_object_mut()
+        .ok_or_else(|| bad("room state is not an object"))?;
+    for (version, d) in deltas {
+        let d: Value = serde_json::from_str(d).map_err(bad)?;
+        if !obj.get("o").is_some_and(Value::is_array) {
+            obj.insert("o".into(), Value::Array(Vec::new()));
+        }
+        let line = obj["o"].as_array_mut().expect("made an array above");
+        let at = d["i"].as_u64().unwrap_or(0) as usize;
+        fn sessions(o: &mut Value) -> Option<&mut Vec<Value>> {
+            if !o.get("s").is_some_and(Value::is_array) {
+                o.as_object_mut()?
+                    .insert("s".into(), Value::Array(Vec::new()));
+            }
+            o["s"].as_array_mut()
+        }
+        match d["e"].as_str() {
+            Some("j") => line.push(d["o"].clone()),
+            Some("s") => {
+                if let Some(s) = line.get_mut(at).and_then(sessions) {
+                    s.push(d["s"].clone());
+                }
+            }
+            Some("x") => {
+                let emptied = line.get_mut(at).and_then(sessions).is_some_and(|s| {
+                    s.retain(|x| *x != d["s"]);
+                    s.is_empty()
+                });
+                if emptied {
+                    line.remove(at);
+                }
+            }
+            Some("m") => {
+                if let Some(o) = line.get_mut(at).and_then(Value::as_object_mut) {
+                    o.insert("m".into(), d["m"].clone());
+                }
+            }
+            _ => return Err(bad("unknown delta kind")),
+        }
+        obj.insert("v".into(), Value::String(version.to_string()));
+        // A new grant (`h` changed) drops a pending forced release, as `save_room` does.
+        if obj.get("h") != d.get("h") {
+            obj.remove("p");
+        }
+        for f in ["h", "a"] {
+            match d.get(f) {
+                Some(v) if !v.is_null() => obj.insert(f.into(), v.clone()),
+                _ => obj.remove(f),
+            };
+        }
+        obj.remove("r");
+    }
+    serde_json::to_string(&st).map_err(bad)
+}
+
 /// How many sessions watch a stored room (its `"w"` list), without decoding the line.
 pub(crate) fn watcher_count(raw: &str) -> Result<u32, Error> {
     #[derive(Deserialize)]

@@ -27,15 +27,21 @@ if pos and find(st.o[pos].s, sid) then
 end
 if #s.j + #s.w >= max_rooms then return err('too_many_rooms') end
 if (not pos) and st and #st.o >= max_occ then return err('room_full') end
+-- A room that did not exist has no version a follower could hold: its first state goes whole.
+local existed = st ~= nil
 if not st then st = new_room() end
-bump(st)
 local behind = false
 if pos then
+  if existed then edit(st, {e = 's', i = pos - 1, k = key, s = sid}) else bump(st) end
   table.insert(st.o[pos].s, sid)
   if pos == 1 and idle > 0 then st.a = now_str() end
 else
+  local d = {e = 'j'}
+  if existed then edit(st, d) else bump(st) end
   behind = #st.o > 0
-  table.insert(st.o, {k = key, m = meta, q = st.v, s = {sid}, t = now_str()})
+  local occ = {k = key, m = meta, q = st.v, s = {sid}, t = now_str()}
+  d.o = occ
+  table.insert(st.o, occ)
   pos = #st.o
 end
 save_room(room, was, st, true)

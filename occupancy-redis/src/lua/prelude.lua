@@ -1,4 +1,4 @@
--- Reproduces Machine's shared rules: per-room versions (bump), grant on a new holder (save_room), Machine::displace_holder (displace), Machine::close (close_session).
+-- Reproduces Machine's shared rules: per-room versions (bump, edit), grant on a new holder (save_room), Machine::displace_holder (displace), Machine::close (close_session).
 --
 -- Helpers shared by every script.
 local P = ARGV[1]
@@ -68,6 +68,22 @@ local function bump(st)
   st.v = fmt(math.max(tonumber(st.v) + 1, now_us(), FLOOR + 1))
   st.r = nil
 end
+-- Publishes (see lua.rs): an edit the script described (`edit`) as a delta `d<room>\n<prev>\n
+-- <version>\n<edit JSON>`, sized by the change; any other change as the whole state when it is
+-- at most FULL_MAX bytes long, else as `v<room>\n<version>` (followers re-read the room: one GET
+-- per following node, instead of the whole line to every node).
+local FULL_MAX = 16384
+-- The edit of the change in progress and the version it starts from (set by `edit`, consumed by
+-- the next save).
+local DELTA, DELTA_PREV = nil, nil
+-- A change that one small edit describes (Machine's one-place edits: an occupant appended, a
+-- session added to or removed from one occupant, one occupant's metadata): bumps the version and
+-- remembers the edit for the publish. `d.i` is the occupant's 0-based place, `d.k` its key.
+local function edit(st, d)
+  local prev = st.v
+  bump(st)
+  DELTA, DELTA_PREV = d, prev
+end
 local function new_room() return {v = fmt(math.max(now_us(), FLOOR)), o = {}, w = {}} end
 local function holder_key(st) return st.o[1] and st.o[1].k end
 -- Saves a room (publishing its new state if `publish`). Machine's `grant`: when the occupant at
@@ -93,7 +109,15 @@ local function save_room(room, was, st, publish)
   stat('watchers', w - was.w)
   was.exists = (n > 0 or w > 0); was.n = n; was.w = w; was.hk = holder_key(st)
   if publish then
-    redis.call('PUBLISH', CH, 'r' .. room .. '\n' .. st.v .. '\n' .. js)
+    if DELTA then
+      -- The room's clocks after the change travel with the edit (a grant may have reset them).
+      DELTA.h = st.h; DELTA.a = st.a
+      redis.call('PUBLISH', CH, 'd' .. room .. '\n' .. DELTA_PREV .. '\n' .. st.v .. '\n' .. cjson.encode(DELTA))
+    elseif #js <= FULL_MAX then
+      redis.call('PUBLISH', CH, 'r' .. room .. '\n' .. st.v .. '\n' .. js)
+    else
+      redis.call('PUBLISH', CH, 'v' .. room .. '\n' .. st.v)
+    end
     if REPORT_STATES then
       table.insert(CHANGED, {room, st.v, js})
       if was.exists then LAST[room] = #CHANGED else LAST[room] = nil end
@@ -103,6 +127,7 @@ local function save_room(room, was, st, publish)
   else
     LAST[room] = nil
   end
+  DELTA, DELTA_PREV = nil, nil
 end
 -- Loads a room; first drops sessions restored as placeholders whose owner never came back.
 local function load_room(room)
@@ -191,9 +216,13 @@ end
 local function remove_from_line(room, sid, key)
   local st, was = load_room(room)
   if not st then return end
+  local d = nil
   for i, occ in ipairs(st.o) do
     if occ.k == key then
       local j = find(occ.s, sid)
+      -- One session out of one occupant (the occupant too when it was its last): an edit, unless
+      -- the occupant is a restored placeholder (its deadline `x` is part of the node's view).
+      if j and not occ.x then d = {e = 'x', i = i - 1, k = key, s = sid} end
       if j then table.remove(occ.s, j) end
       if occ.u then
         local ju = find(occ.u, sid)
@@ -203,7 +232,7 @@ local function remove_from_line(room, sid, key)
       break
     end
   end
-  bump(st)
+  if d then edit(st, d) else bump(st) end
   save_room(room, was, st, true)
 end
 local function remove_watcher(room, sid)

@@ -17,7 +17,7 @@ local refresh = (pos == 1 and idle > 0)
 if refresh then st.a = now_str() end
 if st.o[pos].m ~= meta then
   st.o[pos].m = meta
-  bump(st)
+  edit(st, {e = 'm', i = pos - 1, k = key, m = meta})
   save_room(room, was, st, true)
 elseif refresh then
   save_room(room, was, st, false)
