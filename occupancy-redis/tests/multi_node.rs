@@ -8,29 +8,14 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{PATIENCE, RedisServer, SETTLE, drain, expect, released, test_config, user};
+use common::{PATIENCE, RedisServer, SETTLE, drain, expect, line, node, released, user};
 use occupancy_core::{Error, Hub, Meta, NoticeKind};
-use occupancy_redis::RedisBackend;
 use serde_json::json;
 
 const ROOM: &str = "doc-{1}";
 
-async fn node(url: &str, grace: Duration) -> Hub {
-    let backend = RedisBackend::connect(test_config(url)).await.unwrap();
-    Hub::builder()
-        .backend(backend)
-        .grace(grace)
-        .build()
-        .unwrap()
-}
-
 async fn holders(hub: &Hub) -> Vec<String> {
-    hub.occupants(ROOM)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.id.to_string())
-        .collect()
+    line(hub, ROOM).await
 }
 
 async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {

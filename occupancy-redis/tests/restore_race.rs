@@ -12,30 +12,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PATIENCE, RedisServer, test_config, user};
+use common::{PATIENCE, RedisServer, line, node, test_config, user};
 use occupancy_core::{Error, Hub};
 use occupancy_redis::RedisBackend;
 
 const ROOM: &str = "doc-{race}";
 const FILLERS: usize = 300;
-
-async fn node(url: &str) -> Hub {
-    let backend = RedisBackend::connect(test_config(url)).await.unwrap();
-    Hub::builder()
-        .backend(backend)
-        .grace(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-async fn line(hub: &Hub) -> Vec<String> {
-    hub.occupants(ROOM)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.id.to_string())
-        .collect()
-}
+const GRACE: Duration = Duration::from_secs(30);
 
 /// Alice, bob and carol in ROOM (in that order) and a few hundred fillers, each in a room of
 /// its own, on one node; then Redis restarts empty. Returns once every session is written back
@@ -47,7 +30,7 @@ async fn restarted_mid_write_back() -> (
     Vec<impl Sized>,
 ) {
     let mut server = RedisServer::start();
-    let a = node(&server.url()).await;
+    let a = node(&server.url(), GRACE).await;
     let mut keep = Vec::new();
     let mut people = Vec::new();
     for name in ["alice", "bob", "carol"] {
@@ -103,7 +86,7 @@ async fn a_leave_during_the_write_back_is_not_undone_by_it() {
     let (_server, a, people, _keep) = restarted_mid_write_back().await;
     people[1].leave(ROOM).await.unwrap();
     written_back(&a).await;
-    let line = line(&a).await;
+    let line = line(&a, ROOM).await;
     assert_eq!(
         line,
         ["alice", "carol"],
@@ -123,7 +106,7 @@ async fn a_takeover_during_the_write_back_is_unavailable_not_refused() {
     written_back(&a).await;
     // Once the room is back, the take over works.
     people[2].takeover(ROOM).await.unwrap();
-    assert_eq!(line(&a).await, ["carol", "alice", "bob"]);
+    assert_eq!(line(&a, ROOM).await, ["carol", "alice", "bob"]);
 }
 
 /// OPEN BUG (issue 18's 10-minute chaos soak; ignored until fixed): a node with thousands of

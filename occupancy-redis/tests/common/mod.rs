@@ -26,6 +26,26 @@ pub async fn user(hub: &Hub, name: &str) -> (Session, Notices) {
     hub.connect(Some(name.into()), meta).await.unwrap()
 }
 
+/// A Hub on a node of its own (its own `RedisBackend`, test settings) with this grace.
+pub async fn node(url: &str, grace: Duration) -> Hub {
+    let backend = RedisBackend::connect(test_config(url)).await.unwrap();
+    Hub::builder()
+        .backend(backend)
+        .grace(grace)
+        .build()
+        .unwrap()
+}
+
+/// Who stands in `room`, in order (their occupant ids).
+pub async fn line(hub: &Hub, room: &str) -> Vec<String> {
+    hub.occupants(room)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id.to_string())
+        .collect()
+}
+
 /// Waits for a notice matching `pred` (up to [`PATIENCE`]), dropping those before it.
 pub async fn expect(n: &mut Notices, what: &str, pred: impl Fn(&Notice) -> bool) -> Notice {
     let deadline = tokio::time::Instant::now() + PATIENCE;
