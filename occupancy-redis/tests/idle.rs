@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{RedisServer, drain, expect, released, test_config, user};
+use common::{RedisServer, drain, expect, line, released, test_config, user};
 use occupancy_core::{Config, DisplacedReason, Error, ForcedRelease, Hub, Notice, NoticeKind};
 use occupancy_redis::RedisBackend;
 
@@ -54,15 +54,6 @@ fn displacement(n: &Notice) -> (DisplacedReason, u32, String) {
         } => (*reason, *position, by.id.to_string()),
         other => panic!("not displaced: {other:?}"),
     }
-}
-
-async fn holders(hub: &Hub) -> Vec<String> {
-    hub.occupants(ROOM)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.id.to_string())
-        .collect()
 }
 
 /// `since` of each occupant and the room's `held_since` are Redis time in ms, close to this
@@ -197,7 +188,7 @@ async fn idle_deadline_fires_while_someone_waits() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        holders(&b).await,
+        line(&b, ROOM).await,
         ["alice", "bob"],
         "an active holder keeps the room"
     );
@@ -275,7 +266,7 @@ async fn join_behind_an_idle_lone_holder() {
     let (carol, _cn) = user(&b, "carol").await;
     alice.join(ROOM, None).await.unwrap();
     tokio::time::sleep(idle * 2).await;
-    assert_eq!(holders(&a).await, ["alice"], "alone: keeps the room");
+    assert_eq!(line(&a, ROOM).await, ["alice"], "alone: keeps the room");
 
     let before = a.version(ROOM).await.unwrap();
     let j = bob.join(ROOM, None).await.unwrap();
@@ -293,7 +284,7 @@ async fn join_behind_an_idle_lone_holder() {
     .await;
     let rel = expect(&mut bn, "released", released).await;
     assert!(occ.version() < rel.version());
-    assert_eq!(holders(&b).await, ["bob", "alice"]);
+    assert_eq!(line(&b, ROOM).await, ["bob", "alice"]);
 
     // Bob stays active; carol's join does not displace him.
     bob.active(ROOM).await.unwrap();
@@ -361,7 +352,7 @@ async fn forced_release_in_its_three_outcomes() {
     assert_eq!(d.version(), version);
     let rel = expect(&mut an, "alice released on A", released).await;
     assert_eq!(rel.version(), version);
-    assert_eq!(holders(&a).await, ["alice", "bob"]);
+    assert_eq!(line(&a, ROOM).await, ["alice", "bob"]);
     let state = a.room(ROOM).await.unwrap().unwrap();
     assert!(state.held_since.unwrap() >= state.occupants[1].since);
     a.backend().check_invariants().await.unwrap();

@@ -9,10 +9,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, test_config};
-use occupancy_core::{Ending, Error, Hub, Meta, Notices, Session, SessionId};
+use common::{RedisServer, line, test_config, user};
+use occupancy_core::{Ending, Error, Hub, Notices, SessionId};
 use occupancy_redis::RedisBackend;
-use serde_json::json;
 
 const PATIENCE: Duration = Duration::from_secs(15);
 const ROOM: &str = "doc-{1}";
@@ -26,20 +25,6 @@ async fn node(url: &str) -> (Hub, RedisBackend) {
         .build()
         .unwrap();
     (hub, backend)
-}
-
-async fn user(hub: &Hub, name: &str) -> (Session, Notices) {
-    let meta = Meta::from_value(json!({ "name": name })).unwrap();
-    hub.connect(Some(name.into()), meta).await.unwrap()
-}
-
-async fn holders(hub: &Hub, room: &str) -> Vec<String> {
-    hub.occupants(room)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.id.to_string())
-        .collect()
 }
 
 /// Waits for the notice stream to end; returns why it ended.
@@ -118,7 +103,7 @@ async fn stale_calls_after_a_resume_on_another_node_do_not_touch_it() {
     alice.close().await;
     assert_eq!(ended(&mut an).await, Some(Error::SessionReplaced));
 
-    assert_eq!(holders(&b, ROOM).await, ["alice", "bob"]);
+    assert_eq!(line(&b, ROOM).await, ["alice", "bob"]);
     assert_eq!(a.room("elsewhere").await.unwrap(), None);
     let stats = b.stats().await.unwrap();
     assert_eq!(
@@ -130,7 +115,7 @@ async fn stale_calls_after_a_resume_on_another_node_do_not_touch_it() {
     assert!(owner(&mut conn, id).await.is_some());
     // B's session still works: it leaves and bob is released.
     alice_b.leave(ROOM).await.unwrap();
-    assert_eq!(holders(&a, ROOM).await, ["bob"]);
+    assert_eq!(line(&a, ROOM).await, ["bob"]);
     assert!(alice_b.unwatch(LIST).await.unwrap());
     a.backend().check_invariants().await.unwrap();
     b.backend().check_invariants().await.unwrap();

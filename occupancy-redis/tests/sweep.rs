@@ -13,10 +13,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, raw_node, raw_session, test_config};
-use occupancy_core::{Backend, Hub, Meta, Notice, NoticeKind, Notices};
+use common::{RedisServer, line, raw_node, raw_session, test_config, user};
+use occupancy_core::{Backend, Hub, Notice, NoticeKind, Notices};
 use occupancy_redis::RedisBackend;
-use serde_json::json;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 const LEASE: Duration = Duration::from_millis(1000);
@@ -29,20 +28,6 @@ async fn hub(url: &str) -> Hub {
         .grace(Duration::from_secs(30))
         .build()
         .unwrap()
-}
-
-async fn named(hub: &Hub, name: &str) -> (occupancy_core::Session, Notices) {
-    let meta = Meta::from_value(json!({ "name": name })).unwrap();
-    hub.connect(Some(name.into()), meta).await.unwrap()
-}
-
-async fn occupants(hub: &Hub, room: &str) -> Vec<String> {
-    hub.occupants(room)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.id.to_string())
-        .collect()
 }
 
 /// Waits for a `released` of `room`; returns when it came.
@@ -124,7 +109,7 @@ async fn a_dead_node_with_a_long_line_is_swept_in_chunks() {
     let (front, middle) = (n / 2, n / 4);
     let back = n - front - middle - 1;
     dead_joins(front).await;
-    let (waiter, mut wn) = named(&live, "waiter").await;
+    let (waiter, mut wn) = user(&live, "waiter").await;
     assert_eq!(
         waiter.join(ROOM, None).await.unwrap().position as usize,
         front
@@ -132,13 +117,13 @@ async fn a_dead_node_with_a_long_line_is_swept_in_chunks() {
     dead_joins(middle).await;
     let tab = raw_session(&dead, 0x7ab, Some("tabs")).await;
     dead.join(tab, ROOM, None).await.unwrap();
-    let (tabs, mut tn) = named(&live, "tabs").await;
+    let (tabs, mut tn) = user(&live, "tabs").await;
     assert_eq!(
         tabs.join(ROOM, None).await.unwrap().position as usize,
         front + 1 + middle
     );
     dead_joins(back).await;
-    let (last, mut ln) = named(&live, "last").await;
+    let (last, mut ln) = user(&live, "last").await;
     assert_eq!(
         last.join(ROOM, None).await.unwrap().position as usize,
         n + 1
@@ -160,7 +145,7 @@ async fn a_dead_node_with_a_long_line_is_swept_in_chunks() {
         (s.sessions, s.occupants, s.rooms) == (3, 3, 1)
     })
     .await;
-    assert_eq!(occupants(&live, ROOM).await, ["waiter", "tabs", "last"]);
+    assert_eq!(line(&live, ROOM).await, ["waiter", "tabs", "last"]);
     let w = drain(&mut wn).await;
     assert!(
         !w.iter()
@@ -204,13 +189,13 @@ async fn a_dead_node_spread_over_many_rooms_is_swept_in_chunks() {
             dead.watch(s, "watched").await.unwrap();
         }
     }
-    let (watcher, _wn) = named(&one, "reader").await;
+    let (watcher, _wn) = user(&one, "reader").await;
     watcher.watch("watched").await.unwrap();
     let mut waiters = Vec::new();
     for w in 0..20usize {
         let room = format!("room-{}", 7 + w * 49);
         let hub = if w % 2 == 0 { &one } else { &two };
-        let (s, n) = named(hub, &format!("waiter-{w}")).await;
+        let (s, n) = user(hub, &format!("waiter-{w}")).await;
         assert!(s.join(&room, None).await.unwrap().position >= 1);
         waiters.push((s, n, room));
     }
@@ -241,7 +226,7 @@ async fn a_dead_node_spread_over_many_rooms_is_swept_in_chunks() {
                 .any(|n| matches!(n.kind, NoticeKind::Released { .. })),
             "{room}: released once: {got:?}"
         );
-        assert_eq!(occupants(&one, room).await.len(), 1);
+        assert_eq!(line(&one, room).await.len(), 1);
     }
     one.backend().check_invariants().await.unwrap();
 }
