@@ -1353,7 +1353,18 @@ impl Backend for RedisBackend {
                 if joined.iter().any(|(r, _)| r == room) {
                     continue;
                 }
-                let state = d.as_ref().map(|d| d.state.clone()).unwrap_or_default();
+                let state = match d {
+                    Some(d) => d.state.clone(),
+                    // Redis has no state for the room: it lost its data and the room is not
+                    // written back yet. The last state this node saw, at the highest version it
+                    // has seen (never version 0: the watcher may have been told a later one; the
+                    // write-back's version will be higher still).
+                    None => {
+                        let mut last = t.state.clone();
+                        last.version = last.version.max(inner.high_water.load(Ordering::Acquire));
+                        last
+                    }
+                };
                 notices.push(Notice {
                     session: id,
                     room: room.clone(),

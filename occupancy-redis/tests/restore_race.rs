@@ -165,3 +165,56 @@ async fn a_write_back_longer_than_the_lease_keeps_the_lease() {
         .await
         .unwrap();
 }
+
+/// Found by the chaos soak (issue 18): a watcher that resumes while Redis has lost its room (it
+/// restarted empty and the room is not written back yet) was told the room at version 0 — empty,
+/// and a version going back. It is told the last state its node saw, at a version no lower than
+/// any its node has seen. The loss is made by deleting the room's key, so the window is not a
+/// race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_resuming_while_its_room_is_lost_is_not_told_an_older_version() {
+    let server = RedisServer::start();
+    let a = node(&server.url(), GRACE).await;
+    let (alice, _an) = user(&a, "alice").await;
+    alice.join(ROOM, None).await.unwrap();
+    let (watcher, _wn) = user(&a, "watcher").await;
+    let seen = watcher.watch(ROOM).await.unwrap();
+    assert_eq!(seen.occupants.len(), 1);
+    let token = watcher.resume_token();
+    watcher.disconnect().await;
+
+    let mut raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*:r:*")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "one room stored: {keys:?}");
+    let _: () = redis::cmd("DEL")
+        .arg(&keys[0])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+
+    let (_back, mut notices, resumed) = a.resume(token).await.unwrap();
+    assert_eq!(resumed.watching.len(), 1);
+    let told = common::expect(&mut notices, "the watched room's presence", |n| {
+        n.room.as_str() == ROOM && matches!(n.kind, occupancy_core::NoticeKind::Presence(_))
+    })
+    .await;
+    let occupancy_core::NoticeKind::Presence(p) = told.kind else {
+        unreachable!()
+    };
+    assert!(
+        p.body.version >= seen.version,
+        "told version {} after {}: {:?}",
+        p.body.version,
+        seen.version,
+        p.body
+    );
+    assert_eq!(p.body.occupants.len(), 1, "the last state the node saw");
+}
