@@ -69,6 +69,19 @@ fn exercised(report: &Value, keys: &[&str]) {
     }
 }
 
+/// Every counter of the server reads zero once everyone left.
+fn all_zero_at_end(end: &Value) {
+    for k in [
+        "sessions",
+        "rooms",
+        "occupants",
+        "watchers",
+        "live_connections",
+    ] {
+        assert_eq!(end[k], 0, "{k} after everyone left");
+    }
+}
+
 #[test]
 fn one_minute_socketio_soak_websocket_and_polling() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -134,15 +147,7 @@ fn one_minute_socketio_soak_websocket_and_polling() {
     assert!(conns["socketio-polling"].as_u64().unwrap_or(0) > 0);
     let end = &report["stats_at_end"];
     assert!(end["invariant_checks"].as_u64().unwrap() > 1000);
-    for k in [
-        "sessions",
-        "rooms",
-        "occupants",
-        "watchers",
-        "live_connections",
-    ] {
-        assert_eq!(end[k], 0, "{k} after everyone left");
-    }
+    all_zero_at_end(end);
     rt.shutdown_timeout(Duration::from_secs(1));
 }
 
@@ -217,15 +222,7 @@ fn three_nodes(faults: &[&str], kinds: &[&str]) {
     }
     assert!(report["kill_holders_checked"].as_u64().unwrap() > 0);
     let end = &report["stats_at_end"];
-    for k in [
-        "sessions",
-        "rooms",
-        "occupants",
-        "watchers",
-        "live_connections",
-    ] {
-        assert_eq!(end[k], 0, "{k} after everyone left");
-    }
+    all_zero_at_end(end);
 }
 
 /// In a minute: a pause at 15 s, a kill at 25 s, a pause at 35 s, a kill at 45 s (never two
